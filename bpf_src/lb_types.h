@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * The single source of truth for every struct and constant shared between
+ * the BPF programs and user space. Python mirrors these in ebpf/layout.py and
+ * tests/test_layout.py checks the mirrors against what BCC compiled.
+ *
+ * Bump LB_LAYOUT_VERSION on any change to a struct below: pinned map names
+ * carry it, so a new layout never silently reuses an old pinned map.
+ */
+#ifndef PYAGENT_LB_TYPES_H
+#define PYAGENT_LB_TYPES_H
+
+#define LB_LAYOUT_VERSION 1
+
+/* Map capacities; user space reads them back from the maps themselves. */
+#ifndef LB_SERVICE_MAP_MAX
+#define LB_SERVICE_MAP_MAX 262144
+#endif
+#ifndef LB_BACKEND_MAP_MAX
+#define LB_BACKEND_MAP_MAX 262144
+#endif
+#ifndef LB_REVNAT_MAP_MAX
+#define LB_REVNAT_MAP_MAX 65536
+#endif
+#ifndef LB_SOCK_REVNAT_MAP_MAX
+#define LB_SOCK_REVNAT_MAP_MAX 262144
+#endif
+#ifndef LB_AFFINITY_MAP_MAX
+#define LB_AFFINITY_MAP_MAX 65536
+#endif
+
+/* Slot 0 of a frontend is its master entry; slots 1..count+qcount hold backend ids. */
+#define LB_MASTER_SLOT 0
+#define LB_MAX_SLOTS 65535
+
+/* lb_key.scope: which view of the service this frontend entry is.
+ * EXTERNAL is what traffic from outside the cluster gets (eTP decides),
+ * INTERNAL is what pods and the node itself get (iTP for ClusterIP, and the
+ * eTP=Local short-circuit to all endpoints for external frontends). */
+#define LB_SCOPE_EXTERNAL 0
+#define LB_SCOPE_INTERNAL 1
+
+/* lb_service.flags (master entry) */
+#define LB_F_CLUSTER_IP     (1 << 0)
+#define LB_F_NODE_PORT      (1 << 1)
+#define LB_F_EXTERNAL_IP    (1 << 2)
+#define LB_F_LOADBALANCER   (1 << 3)
+#define LB_F_LOCAL_ETP      (1 << 4)
+#define LB_F_LOCAL_ITP      (1 << 5)
+#define LB_F_AFFINITY       (1 << 6)
+#define LB_F_SOURCE_RANGE   (1 << 7)
+#define LB_F_MASQUERADE     (1 << 8)
+/* count == 0: with this flag endpoints exist elsewhere but none fit the
+ * traffic policy, so drop; without it there are none at all, so reject. */
+#define LB_F_DROP_NO_BACKEND (1 << 9)
+
+/* lb_service.algorithm */
+#define LB_ALG_RANDOM      0
+#define LB_ALG_ROUND_ROBIN 1
+#define LB_ALG_LEAST_CONN  2
+#define LB_ALG_MAGLEV      3
+
+/* lb*_backend.state */
+#define LB_BACKEND_ACTIVE      0
+#define LB_BACKEND_TERMINATING 1
+#define LB_BACKEND_MAINTENANCE 2
+
+/* lb*_backend.flags */
+#define LB_BACKEND_F_LOCAL (1 << 0)
+
+union lb_v6addr {
+	__u8  addr[16];
+	__u32 p32[4];
+	__u64 p64[2];
+};
+
+/* services maps: frontend (+slot) -> master entry or backend id */
+struct lb4_key {
+	__be32 address;   /* VIP, network order */
+	__be16 dport;     /* network order */
+	__u16 backend_slot;
+	__u8  proto;      /* IPPROTO_* */
+	__u8  scope;      /* LB_SCOPE_* */
+	__u8  pad[2];
+};
+
+struct lb6_key {
+	union lb_v6addr address;
+	__be16 dport;
+	__u16 backend_slot;
+	__u8  proto;
+	__u8  scope;
+	__u8  pad[2];
+};
+
+struct lb_service {
+	__u32 backend_id;        /* slot > 0: backend id; master: 0 */
+	__u32 affinity_timeout;  /* master: seconds, with LB_F_AFFINITY */
+	__u16 count;             /* master: active backends in slots 1..count */
+	__u16 qcount;            /* master: terminating backends after them */
+	__u16 rev_nat_id;        /* master: service id (also rev-NAT key) */
+	__u16 flags;             /* master: LB_F_* */
+	__u8  algorithm;         /* master: LB_ALG_* */
+	__u8  pad[3];
+};
+
+/* backends maps: backend id -> address */
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8  proto;
+	__u8  state;             /* LB_BACKEND_* */
+	__u8  flags;             /* LB_BACKEND_F_* */
+	__u8  zone;
+	__u8  pad[2];
+};
+
+struct lb6_backend {
+	union lb_v6addr address;
+	__be16 port;
+	__u8  proto;
+	__u8  state;
+	__u8  flags;
+	__u8  zone;
+	__u8  pad[2];
+};
+
+/* rev-NAT maps: service id -> frontend, for replies and getpeername */
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb6_reverse_nat {
+	union lb_v6addr address;
+	__be16 port;
+	__u16 pad;
+};
+
+/* socket rev-NAT (LRU): which VIP a connected/sending socket really meant */
+struct lb4_sock_key {
+	__u64 cookie;
+	__be32 address;          /* backend */
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb6_sock_key {
+	__u64 cookie;
+	union lb_v6addr address;
+	__be16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct lb4_sock_val {
+	__be32 address;          /* VIP */
+	__be16 port;
+	__u16 rev_nat_id;
+};
+
+struct lb6_sock_val {
+	union lb_v6addr address;
+	__be16 port;
+	__u16 rev_nat_id;
+};
+
+/* affinity (LRU): client + service -> backend */
+struct lb_affinity_key {
+	__u64 client;            /* netns cookie (socket path) or client IPv4 (TC) */
+	__u16 rev_nat_id;
+	__u8  netns;             /* 1: client is a netns cookie */
+	__u8  pad[5];
+};
+
+struct lb_affinity_val {
+	__u64 last_used;         /* bpf_ktime_get_ns() / 1e9 */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+#endif /* PYAGENT_LB_TYPES_H */

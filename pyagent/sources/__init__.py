@@ -1,0 +1,1 @@
+"""Where Kubernetes objects come from: a manifests directory or the API server."""

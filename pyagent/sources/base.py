@@ -1,0 +1,31 @@
+"""The one interface every source feeds: plain dicts of v1 Service,
+discovery.k8s.io/v1 EndpointSlice and v1 Node, as the API server serves them."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+Kind = Literal["Service", "EndpointSlice", "Node"]
+KINDS: tuple[Kind, ...] = ("Service", "EndpointSlice", "Node")
+
+
+def object_key(obj: dict) -> tuple[str, str]:
+    """(namespace, name) of an object; Nodes have an empty namespace."""
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
+
+
+class ObjectSink(Protocol):
+    """Receives the source's view of the cluster.
+
+    `replace` carries a complete list of one kind (initial list, relist after
+    410 Gone, or a re-read manifests directory): objects absent from it are
+    gone. `upsert`/`delete` carry single watch events. A source calls
+    `replace` for every kind before the sink may prune anything.
+    """
+
+    def replace(self, kind: Kind, objects: list[dict]) -> None: ...
+
+    def upsert(self, kind: Kind, obj: dict) -> None: ...
+
+    def delete(self, kind: Kind, obj: dict) -> None: ...
