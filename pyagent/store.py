@@ -1,0 +1,216 @@
+"""ServiceStore: the ObjectSink every source feeds, and the per-service state
+every dataplane reads.
+
+It keeps the current version of each object and drops no-op updates (same
+resourceVersion or same content). An invalid update is reported by name and
+ignored: the service keeps being served from its last good version. Slices
+are indexed by (namespace, kubernetes.io/service-name), so the state of one
+service costs O(size of that service) and is cached until its Service, its
+slices or this node's zone change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pyagent.config import NodeConfig
+from pyagent.model import ServiceKey
+from pyagent.parse import (
+    ParsedNode,
+    ParsedService,
+    ParsedSlice,
+    ParseError,
+    object_name,
+    parse_endpoint_slice,
+    parse_node,
+    parse_service,
+)
+from pyagent.sources.base import KINDS, Kind
+from pyagent.state import DesiredState, ServicePortState, compute_service_state
+
+log = logging.getLogger(__name__)
+
+ObjectKey = tuple[str, str]
+ErrorKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+class ServiceStore:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._raw: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {k: {} for k in KINDS}
+        self._services: dict[ServiceKey, ParsedService] = {}
+        self._slices: dict[ObjectKey, ParsedSlice] = {}
+        self._by_service: dict[ServiceKey, dict[str, ParsedSlice]] = {}
+        self._node: ParsedNode | None = None  # the Node object named config.node_name
+        self._cache: dict[ServiceKey, tuple[ServicePortState, ...]] = {}
+        self._changed: set[ServiceKey] = set()
+        self._pending_services: set[ServiceKey] = set()
+        self._pending_endpoints: set[ServiceKey] = set()
+        self._synced: set[str] = set()
+        self.errors: dict[ErrorKey, str] = {}
+        self.service_changes_total = 0
+        self.endpoint_changes_total = 0
+
+    # --- ObjectSink ------------------------------------------------------------
+
+    def replace(self, kind: Kind, objects: list[dict]) -> None:
+        keep: set[ObjectKey] = set()
+        for obj in objects:
+            key = self._apply(kind, obj)
+            if key is not None:
+                keep.add(key)
+        for key in list(self._raw[kind].keys() - keep):
+            self._remove(kind, key)
+        for err in [e for e in self.errors if e[0] == kind and (e[1], e[2]) not in keep]:
+            del self.errors[err]  # gone from the source, so no longer an error
+        self._synced.add(kind)
+
+    def upsert(self, kind: Kind, obj: dict) -> None:
+        self._apply(kind, obj)
+
+    def delete(self, kind: Kind, obj: dict) -> None:
+        try:
+            key = object_name(kind, obj)
+        except ParseError as exc:
+            log.warning("ignoring delete of an unnamed %s: %s", kind, exc)
+            return
+        self.errors.pop((kind, *key), None)
+        self._remove(kind, key)
+
+    # --- reading ---------------------------------------------------------------
+
+    def synced(self) -> bool:
+        return all(k in self._synced for k in KINDS)
+
+    def take_changes(self) -> set[ServiceKey]:
+        """Services whose state may have changed since the last call."""
+        changed, self._changed = self._changed, set()
+        self._pending_services.clear()
+        self._pending_endpoints.clear()
+        return changed
+
+    def pending(self) -> tuple[int, int]:
+        """(services, endpoint sets) changed and not yet taken."""
+        return len(self._pending_services), len(self._pending_endpoints)
+
+    def totals(self) -> tuple[int, int]:
+        """Monotonic counts of accepted Service and EndpointSlice changes."""
+        return self.service_changes_total, self.endpoint_changes_total
+
+    def service_keys(self) -> list[ServiceKey]:
+        return sorted(self._services)
+
+    def state_for(self, key: ServiceKey) -> tuple[ServicePortState, ...]:
+        """The state of one service; empty if gone, headless, ExternalName or invalid."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        svc = self._services.get(key)
+        if svc is None or not svc.ports:
+            return ()
+        state = compute_service_state(svc.ports, self._by_service.get(key, {}).values(),
+                                      self.config, self.zone)
+        self._cache[key] = state
+        return state
+
+    def full_state(self) -> DesiredState:
+        ports = [s for key in sorted(self._services) for s in self.state_for(key)]
+        ports.sort(key=lambda s: s.key)
+        return DesiredState(tuple(ports), tuple(self.error_messages()))
+
+    def error_messages(self) -> list[str]:
+        return [f"{kind} {ns + '/' if ns else ''}{name}: {msg}"
+                for (kind, ns, name), msg in sorted(self.errors.items())]
+
+    @property
+    def zone(self) -> str:
+        return self._node.zone if self._node is not None else self.config.zone
+
+    def node_addresses(self) -> tuple[str, ...]:
+        """InternalIP/ExternalIP addresses of this node's Node object, if known."""
+        return self._node.addresses if self._node is not None else ()
+
+    # --- internals ---------------------------------------------------------------
+
+    def _apply(self, kind: Kind, obj: Mapping[str, Any]) -> ObjectKey | None:
+        try:
+            key = object_name(kind, obj)
+        except ParseError as exc:
+            log.warning("ignoring a %s without a usable name: %s", kind, exc)
+            return None
+        old = self._raw[kind].get(key)
+        if old is not None and _same(old, obj):
+            self.errors.pop((kind, *key), None)  # back to the good version
+            return key
+        parser: Callable[[Mapping[str, Any]], Any] = {
+            "Service": lambda o: parse_service(o, honour_ip_mode=self.config.honour_lb_ip_mode),
+            "EndpointSlice": parse_endpoint_slice,
+            "Node": parse_node,
+        }[kind]
+        try:
+            parsed = parser(obj)
+        except ParseError as exc:
+            if self.errors.get((kind, *key)) != str(exc):
+                what = "keeping the last good version" if old is not None else "ignored"
+                log.warning("%s %s/%s is invalid (%s): %s", kind, *key, what, exc)
+            self.errors[(kind, *key)] = str(exc)
+            return key
+        self.errors.pop((kind, *key), None)
+        self._raw[kind][key] = obj
+        getattr(self, f"_set_{kind.lower()}")(key, parsed)
+        return key
+
+    def _remove(self, kind: Kind, key: ObjectKey) -> None:
+        if self._raw[kind].pop(key, None) is None:
+            return
+        getattr(self, f"_set_{kind.lower()}")(key, None)
+
+    def _set_service(self, key: ObjectKey, parsed: ParsedService | None) -> None:
+        if parsed is None:
+            self._services.pop(key, None)
+        else:
+            self._services[key] = parsed
+        self._touch(key)
+        self._pending_services.add(key)
+        self.service_changes_total += 1
+
+    def _set_endpointslice(self, key: ObjectKey, parsed: ParsedSlice | None) -> None:
+        old = self._slices.pop(key, None)
+        if old is not None:
+            group = self._by_service.get(old.service_key, {})
+            group.pop(old.name, None)
+            if not group:
+                self._by_service.pop(old.service_key, None)
+            self._touch_endpoints(old.service_key)
+        if parsed is not None:
+            self._slices[key] = parsed
+            self._by_service.setdefault(parsed.service_key, {})[parsed.name] = parsed
+            self._touch_endpoints(parsed.service_key)
+        self.endpoint_changes_total += 1
+
+    def _set_node(self, key: ObjectKey, parsed: ParsedNode | None) -> None:
+        if key[1] != self.config.node_name:
+            return
+        before = self.zone
+        self._node = parsed
+        if self.zone != before:  # topology hints now select differently everywhere
+            self._cache.clear()
+            self._changed.update(self._services)
+
+    def _touch(self, key: ServiceKey) -> None:
+        self._cache.pop(key, None)
+        self._changed.add(key)
+
+    def _touch_endpoints(self, key: ServiceKey) -> None:
+        self._touch(key)
+        self._pending_endpoints.add(key)
+
+
+def _same(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    old_rv = (old.get("metadata") or {}).get("resourceVersion")
+    new_rv = (new.get("metadata") or {}).get("resourceVersion")
+    if old_rv and new_rv:
+        return old_rv == new_rv
+    return old == new
