@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0
  *
  * The single source of truth for every struct and constant shared between
- * the BPF programs and user space. Python mirrors these in ebpf/layout.py and
- * tests/test_layout.py checks the mirrors against what BCC compiled.
+ * the BPF programs and user space. Python mirrors these in
+ * pyagent/dataplanes/ebpf/layout.py and tests/test_layout.py checks the
+ * mirrors against what BCC compiled.
+ *
+ * Every struct spells out its padding: the verifier rejects map updates from
+ * stack buffers with uninitialised holes, and explicit pads keep the Python
+ * mirrors honest.
  *
  * Bump LB_LAYOUT_VERSION on any change to a struct below: pinned map names
  * carry it, so a new layout never silently reuses an old pinned map.
@@ -27,6 +32,10 @@
 #endif
 #ifndef LB_AFFINITY_MAP_MAX
 #define LB_AFFINITY_MAP_MAX 65536
+#endif
+/* Per-CPU counters are indexed by rev_nat_id (a __u16). */
+#ifndef LB_STATS_MAP_MAX
+#define LB_STATS_MAP_MAX 65536
 #endif
 
 /* Slot 0 of a frontend is its master entry; slots 1..count+qcount hold backend ids. */
@@ -136,6 +145,7 @@ struct lb6_reverse_nat {
 	union lb_v6addr address;
 	__be16 port;
 	__u16 pad;
+	__u32 pad2;              /* the union is 8-aligned: no hidden tail */
 };
 
 /* socket rev-NAT (LRU): which VIP a connected/sending socket really meant */
@@ -164,6 +174,7 @@ struct lb6_sock_val {
 	union lb_v6addr address;
 	__be16 port;
 	__u16 rev_nat_id;
+	__u32 pad;               /* the union is 8-aligned: no hidden tail */
 };
 
 /* affinity (LRU): client + service -> backend */
@@ -178,6 +189,13 @@ struct lb_affinity_val {
 	__u64 last_used;         /* bpf_ktime_get_ns() / 1e9 */
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/* per-CPU service counters (array indexed by rev_nat_id) */
+struct lb_svc_stats {
+	__u64 selected;          /* connect()/sendmsg() sent to a backend */
+	__u64 no_backend;        /* failed: count == 0 (reject or drop) */
+	__u64 errors;            /* failed: slot or backend missing (maps mid-update) */
 };
 
 #endif /* PYAGENT_LB_TYPES_H */

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * Load-balancer maps, pinned under PIN_DIR (a -D string literal naming the
+ * bpffs directory). BCC creates a pinned map on first load and reuses it
+ * afterwards, so a restarted agent keeps every entry. BCC does not compare
+ * the reused map's layout: user space checks key/value sizes before loading.
+ *
+ * Pin file names carry LB_LAYOUT_VERSION (a layout change never reuses an
+ * old map); map names stay within the kernel's 15-char object name limit.
+ * pyagent/dataplanes/ebpf/layout.py (MAPS) lists the same names and
+ * tests/test_layout.py compares both.
+ */
+#ifndef PYAGENT_LIB_MAPS_H
+#define PYAGENT_LIB_MAPS_H
+
+#include "lb_types.h"
+
+#if !defined(PIN_DIR) && !defined(LB_NO_PIN)
+#error "define PIN_DIR as a string literal: the bpffs directory for pinned maps"
+#endif
+
+/* Fail early if Python and C disagree on the layout version. */
+#if defined(LB_EXPECTED_LAYOUT_VERSION) && LB_EXPECTED_LAYOUT_VERSION != LB_LAYOUT_VERSION
+#error "lb_types.h layout version differs from the Python mirror"
+#endif
+
+#define LB_STR(x) #x
+#define LB_XSTR(x) LB_STR(x)
+
+/* BCC rewrites map calls (m.lookup()) only when the map name is written out,
+ * not produced by a macro, so C code uses the plain names and the version
+ * goes into the pin file name: PIN_DIR "/lb4_services_v1". */
+#define LB_PIN_PATH(name) PIN_DIR "/" #name "_v" LB_XSTR(LB_LAYOUT_VERSION)
+#ifdef LB_NO_PIN
+/* Private maps that vanish with the loader: `pyagent bpf print`, tests. */
+#define LB_MAP(type, key, val, name, max) BPF_TABLE(type, key, val, name, max)
+#else
+#define LB_MAP(type, key, val, name, max) \
+	BPF_TABLE_PINNED(type, key, val, name, max, LB_PIN_PATH(name))
+#endif
+
+LB_MAP("hash", struct lb4_key, struct lb_service, lb4_services, LB_SERVICE_MAP_MAX);
+LB_MAP("hash", struct lb6_key, struct lb_service, lb6_services, LB_SERVICE_MAP_MAX);
+LB_MAP("hash", __u32, struct lb4_backend, lb4_backends, LB_BACKEND_MAP_MAX);
+LB_MAP("hash", __u32, struct lb6_backend, lb6_backends, LB_BACKEND_MAP_MAX);
+LB_MAP("hash", __u16, struct lb4_reverse_nat, lb4_revnat, LB_REVNAT_MAP_MAX);
+LB_MAP("hash", __u16, struct lb6_reverse_nat, lb6_revnat, LB_REVNAT_MAP_MAX);
+LB_MAP("lru_hash", struct lb4_sock_key, struct lb4_sock_val, lb4_sockrev,
+       LB_SOCK_REVNAT_MAP_MAX);
+LB_MAP("lru_hash", struct lb6_sock_key, struct lb6_sock_val, lb6_sockrev,
+       LB_SOCK_REVNAT_MAP_MAX);
+LB_MAP("lru_hash", struct lb_affinity_key, struct lb_affinity_val, lb_affinity,
+       LB_AFFINITY_MAP_MAX);
+LB_MAP("percpu_array", __u32, struct lb_svc_stats, lb_svc_stats, LB_STATS_MAP_MAX);
+
+#endif /* PYAGENT_LIB_MAPS_H */

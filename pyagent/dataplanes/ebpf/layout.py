@@ -1,0 +1,356 @@
+"""ctypes mirrors of bpf_src/lb_types.h, its constants, and the map table.
+
+tests/test_layout.py compares every struct here with what BCC compiled and
+every constant with the header, so a mismatch fails CI instead of corrupting
+maps. Addresses and ports in these structs are in network byte order; use
+the helpers at the bottom instead of packing them by hand.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+import os
+import socket
+import sys
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
+from dataclasses import dataclass
+from typing import Any
+
+LAYOUT_VERSION = 1
+
+# Default capacities (lb_types.h); the loader may override them with -D.
+SERVICE_MAP_MAX = 262144
+BACKEND_MAP_MAX = 262144
+REVNAT_MAP_MAX = 65536
+SOCK_REVNAT_MAP_MAX = 262144
+AFFINITY_MAP_MAX = 65536
+STATS_MAP_MAX = 65536
+
+MASTER_SLOT = 0
+MAX_SLOTS = 65535
+
+SCOPE_EXTERNAL = 0
+SCOPE_INTERNAL = 1
+
+
+class ServiceFlag(enum.IntFlag):
+    CLUSTER_IP = 1 << 0
+    NODE_PORT = 1 << 1
+    EXTERNAL_IP = 1 << 2
+    LOADBALANCER = 1 << 3
+    LOCAL_ETP = 1 << 4
+    LOCAL_ITP = 1 << 5
+    AFFINITY = 1 << 6
+    SOURCE_RANGE = 1 << 7
+    MASQUERADE = 1 << 8
+    DROP_NO_BACKEND = 1 << 9
+
+
+class Algorithm(enum.IntEnum):
+    RANDOM = 0
+    ROUND_ROBIN = 1
+    LEAST_CONN = 2
+    MAGLEV = 3
+
+
+class BackendState(enum.IntEnum):
+    ACTIVE = 0
+    TERMINATING = 1
+    MAINTENANCE = 2
+
+
+BACKEND_F_LOCAL = 1 << 0
+
+# The C names of the constants above, for the header comparison test.
+C_CONSTANTS: dict[str, int] = {
+    "LB_LAYOUT_VERSION": LAYOUT_VERSION,
+    "LB_SERVICE_MAP_MAX": SERVICE_MAP_MAX,
+    "LB_BACKEND_MAP_MAX": BACKEND_MAP_MAX,
+    "LB_REVNAT_MAP_MAX": REVNAT_MAP_MAX,
+    "LB_SOCK_REVNAT_MAP_MAX": SOCK_REVNAT_MAP_MAX,
+    "LB_AFFINITY_MAP_MAX": AFFINITY_MAP_MAX,
+    "LB_STATS_MAP_MAX": STATS_MAP_MAX,
+    "LB_MASTER_SLOT": MASTER_SLOT,
+    "LB_MAX_SLOTS": MAX_SLOTS,
+    "LB_SCOPE_EXTERNAL": SCOPE_EXTERNAL,
+    "LB_SCOPE_INTERNAL": SCOPE_INTERNAL,
+    **{f"LB_F_{f.name}": int(f) for f in ServiceFlag},
+    **{f"LB_ALG_{a.name}": int(a) for a in Algorithm},
+    **{f"LB_BACKEND_{s.name}": int(s) for s in BackendState},
+    "LB_BACKEND_F_LOCAL": BACKEND_F_LOCAL,
+}
+
+
+class V6Addr(ctypes.Union):
+    _fields_ = [("addr", c_uint8 * 16), ("p32", c_uint32 * 4), ("p64", c_uint64 * 2)]
+
+
+class Lb4Key(ctypes.Structure):
+    _fields_ = [
+        ("address", c_uint32),
+        ("dport", c_uint16),
+        ("backend_slot", c_uint16),
+        ("proto", c_uint8),
+        ("scope", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class Lb6Key(ctypes.Structure):
+    _fields_ = [
+        ("address", V6Addr),
+        ("dport", c_uint16),
+        ("backend_slot", c_uint16),
+        ("proto", c_uint8),
+        ("scope", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class LbService(ctypes.Structure):
+    _fields_ = [
+        ("backend_id", c_uint32),
+        ("affinity_timeout", c_uint32),
+        ("count", c_uint16),
+        ("qcount", c_uint16),
+        ("rev_nat_id", c_uint16),
+        ("flags", c_uint16),
+        ("algorithm", c_uint8),
+        ("pad", c_uint8 * 3),
+    ]
+
+
+class Lb4Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", c_uint32),
+        ("port", c_uint16),
+        ("proto", c_uint8),
+        ("state", c_uint8),
+        ("flags", c_uint8),
+        ("zone", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class Lb6Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", V6Addr),
+        ("port", c_uint16),
+        ("proto", c_uint8),
+        ("state", c_uint8),
+        ("flags", c_uint8),
+        ("zone", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class Lb4ReverseNat(ctypes.Structure):
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class Lb6ReverseNat(ctypes.Structure):
+    _fields_ = [("address", V6Addr), ("port", c_uint16), ("pad", c_uint16), ("pad2", c_uint32)]
+
+
+class Lb4SockKey(ctypes.Structure):
+    _fields_ = [
+        ("cookie", c_uint64),
+        ("address", c_uint32),
+        ("port", c_uint16),
+        ("pad", c_uint16),
+    ]
+
+
+class Lb6SockKey(ctypes.Structure):
+    _fields_ = [
+        ("cookie", c_uint64),
+        ("address", V6Addr),
+        ("port", c_uint16),
+        ("pad", c_uint16),
+        ("pad2", c_uint32),
+    ]
+
+
+class Lb4SockVal(ctypes.Structure):
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("rev_nat_id", c_uint16)]
+
+
+class Lb6SockVal(ctypes.Structure):
+    _fields_ = [
+        ("address", V6Addr),
+        ("port", c_uint16),
+        ("rev_nat_id", c_uint16),
+        ("pad", c_uint32),
+    ]
+
+
+class LbAffinityKey(ctypes.Structure):
+    _fields_ = [
+        ("client", c_uint64),
+        ("rev_nat_id", c_uint16),
+        ("netns", c_uint8),
+        ("pad", c_uint8 * 5),
+    ]
+
+
+class LbAffinityVal(ctypes.Structure):
+    _fields_ = [("last_used", c_uint64), ("backend_id", c_uint32), ("pad", c_uint32)]
+
+
+class LbSvcStats(ctypes.Structure):
+    _fields_ = [("selected", c_uint64), ("no_backend", c_uint64), ("errors", c_uint64)]
+
+
+# C struct name -> mirror, for the layout test.
+C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
+    "lb_v6addr": V6Addr,
+    "lb4_key": Lb4Key,
+    "lb6_key": Lb6Key,
+    "lb_service": LbService,
+    "lb4_backend": Lb4Backend,
+    "lb6_backend": Lb6Backend,
+    "lb4_reverse_nat": Lb4ReverseNat,
+    "lb6_reverse_nat": Lb6ReverseNat,
+    "lb4_sock_key": Lb4SockKey,
+    "lb6_sock_key": Lb6SockKey,
+    "lb4_sock_val": Lb4SockVal,
+    "lb6_sock_val": Lb6SockVal,
+    "lb_affinity_key": LbAffinityKey,
+    "lb_affinity_val": LbAffinityVal,
+    "lb_svc_stats": LbSvcStats,
+}
+
+# Maps: bpf_src/lib/maps.h declares the same names (checked by a test).
+
+MAP_TYPE_HASH = 1
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LRU_HASH = 9
+
+MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
+LINKS_SUBDIR = "links"  # <bpffs>/links/<program name>
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str  # C variable and kernel map name
+    key: type
+    value: type
+    map_type: int
+    capacity_define: str  # -D that sets max_entries
+
+    @property
+    def pin_name(self) -> str:
+        return f"{self.name}_v{LAYOUT_VERSION}"
+
+    def pin_path(self, bpffs: str) -> str:
+        return os.path.join(bpffs, MAPS_SUBDIR, self.pin_name)
+
+
+MAPS: dict[str, MapSpec] = {
+    m.name: m
+    for m in (
+        MapSpec("lb4_services", Lb4Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX"),
+        MapSpec("lb6_services", Lb6Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX"),
+        MapSpec("lb4_backends", c_uint32, Lb4Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
+        MapSpec("lb6_backends", c_uint32, Lb6Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
+        MapSpec("lb4_revnat", c_uint16, Lb4ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
+        MapSpec("lb6_revnat", c_uint16, Lb6ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
+        MapSpec("lb4_sockrev", Lb4SockKey, Lb4SockVal, MAP_TYPE_LRU_HASH,
+                "LB_SOCK_REVNAT_MAP_MAX"),
+        MapSpec("lb6_sockrev", Lb6SockKey, Lb6SockVal, MAP_TYPE_LRU_HASH,
+                "LB_SOCK_REVNAT_MAP_MAX"),
+        MapSpec("lb_affinity", LbAffinityKey, LbAffinityVal, MAP_TYPE_LRU_HASH,
+                "LB_AFFINITY_MAP_MAX"),
+        MapSpec("lb_svc_stats", c_uint32, LbSvcStats, MAP_TYPE_PERCPU_ARRAY,
+                "LB_STATS_MAP_MAX"),
+    )
+}
+
+# Address and port encoding (network byte order in the structs).
+
+PROTO = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+
+
+def be16(port: int) -> int:
+    """Host port -> the u16 whose memory holds it in network order."""
+    return socket.htons(port)
+
+
+def from_be16(value: int) -> int:
+    return socket.ntohs(value)
+
+
+def ip4(address: str) -> int:
+    """Dotted quad -> the u32 whose memory holds it in network order."""
+    return int.from_bytes(socket.inet_pton(socket.AF_INET, address), sys.byteorder)
+
+
+def from_ip4(value: int) -> str:
+    return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, sys.byteorder))
+
+
+def ip6(address: str) -> V6Addr:
+    out = V6Addr()
+    ctypes.memmove(out.addr, socket.inet_pton(socket.AF_INET6, address), 16)
+    return out
+
+
+def from_ip6(value: V6Addr) -> str:
+    return socket.inet_ntop(socket.AF_INET6, bytes(value.addr))
+
+
+def _proto(proto: int | str) -> int:
+    return PROTO[proto.upper()] if isinstance(proto, str) else proto
+
+
+def service_key(
+    vip: str, port: int, proto: int | str, slot: int = MASTER_SLOT, scope: int = SCOPE_INTERNAL
+) -> Lb4Key | Lb6Key:
+    """The services-map key of a frontend slot; the family follows vip."""
+    if ipaddress.ip_address(vip).version == 4:
+        return Lb4Key(ip4(vip), be16(port), slot, _proto(proto), scope)
+    return Lb6Key(ip6(vip), be16(port), slot, _proto(proto), scope)
+
+
+def backend_value(
+    address: str, port: int, proto: int | str, state: int = BackendState.ACTIVE,
+    flags: int = 0, zone: int = 0,
+) -> Lb4Backend | Lb6Backend:
+    if ipaddress.ip_address(address).version == 4:
+        return Lb4Backend(ip4(address), be16(port), _proto(proto), state, flags, zone)
+    return Lb6Backend(ip6(address), be16(port), _proto(proto), state, flags, zone)
+
+
+def revnat_value(vip: str, port: int) -> Lb4ReverseNat | Lb6ReverseNat:
+    if ipaddress.ip_address(vip).version == 4:
+        return Lb4ReverseNat(ip4(vip), be16(port))
+    return Lb6ReverseNat(ip6(vip), be16(port))
+
+
+_ADDRESS_FIELDS = {"address"}
+_PORT_FIELDS = {"port", "dport"}
+
+
+def to_dict(obj: Any) -> Any:
+    """A JSON-friendly view of a mirror: addresses as text, ports in host
+    order, padding left out. Plain ints pass through."""
+    if isinstance(obj, int | float | str) or obj is None:
+        return obj
+    if isinstance(obj, list):
+        return [to_dict(o) for o in obj]
+    out: dict[str, Any] = {}
+    for name, _ctype in obj._fields_:
+        if name.startswith("pad"):
+            continue
+        value = getattr(obj, name)
+        if name in _ADDRESS_FIELDS:
+            out[name] = from_ip6(value) if isinstance(value, V6Addr) else from_ip4(value)
+        elif name in _PORT_FIELDS:
+            out[name] = from_be16(value)
+        elif isinstance(value, ctypes.Array):
+            out[name] = list(value)
+        else:
+            out[name] = to_dict(value)
+    return out

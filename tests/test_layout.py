@@ -1,0 +1,139 @@
+"""The Python mirrors in layout.py against bpf_src: struct layouts against
+what BCC compiled, constants against the header, map names and types
+against bpf_src/lib/maps.h."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from pyagent.dataplanes.ebpf import layout, programs
+
+HEADER = os.path.join(programs.BPF_SRC_DIR, "lb_types.h")
+
+
+def _fields(t: type) -> dict[str, tuple[int, int, type]]:
+    """name -> (offset, size, type) of a ctypes struct/union, padding
+    fields that BCC invents (__pad_*) left out."""
+    out = {}
+    for name, ftype, *_ in getattr(t, "_fields_", []):
+        if name.startswith("__pad"):
+            continue
+        desc = getattr(t, name)
+        out[name] = (desc.offset, desc.size, ftype)
+    return out
+
+
+def assert_same_layout(mine: type, compiled: type, where: str) -> None:
+    assert ctypes.sizeof(mine) == ctypes.sizeof(compiled), f"{where}: sizeof"
+    a, b = _fields(mine), _fields(compiled)
+    assert set(a) == set(b), f"{where}: fields {sorted(a)} != {sorted(b)}"
+    for name, (off, size, ftype) in a.items():
+        boff, bsize, btype = b[name]
+        assert (off, size) == (boff, bsize), f"{where}.{name}: offset/size"
+        if hasattr(ftype, "_fields_"):
+            assert_same_layout(ftype, btype, f"{where}.{name}")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """sock_lb.c compiled with private (unpinned) maps."""
+    from ebpf import compiler
+
+    b = compiler.compile_file(
+        programs.SOURCE, [programs.BPF_SRC_DIR],
+        programs.defines(None, programs.Capacities(64, 64, 64, 64, 64, 64)),
+    )
+    yield b
+    b.cleanup()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", sorted(layout.MAPS))
+def test_map_layout_matches_bcc(compiled, name):
+    spec = layout.MAPS[name]
+    table = compiled[name.encode()]
+    assert_same_layout_or_scalar(spec.key, table.Key, f"{name}.key")
+    # Per-CPU tables: BCC's Leaf is the per-CPU array, sLeaf one value.
+    leaf = getattr(table, "sLeaf", table.Leaf)
+    assert_same_layout_or_scalar(spec.value, leaf, f"{name}.value")
+    from ebpf import libbpf
+
+    info = libbpf.map_info(table.map_fd)
+    assert info.type == spec.map_type
+    assert info.name == name  # fits the kernel's 15-character limit
+    assert (info.key_size, info.value_size) == (
+        ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
+
+
+def assert_same_layout_or_scalar(mine: type, compiled: type, where: str) -> None:
+    if hasattr(mine, "_fields_"):
+        assert_same_layout(mine, compiled, where)
+    else:
+        assert ctypes.sizeof(mine) == ctypes.sizeof(compiled), where
+
+
+@pytest.mark.root
+def test_maps_h_declares_exactly_the_layout_maps(compiled):
+    # A private handle, so setting restype does not touch BCC's own.
+    lib = ctypes.CDLL("libbcc.so.0")
+    lib.bpf_num_tables.restype = ctypes.c_size_t
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    names = {lib.bpf_table_name(compiled.module, i).decode()
+             for i in range(lib.bpf_num_tables(compiled.module))}
+    assert names == set(layout.MAPS)
+
+
+def test_every_header_struct_is_mirrored():
+    """Every struct in lb_types.h has a mirror in C_STRUCTS, and every mirror
+    but the address union (checked inside its users) is some map's key or value."""
+    import re
+
+    with open(HEADER) as f:
+        declared = set(re.findall(r"^(?:struct|union) (\w+) \{", f.read(), re.M))
+    assert declared == set(layout.C_STRUCTS)
+    used = {m.key for m in layout.MAPS.values()} | {m.value for m in layout.MAPS.values()}
+    for cname, mirror in layout.C_STRUCTS.items():
+        assert mirror in used or cname == "lb_v6addr", f"{cname} is in no map"
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_constants_match_header(tmp_path):
+    """layout's constants and struct sizes, asserted at compile time by gcc
+    against the header itself."""
+    lines = ["#include <linux/types.h>", f'#include "{HEADER}"', "#include <stddef.h>"]
+    for name, value in layout.C_CONSTANTS.items():
+        lines.append(f'_Static_assert({name} == {value}, "{name}");')
+    for cname, mirror in layout.C_STRUCTS.items():
+        kind = "union" if issubclass(mirror, ctypes.Union) else "struct"
+        lines.append(f"_Static_assert(sizeof({kind} {cname}) == {ctypes.sizeof(mirror)}, "
+                     f'"sizeof {cname}");')
+        for fname, (off, _size, _t) in _fields(mirror).items():
+            lines.append(f"_Static_assert(offsetof({kind} {cname}, {fname}) == {off}, "
+                         f'"{cname}.{fname}");')
+    src = tmp_path / "check.c"
+    src.write_text("\n".join(lines) + "\n")
+    r = subprocess.run(["gcc", "-fsyntax-only", str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_key_helpers_encode_network_order():
+    k = layout.service_key("10.0.0.1", 80, "TCP")
+    assert bytes(k)[:6] == bytes([10, 0, 0, 1, 0, 80])
+    assert (k.proto, k.scope, k.backend_slot) == (6, layout.SCOPE_INTERNAL, 0)
+    k6 = layout.service_key("fd00::1", 53, "UDP", slot=2)
+    assert bytes(k6)[:20] == bytes.fromhex("fd000000000000000000000000000001") + b"\0\x35\2\0"
+    assert layout.to_dict(layout.backend_value("fd00::2", 8080, 6)) == {
+        "address": "fd00::2", "port": 8080, "proto": 6, "state": 0, "flags": 0, "zone": 0}
+
+
+def test_pin_names_carry_the_layout_version():
+    for spec in layout.MAPS.values():
+        assert spec.pin_name.endswith(f"_v{layout.LAYOUT_VERSION}")
+        assert spec.pin_path("/b") == f"/b/maps/{spec.pin_name}"
