@@ -1,0 +1,172 @@
+"""ServiceStore: change tracking, last good versions, per-service state."""
+
+from __future__ import annotations
+
+import copy
+
+from pyagent.config import NodeConfig
+from pyagent.store import ServiceStore
+
+NODE = "node-a"
+
+
+def svc(name: str = "svc", ip: str = "172.30.0.1", rv: str | None = None, **spec: object) -> dict:
+    meta = {"namespace": "ns", "name": name}
+    if rv:
+        meta["resourceVersion"] = rv
+    return {"kind": "Service", "metadata": meta,
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}], **spec}}
+
+
+def eps(name: str, service: str, *ips: str, node: str | None = None, zone_hint: str = "",
+        rv: str | None = None) -> dict:
+    meta = {"namespace": "ns", "name": name, "labels": {"kubernetes.io/service-name": service}}
+    if rv:
+        meta["resourceVersion"] = rv
+    endpoints = []
+    for ip in ips:
+        ep: dict = {"addresses": [ip]}
+        if node:
+            ep["nodeName"] = node
+        if zone_hint:
+            ep["hints"] = {"forZones": [{"name": zone_hint}]}
+        endpoints.append(ep)
+    return {"kind": "EndpointSlice", "metadata": meta, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints}
+
+
+def node(zone: str, name: str = NODE) -> dict:
+    return {"kind": "Node", "metadata": {"name": name,
+                                         "labels": {"topology.kubernetes.io/zone": zone}}}
+
+
+def cluster_addrs(store: ServiceStore, name: str = "svc") -> list[str]:
+    (state,) = store.state_for(("ns", name))
+    return [e.addr for e in state.cluster_endpoints or ()]
+
+
+def fresh() -> ServiceStore:
+    store = ServiceStore(NodeConfig(node_name=NODE))
+    store.replace("Service", [svc()])
+    store.replace("EndpointSlice", [eps("svc-1", "svc", "10.0.0.1")])
+    store.replace("Node", [])
+    store.take_changes()
+    return store
+
+
+def test_synced_after_every_kind() -> None:
+    store = ServiceStore(NodeConfig())
+    store.replace("Service", [])
+    store.replace("EndpointSlice", [])
+    assert not store.synced()
+    store.replace("Node", [])
+    assert store.synced()
+
+
+def test_changes_pending_and_totals() -> None:
+    store = fresh()
+    assert store.take_changes() == set() and store.pending() == (0, 0)
+    before = store.totals()
+    store.upsert("EndpointSlice", eps("svc-2", "svc", "10.0.0.2"))
+    store.upsert("Service", svc("other", "172.30.0.2"))
+    assert store.pending() == (1, 1)
+    assert store.totals() == (before[0] + 1, before[1] + 1)
+    assert store.take_changes() == {("ns", "svc"), ("ns", "other")}
+    assert store.pending() == (0, 0)
+    assert cluster_addrs(store) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+
+def test_no_op_updates_are_dropped() -> None:
+    store = fresh()
+    totals = store.totals()
+    store.upsert("Service", copy.deepcopy(svc()))  # identical content
+    store.replace("EndpointSlice", [eps("svc-1", "svc", "10.0.0.1")])
+    assert store.take_changes() == set() and store.totals() == totals
+    store.upsert("Service", svc(rv="5"))
+    store.take_changes()
+    store.upsert("Service", svc(rv="5", sessionAffinity="ClientIP"))  # same resourceVersion
+    assert store.take_changes() == set()
+
+
+def test_invalid_update_keeps_last_good_version() -> None:
+    store = fresh()
+    good = store.state_for(("ns", "svc"))
+    store.upsert("Service", svc(ip="not-an-ip"))
+    assert ("Service", "ns", "svc") in store.errors
+    assert "spec.clusterIP" in store.error_messages()[0]
+    assert store.state_for(("ns", "svc")) == good and store.take_changes() == set()
+    store.upsert("Service", svc(sessionAffinity="ClientIP"))
+    assert store.errors == {}
+    assert store.state_for(("ns", "svc"))[0].service.affinity_timeout == 10800
+
+
+def test_invalid_first_version_is_ignored_and_error_cleared_on_delete() -> None:
+    store = fresh()
+    bad = svc("bad", ip="")
+    store.upsert("Service", bad)
+    assert store.state_for(("ns", "bad")) == ()
+    assert ("Service", "ns", "bad") in store.errors
+    store.delete("Service", bad)
+    assert store.errors == {}
+
+
+def test_replace_prunes_missing_objects() -> None:
+    store = fresh()
+    store.replace("EndpointSlice", [])
+    assert store.take_changes() == {("ns", "svc")}
+    (state,) = store.state_for(("ns", "svc"))
+    assert not state.has_any_endpoints
+    store.replace("Service", [])
+    assert store.state_for(("ns", "svc")) == () and store.full_state().service_ports == ()
+
+
+def test_slice_moving_between_services_marks_both() -> None:
+    store = fresh()
+    store.upsert("Service", svc("other", "172.30.0.2"))
+    store.take_changes()
+    store.upsert("EndpointSlice", eps("svc-1", "other", "10.0.0.1"))
+    assert store.take_changes() == {("ns", "svc"), ("ns", "other")}
+    assert cluster_addrs(store) == [] and cluster_addrs(store, "other") == ["10.0.0.1:8080"]
+
+
+def test_state_is_cached_per_service() -> None:
+    store = fresh()
+    store.upsert("Service", svc("other", "172.30.0.2"))
+    first = store.state_for(("ns", "svc"))
+    store.upsert("EndpointSlice", eps("other-1", "other", "10.0.0.9"))
+    assert store.state_for(("ns", "svc")) is first  # untouched by another service's slice
+    store.upsert("EndpointSlice", eps("svc-1", "svc", "10.0.0.3"))
+    assert store.state_for(("ns", "svc")) is not first
+
+
+def test_our_nodes_zone_reselects_everything() -> None:
+    store = fresh()
+    store.upsert("EndpointSlice", eps("svc-1", "svc", "10.0.0.1", zone_hint="a"))
+    store.upsert("EndpointSlice", eps("svc-2", "svc", "10.0.0.2", zone_hint="b"))
+    store.take_changes()
+    assert cluster_addrs(store) == ["10.0.0.1:8080", "10.0.0.2:8080"]  # no zone label yet
+    store.upsert("Node", node("b"))
+    assert store.take_changes() == {("ns", "svc")}
+    assert cluster_addrs(store) == ["10.0.0.2:8080"]
+    store.upsert("Node", node("a", name="another-node"))  # not ours: nothing to do
+    assert store.take_changes() == set()
+    store.delete("Node", node("b"))
+    assert cluster_addrs(store) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+
+
+def test_locality_from_node_name() -> None:
+    store = fresh()
+    store.upsert("Service", svc(internalTrafficPolicy="Local"))
+    store.upsert("EndpointSlice", eps("svc-1", "svc", "10.0.0.1", node=NODE))
+    store.upsert("EndpointSlice", eps("svc-2", "svc", "10.0.0.2", node="elsewhere"))
+    (state,) = store.state_for(("ns", "svc"))
+    assert state.cluster_endpoints is None
+    assert [e.addr for e in state.local_endpoints] == ["10.0.0.1:8080"]
+    assert state.local_ready_count == 1
+
+
+def test_unnamed_objects_are_ignored() -> None:
+    store = fresh()
+    store.upsert("Service", {"kind": "Service", "metadata": {}})
+    store.delete("Service", {"kind": "Service"})
+    assert store.take_changes() == set()
