@@ -137,3 +137,10 @@ def test_pin_names_carry_the_layout_version():
     for spec in layout.MAPS.values():
         assert spec.pin_name.endswith(f"_v{layout.LAYOUT_VERSION}")
         assert spec.pin_path("/b") == f"/b/maps/{spec.pin_name}"
+
+
+@pytest.mark.root
+def test_source_text_for_bpf_print_pins_nothing(tmp_path):
+    text = programs.source_text(programs.Capacities(64, 64, 64, 64, 64, 64))
+    assert "int lb4_connect(struct bpf_sock_addr *ctx)" in text
+    assert "-D LB_NO_PIN" in text and "-D PIN_DIR" not in text

@@ -195,7 +195,22 @@ def test_cgroup2_mount_is_found():
         has_cgroup2 = any(line.split()[2] == "cgroup2" for line in f)
     if not has_cgroup2:
         pytest.skip("no cgroup2 here")
-    assert os.path.isfile(os.path.join(cgroup.cgroup2_mount(), "cgroup.procs"))
+    root = cgroup.cgroup2_mount()
+    assert os.path.isfile(os.path.join(root, "cgroup.procs"))
+    assert cgroup.is_root_cgroup(root)
+
+
+@pytest.mark.root
+def test_ensure_mounts_a_bpffs_only_where_none_is(tmp_path):
+    target = str(tmp_path / "fs")
+    assert bpffs.ensure(target)  # mounted here
+    try:
+        assert bpffs.is_bpffs(target)
+        assert not bpffs.ensure(os.path.join(target, "a", "b"))  # inside it: mkdir only
+        assert os.path.isdir(os.path.join(target, "a", "b"))
+    finally:
+        bpffs.umount(target)
+    assert not bpffs.is_bpffs(target)
 
 
 def test_oserror_carries_errno():

@@ -485,7 +485,8 @@ def test_restart_adopts_links_and_maps_and_cleanup_removes_all():
         assert maps.lb4_services.max_entries == 64
         maps.close()
 
-        assert programs.cleanup(e.bpffs) == len(programs.HOOKS) + len(L.MAPS)
+        assert programs.detach_all(e.bpffs, e.cgroup) == len(programs.HOOKS)
+        assert programs.cleanup(e.bpffs) == len(L.MAPS)
         assert all(v == [] for v in programs.attached_programs(e.cgroup).values())
         assert bpffs.list_pins(os.path.join(e.bpffs, "maps")) == []
         assert bpffs.list_pins(os.path.join(e.bpffs, "links")) == []
