@@ -1,0 +1,388 @@
+"""Kubernetes API server as a source: list + watch of Services, EndpointSlices
+(discovery.k8s.io/v1) and this agent's own Node, like client-go's reflector.
+
+Each kind runs in its own thread: list (paged) -> `sink.replace`, then watch
+from the list's resourceVersion -> `sink.upsert` / `sink.delete`, following
+bookmarks. A watch that ends normally (server timeout) resumes from the last
+resourceVersion; 410 Gone and any error lead to a fresh list, after an
+exponential backoff with jitter for errors. Nothing reaches the sink while the
+API server is unreachable, so the datapath keeps its last state; the relist
+afterwards carries the full current list and the sink computes the diff.
+
+Objects are plain dicts exactly as the API server serializes them (camelCase):
+responses are read raw (`_preload_content=False`), never through the client's
+snake_case models. Sink calls are serialized, so a sink need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyagent.sources.base import KINDS, Kind, ObjectSink
+
+log = logging.getLogger(__name__)
+
+# kube-proxy skips Services (and their slices) that another proxy or nobody serves.
+DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+# A watch that ends sooner than this without any event is suspect (client-go: "very short watch").
+SHORT_WATCH = 1.0
+
+
+class Backoff:
+    """Exponential backoff with jitter; client-go reflector defaults:
+    0.8 s doubling up to 30 s, each delay plus up to `jitter` x itself."""
+
+    def __init__(
+        self,
+        initial: float = 0.8,
+        cap: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 1.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial, self.cap, self.factor, self.jitter = initial, cap, factor, jitter
+        self._rand = rand
+        self._steps = 0
+
+    def next(self) -> float:
+        base = min(self.cap, self.initial * self.factor**self._steps)
+        self._steps += 1
+        return base * (1 + self.jitter * self._rand())
+
+    def reset(self) -> None:
+        self._steps = 0
+
+
+class Gone(Exception):
+    """410: the resourceVersion or continue token is too old; list again."""
+
+
+def make_api_client(kubeconfig: str | None = None) -> Any:
+    """An ApiClient from a kubeconfig file, or in-cluster config without one."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.retries = False  # our backoff decides when to retry
+    return client.ApiClient(cfg)
+
+
+@dataclass(frozen=True)
+class _Resource:
+    kind: Kind
+    api_version: str
+    list_fn: Callable[..., Any]  # the client's list_* function
+    selectors: dict[str, str] = field(default_factory=dict)
+
+
+def _resources(api_client: Any, node_name: str, label_selector: str) -> list[_Resource]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    discovery = client.DiscoveryV1Api(api_client)
+    labels = {"label_selector": label_selector} if label_selector else {}
+    return [
+        _Resource("Service", "v1", core.list_service_for_all_namespaces, labels),
+        _Resource(
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            discovery.list_endpoint_slice_for_all_namespaces,
+            labels,
+        ),
+        _Resource("Node", "v1", core.list_node, {"field_selector": f"metadata.name={node_name}"}),
+    ]
+
+
+def _gone_status(exc: BaseException) -> bool:
+    return getattr(exc, "status", None) == 410
+
+
+def _lines(resp: Any) -> Iterator[bytes]:
+    """Newline-delimited lines of a streamed (chunked) response body."""
+    buf = b""
+    for chunk in resp.stream(amt=None, decode_content=True):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buf.strip():
+        yield buf
+
+
+class _Reflector:
+    """List + watch of one kind, in its own thread."""
+
+    def __init__(self, source: KubeSource, res: _Resource) -> None:
+        self.source = source
+        self.res = res
+        self.kind = res.kind
+        self.resource_version = ""
+        self.synced = threading.Event()
+        self.backoff = source._new_backoff()
+        self._resp: Any = None
+        self._resp_lock = threading.Lock()
+        self.thread = threading.Thread(target=self.run, name=f"kube-{self.kind}", daemon=True)
+
+    def run(self) -> None:
+        src = self.source
+        delay = 0.0
+        gone_in_a_row = 0
+        while not src.stopping:
+            if delay and (src._sleep(delay) or src.stopping):
+                break
+            delay = 0.0
+            try:
+                self.list()
+                while not src.stopping:
+                    started = time.monotonic()
+                    if self.watch():
+                        gone_in_a_row = 0
+                    elif time.monotonic() - started < SHORT_WATCH:
+                        # Closed at once with nothing in it: resume, but do not hammer.
+                        wait = self.backoff.next()
+                        log.info("%s: watch closed at once; resuming in %.1fs", self.kind, wait)
+                        if src._sleep(wait):
+                            break
+            except Gone as e:
+                # Relist at once the first time; repeated 410s back off.
+                gone_in_a_row += 1
+                log.info("%s: %s; relisting", self.kind, e)
+                delay = 0.0 if gone_in_a_row == 1 else self.backoff.next()
+            except Exception as e:
+                if src.stopping:
+                    break
+                delay = self.backoff.next()
+                log.warning("%s: %s; relisting in %.1fs", self.kind, _describe(e), delay)
+
+    def _call(self, **kwargs: Any) -> Any:
+        try:
+            resp = self.res.list_fn(**self.res.selectors, **kwargs, _preload_content=False)
+        except Exception as e:
+            if _gone_status(e):
+                raise Gone(f"HTTP 410: {getattr(e, 'reason', e)}") from e
+            raise
+        return resp
+
+    def list(self) -> None:
+        """A complete (paged) list, delivered as one replace."""
+        src = self.source
+        items: list[dict] = []
+        cont: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"_request_timeout": src.request_timeout}
+            if src.page_size:
+                kwargs["limit"] = src.page_size
+            if cont:
+                kwargs["_continue"] = cont
+            resp = self._call(**kwargs)
+            try:
+                body = resp.data
+            except Exception:
+                resp.close()  # a half-read connection must not go back to the pool
+                raise
+            finally:
+                resp.release_conn()
+            doc = json.loads(body)
+            items.extend(doc.get("items") or [])
+            meta = doc.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                break
+        objects = [self._complete(obj) for obj in items]
+        if src.stopping:
+            return
+        src._deliver("replace", self.kind, objects)
+        self.resource_version = meta.get("resourceVersion") or ""
+        self.synced.set()
+        log.debug("%s: listed %d at %s", self.kind, len(objects), self.resource_version)
+
+    def _complete(self, obj: dict) -> dict:
+        # List items come without kind/apiVersion; watch objects carry them.
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.res.api_version)
+        return obj
+
+    def watch(self) -> bool:
+        """One watch stream from the current resourceVersion until the server
+        ends it; True if it delivered anything (an event or a bookmark)."""
+        src = self.source
+        lo, hi = src.watch_timeout
+        timeout = max(1, int(random.uniform(lo, hi)))
+        resp = self._call(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            # Read timeout past the server's: a silent connection is a dead one.
+            _request_timeout=(src.request_timeout[0], timeout + 30),
+        )
+        progressed = False
+        with self._resp_lock:
+            self._resp = resp
+        try:
+            # stop() may have run while the request was in flight and missed it.
+            if src.stopping:
+                return progressed
+            for line in _lines(resp):
+                if src.stopping:
+                    break
+                self.handle(json.loads(line))
+                progressed = True
+                self.backoff.reset()
+        finally:
+            with self._resp_lock:
+                self._resp = None
+            resp.close()  # the stream may be half-read: never reuse its connection
+            resp.release_conn()
+        return progressed
+
+    def handle(self, event: dict) -> None:
+        type_ = event.get("type")
+        obj = event.get("object") or {}
+        if type_ == "ERROR":
+            msg = f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}"
+            if obj.get("code") == 410:
+                raise Gone(msg)
+            raise RuntimeError(msg)
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if type_ in ("ADDED", "MODIFIED"):
+            self.source._deliver("upsert", self.kind, self._complete(obj))
+        elif type_ == "DELETED":
+            self.source._deliver("delete", self.kind, self._complete(obj))
+        elif type_ != "BOOKMARK":
+            log.warning("%s: ignoring watch event of type %r", self.kind, type_)
+            return
+        if rv:
+            self.resource_version = rv
+
+    def interrupt(self) -> None:
+        """Unblock a watch read from another thread."""
+        with self._resp_lock:
+            resp = self._resp
+        if resp is None:
+            return
+        try:
+            resp.shutdown()  # urllib3 >= 2.3
+        except Exception:
+            with contextlib.suppress(Exception):
+                resp.close()
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class KubeSource:
+    """Feeds `sink` from the API server; `start()` / `stop()`.
+
+    `api_client` overrides `kubeconfig` (tests, shared clients). `sleep(delay)`
+    is the backoff wait (default: interruptible by `stop()`); `rand` drives
+    the backoff jitter. Both are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        sink: ObjectSink,
+        node_name: str,
+        kubeconfig: str | None = None,
+        *,
+        api_client: Any = None,
+        label_selector: str = DEFAULT_LABEL_SELECTOR,
+        page_size: int = 500,
+        watch_timeout: tuple[float, float] = (300.0, 600.0),
+        request_timeout: tuple[float, float] = (10.0, 60.0),
+        backoff_initial: float = 0.8,
+        backoff_cap: float = 30.0,
+        rand: Callable[[], float] = random.random,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        if not node_name:
+            raise ValueError("node_name is required (the agent watches its own Node)")
+        self.sink = sink
+        self.node_name = node_name
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.request_timeout = request_timeout
+        self._backoff_args = (backoff_initial, backoff_cap, rand)
+        self._stop = threading.Event()
+        self._sleep_fn = sleep
+        self._sink_lock = threading.Lock()
+        self._own_client = api_client is None
+        self._api_client = make_api_client(kubeconfig) if api_client is None else api_client
+        self._reflectors = {
+            res.kind: _Reflector(self, res)
+            for res in _resources(self._api_client, node_name, label_selector)
+        }
+
+    def _new_backoff(self) -> Backoff:
+        initial, cap, rand = self._backoff_args
+        return Backoff(initial=initial, cap=cap, rand=rand)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _sleep(self, delay: float) -> bool:
+        """Wait out a backoff; True if stop() was called meanwhile."""
+        if self._sleep_fn is not None:
+            self._sleep_fn(delay)
+            return self.stopping
+        return self._stop.wait(delay)
+
+    def _deliver(self, op: str, kind: Kind, payload: Any) -> None:
+        with self._sink_lock:
+            if self.stopping:
+                return
+            try:
+                getattr(self.sink, op)(kind, payload)
+            except Exception:
+                # The sink owns per-object errors; a bug there must not stop the watch.
+                log.exception("%s: sink.%s failed", kind, op)
+
+    def start(self) -> None:
+        for reflector in self._reflectors.values():
+            reflector.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for reflector in self._reflectors.values():
+            reflector.interrupt()
+        for reflector in self._reflectors.values():
+            if reflector.thread.is_alive():
+                reflector.thread.join(timeout)
+        if self._own_client:
+            self._api_client.close()
+
+    def has_synced(self, kind: Kind) -> bool:
+        """True once the first complete list of `kind` reached the sink."""
+        return self._reflectors[kind].synced.is_set()
+
+    @property
+    def synced(self) -> dict[Kind, bool]:
+        return {kind: self.has_synced(kind) for kind in KINDS}
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        """Block until every kind has synced (or the timeout passes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for reflector in self._reflectors.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not reflector.synced.wait(left):
+                return False
+        return True
+
+    def resource_version(self, kind: Kind) -> str:
+        """The last resourceVersion seen for `kind` (list, event or bookmark)."""
+        return self._reflectors[kind].resource_version
