@@ -142,6 +142,15 @@ class Lab:
         self._procs.append(proc)
         return proc
 
+    def agent(self, args: Sequence[str], **kw) -> subprocess.Popen:
+        """Start `pyagent ARGS` in the node namespace, outside the lab cgroup.
+        nsenter (unlike `ip netns exec`) keeps /sys, so cgroup paths resolve."""
+        cmd = ["nsenter", f"--net=/run/netns/{self.node_ns}", sys.executable, "-m", "pyagent",
+               *args]
+        proc = subprocess.Popen(cmd, **kw)
+        self._procs.append(proc)
+        return proc
+
     def run(self, cmd: Sequence[str], ns: str | None = None, in_cgroup: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess:
         proc = self.popen(cmd, ns, in_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,0 +1,3 @@
+from pyagent.cli import main
+
+raise SystemExit(main())

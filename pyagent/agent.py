@@ -1,0 +1,130 @@
+"""The node agent: source -> store -> sync runner -> dataplane.
+
+Sources write into the store from their own threads and only *request* a
+sync; the runner coalesces requests (minSyncPeriod), forces a full resync
+every syncPeriod and retries failures with backoff. Nothing is removed from
+the dataplane before every kind has been listed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.base import Dataplane
+from pyagent.model import ServiceKey
+from pyagent.runner import SyncRunner
+from pyagent.sources.base import Kind, ObjectSink
+from pyagent.state import ServicePortState
+from pyagent.store import ServiceStore
+
+log = logging.getLogger(__name__)
+
+
+class AgentSink:
+    """Writes into the store under the agent's lock, then asks for a sync."""
+
+    def __init__(self, store: ObjectSink, lock: threading.Lock,
+                 notify: Callable[[], None]) -> None:
+        self.store, self.lock, self.notify = store, lock, notify
+
+    def replace(self, kind: Kind, objects: list[dict]) -> None:
+        with self.lock:
+            self.store.replace(kind, objects)
+        self.notify()
+
+    def upsert(self, kind: Kind, obj: dict) -> None:
+        with self.lock:
+            self.store.upsert(kind, obj)
+        self.notify()
+
+    def delete(self, kind: Kind, obj: dict) -> None:
+        with self.lock:
+            self.store.delete(kind, obj)
+        self.notify()
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, dataplane: Dataplane,
+                 observers: list[Any] | None = None) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.store = ServiceStore(config)
+        self.lock = threading.Lock()  # the store is written by sources, read by syncs
+        self.sink = AgentSink(self.store, self.lock, self._queued)
+        self.runner = SyncRunner(self.sync, min_interval=config.min_sync_period,
+                                 max_interval=config.sync_period)
+        self.observers = observers or []  # health / metrics hooks (see _notify)
+        self.errors: dict[ServiceKey, str] = {}
+        self.synced_once = threading.Event()
+        self._pruned = False
+        self._queued_at: float | None = None
+
+    def _queued(self) -> None:
+        if self._queued_at is None:
+            self._queued_at = time.time()
+        self._notify("queued")
+        self.runner.request()
+
+    def _notify(self, event: str, **kw: Any) -> None:
+        for obs in self.observers:
+            fn = getattr(obs, f"on_{event}", None)
+            if fn:
+                fn(**kw)
+
+    def _all_states(self) -> dict[ServiceKey, tuple[ServicePortState, ...]]:
+        grouped: dict[ServiceKey, list[ServicePortState]] = defaultdict(list)
+        for sps in self.store.full_state().service_ports:
+            grouped[(sps.service.namespace, sps.service.name)].append(sps)
+        return {k: tuple(v) for k, v in grouped.items()}
+
+    def sync(self, full: bool) -> bool:
+        """One sync; returns False to have the runner retry with backoff."""
+        with self.lock:
+            if not self.store.synced():
+                return True  # never prune from a partial view
+            queued_at, self._queued_at = self._queued_at, None
+            changed = self.store.take_changes()
+            full = full or not self._pruned
+            if full:
+                states = self._all_states()
+            else:
+                states = {k: self.store.state_for(k) for k in changed | set(self.errors)}
+            pending = self.store.pending()
+        started = time.monotonic()
+        try:
+            status = self.dataplane.sync(states, full=full)
+        except Exception:
+            log.exception("dataplane sync failed; will retry with a full sync")
+            self._pruned = False
+            self._queued_at = self._queued_at or queued_at
+            self._notify("sync_failed")
+            return False
+        self._pruned = True
+        for svc, err in status.items():
+            if err:
+                if self.errors.get(svc) != err:
+                    log.error("service %s/%s not programmed: %s", *svc, err)
+                self.errors[svc] = err
+            else:
+                self.errors.pop(svc, None)
+        for svc in [s for s in self.errors if s in states and not states[s]]:
+            self.errors.pop(svc, None)
+        self._notify("synced", duration=time.monotonic() - started, full=full,
+                     queued_at=queued_at, states=states, pending=pending)
+        self.synced_once.set()
+        return True
+
+    def start(self) -> None:
+        self.dataplane.setup()
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.dataplane.close()
+

@@ -1,0 +1,117 @@
+"""`pyagent maps dump`: decode the pinned maps, agent running or not, without
+compiling anything."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from typing import Any
+
+from pyagent.model import join_host_port
+
+PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
+SCOPES = {0: "external", 1: "internal"}
+DEFAULT_BPFFS = "/sys/fs/bpf/pyagent"
+
+
+def _proto(n: int) -> str:
+    return PROTO_NAMES.get(n, str(n))
+
+
+def dump(bpffs: str) -> dict[str, Any]:
+    from pyagent.dataplanes.ebpf import layout as L
+    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf.kernel import read_entries
+    from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
+
+    maps = programs.open_pinned_maps(bpffs)
+    try:
+        entries = read_entries(maps)
+        sizes = {name: {"maxEntries": m.max_entries} for name, m in maps.all().items()}
+    finally:
+        maps.close()
+    services, backends, revnat = [], [], []
+    states = {s.value: s.name.lower() for s in L.BackendState}
+    for fam in (4, 6):
+        svcs, bes = entries[(SERVICES, fam)], entries[(BACKENDS, fam)]
+        for (ip, port, proto, scope, slot), val in svcs.items():
+            if slot:
+                continue
+            _, aff, count, qcount, rev_id, flags, alg = val
+            slots = []
+            for i in range(1, count + qcount + 1):
+                sv = svcs.get((ip, port, proto, scope, i))
+                b = bes.get((sv[0],)) if sv else None
+                slots.append({"slot": i, "backendId": sv[0] if sv else None,
+                              "address": b[0] if b else None, "port": b[1] if b else None,
+                              "state": states.get(b[3], str(b[3])) if b else "missing"})
+            services.append({
+                "frontend": {"address": ip, "port": port, "protocol": _proto(proto),
+                             "scope": SCOPES.get(scope, str(scope))},
+                "revNatId": rev_id, "count": count, "qcount": qcount,
+                "flags": [f.name for f in L.ServiceFlag if flags & f],
+                "algorithm": L.Algorithm(alg).name.lower(), "affinityTimeout": aff,
+                "backends": slots})
+        for (bid,), (bip, bport, bproto, state, bflags, zone) in bes.items():
+            backends.append({"id": bid, "address": bip, "port": bport, "protocol": _proto(bproto),
+                             "state": states.get(state, str(state)),
+                             "local": bool(bflags & L.BACKEND_F_LOCAL), "zone": zone})
+        for (rid,), (rip, rport) in entries[(REVNAT, fam)].items():
+            revnat.append({"id": rid, "address": rip, "port": rport})
+        for name in (f"lb{fam}_services", f"lb{fam}_backends", f"lb{fam}_revnat"):
+            m = {f"lb{fam}_services": svcs, f"lb{fam}_backends": bes,
+                 f"lb{fam}_revnat": entries[(REVNAT, fam)]}[name]
+            sizes[name]["entries"] = len(m)
+
+    def addr_key(ip: str) -> tuple:
+        a = ipaddress.ip_address(ip)
+        return (a.version, a)
+
+    services.sort(key=lambda s: (addr_key(s["frontend"]["address"]), s["frontend"]["port"],
+                                 s["frontend"]["protocol"], s["frontend"]["scope"]))
+    backends.sort(key=lambda b: b["id"])
+    revnat.sort(key=lambda r: r["id"])
+    return {"bpffs": bpffs, "layoutVersion": L.LAYOUT_VERSION, "services": services,
+            "backends": backends, "revNat": revnat, "maps": sizes}
+
+
+def print_table(d: dict[str, Any]) -> None:
+    print(f"{'ID':>5}  {'FRONTEND':28} {'SCOPE':9} {'FLAGS':24} BACKENDS")
+    for s in d["services"]:
+        fe = s["frontend"]
+        front = f"{join_host_port(fe['address'], fe['port'])}/{fe['protocol']}"
+        flags = ",".join(s["flags"]) or "-"
+        bes = [f"{b['backendId']} => {join_host_port(b['address'], b['port'])} ({b['state']})"
+               if b["address"] else f"slot {b['slot']} missing" for b in s["backends"]]
+        if not bes:
+            bes = ["(none: " + ("drop" if "DROP_NO_BACKEND" in s["flags"] else "reject") + ")"]
+        print(f"{s['revNatId']:>5}  {front:28} {fe['scope']:9} {flags:24} {bes[0]}")
+        for b in bes[1:]:
+            print(f"{'':>5}  {'':28} {'':9} {'':24} {b}")
+    print(f"\n{len(d['services'])} frontends, {len(d['backends'])} backends, "
+          f"{len(d['revNat'])} rev-NAT entries (layout v{d['layoutVersion']}, {d['bpffs']})")
+
+
+def run_dump(args: argparse.Namespace) -> int:
+    try:
+        d = dump(args.bpffs)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"pyagent maps dump: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        print_table(d)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("maps", help="inspect the pinned BPF maps")
+    msub = p.add_subparsers(dest="maps_command", required=True, metavar="SUBCOMMAND")
+    d = msub.add_parser("dump", help="decode services, backends and rev-NAT maps",
+                        epilog="example: pyagent maps dump --bpffs /sys/fs/bpf/pyagent --json")
+    d.add_argument("--bpffs", default=DEFAULT_BPFFS)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_dump)

@@ -1,0 +1,36 @@
+"""The interface every dataplane implements (eBPF, iptables, nftables, ...).
+
+Dataplanes are the only code that touches the kernel. They get the complete
+per-node state of the Services that changed and report a status per Service
+instead of raising: one bad Service never stops the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from pyagent.model import ServiceKey
+from pyagent.state import ServicePortState
+
+# Per Service: None when programmed, else why not (the previous state stays).
+SyncStatus = dict[ServiceKey, str | None]
+
+
+class Dataplane(Protocol):
+    name: str
+
+    def setup(self) -> None:
+        """Load/attach/adopt what a previous run left, without disrupting it."""
+
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        """Program `states` (every port of each Service named; an empty tuple
+        removes the Service). With `full`, `states` names every Service that
+        exists, and anything else the dataplane holds is removed."""
+
+    def close(self) -> None:
+        """Stop, leaving the kernel state in place for the next agent."""
+
+    def cleanup(self) -> None:
+        """Remove everything this dataplane ever put in the kernel."""

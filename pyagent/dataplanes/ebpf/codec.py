@@ -1,0 +1,72 @@
+"""Packs the reconciler's logical entries into the exact bytes of the structs
+in bpf_src/lb_types.h, and back. struct formats are used instead of ctypes
+objects on the hot path (a full sync packs ~200k entries); tests/test_layout.py
+checks every format against the compiled object's sizes and offsets."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+# Network-order fields (addresses, ports) are packed as raw bytes.
+FORMATS = {
+    ("services", 4): ("<4s2sHBB2x", "<IIHHHHB3x"),     # lb4_key -> lb_service
+    ("services", 6): ("<16s2sHBB2x", "<IIHHHHB3x"),    # lb6_key -> lb_service
+    ("backends", 4): ("<I", "<4s2sBBBB2x"),            # id -> lb4_backend
+    ("backends", 6): ("<I", "<16s2sBBBB2x"),           # id -> lb6_backend
+    ("revnat", 4): ("<H", "<4s2s2x"),                  # id -> lb4_reverse_nat
+    ("revnat", 6): ("<H", "<16s2s2x4x"),               # id -> lb6_reverse_nat
+}
+STRUCTS = {k: (struct.Struct(kf), struct.Struct(vf)) for k, (kf, vf) in FORMATS.items()}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def ip_bytes(ip: str, family: int) -> bytes:
+    return socket.inet_pton(_AF[family], ip)
+
+
+def ip_str(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+
+
+def port_bytes(port: int) -> bytes:
+    return port.to_bytes(2, "big")
+
+
+def pack_key(m: str, family: int, key: tuple) -> bytes:
+    kst = STRUCTS[(m, family)][0]
+    if m == "services":
+        ip, port, proto, scope, slot = key
+        return kst.pack(ip_bytes(ip, family), port_bytes(port), slot, proto, scope)
+    return kst.pack(*key)
+
+
+def pack_value(m: str, family: int, value: tuple) -> bytes:
+    vst = STRUCTS[(m, family)][1]
+    if m == "services":
+        return vst.pack(*value)
+    if m == "backends":
+        ip, port, proto, state, flags, zone = value
+        return vst.pack(ip_bytes(ip, family), port_bytes(port), proto, state, flags, zone)
+    ip, port = value
+    return vst.pack(ip_bytes(ip, family), port_bytes(port))
+
+
+def unpack_key(m: str, family: int, raw: bytes) -> tuple:
+    kst = STRUCTS[(m, family)][0]
+    if m == "services":
+        addr, port, slot, proto, scope = kst.unpack(raw)
+        return (ip_str(addr), int.from_bytes(port, "big"), proto, scope, slot)
+    return kst.unpack(raw)
+
+
+def unpack_value(m: str, family: int, raw: bytes) -> tuple:
+    vst = STRUCTS[(m, family)][1]
+    fields = vst.unpack(raw)
+    if m == "services":
+        return fields
+    if m == "backends":
+        addr, port, proto, state, flags, zone = fields
+        return (ip_str(addr), int.from_bytes(port, "big"), proto, state, flags, zone)
+    addr, port = fields
+    return (ip_str(addr), int.from_bytes(port, "big"))

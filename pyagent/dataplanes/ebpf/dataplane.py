@@ -1,0 +1,81 @@
+"""The eBPF dataplane: socket hooks on a cgroup, state in pinned maps.
+
+Start-up is hitless: the pinned maps are reused (BCC's pinned tables), the
+pinned links are updated in place with the new programs, and the service and
+backend ids are rebuilt from the maps, so the first sync writes only what
+changed while the agent was away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from ebpf import cgroup as cg
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.ebpf import programs
+from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
+from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries
+from pyagent.dataplanes.ebpf.reconciler import Reconciler
+from pyagent.dataplanes.ebpf.stats import Stats
+from pyagent.model import ServiceKey
+from pyagent.state import ServicePortState
+
+log = logging.getLogger(__name__)
+
+
+class EbpfDataplane:
+    name = "ebpf"
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.bpffs = config.bpffs
+        self.cgroup = config.cgroup or cg.cgroup2_mount()
+        self.lb: programs.SockLB | None = None
+        self.reconciler: Reconciler | None = None
+        self.stats: Stats | None = None
+
+    def setup(self) -> None:
+        self.lb = programs.load(self.bpffs)
+        adopted = programs.attach(self.lb, self.bpffs, self.cgroup)
+        if any(adopted.values()):
+            log.info("adopted existing links on %s (hitless restart)", self.cgroup)
+        self._adopt()
+        self.stats = Stats(self.lb.maps, self)
+
+    def _adopt(self) -> None:
+        assert self.lb is not None
+        state = decode(read_entries(self.lb.maps))
+        if state.frontends:
+            log.info("adopted %d frontends and %d backends from pinned maps",
+                     len(state.frontends), len(state.backend_ids))
+        self.reconciler = Reconciler(KernelWriter(self.lb.maps), state)
+
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        assert self.reconciler is not None, "setup() first"
+        changes: dict[ServiceKey, list[Frontend]] = {}
+        for svc, ports in states.items():
+            changes[svc] = [fe for sps in ports for fe in frontends_for(sps, self.config)]
+        if full:
+            # Services the reconciler holds that no longer exist.
+            for svc in set(self.reconciler.by_service) - set(changes):
+                changes[svc] = []
+        try:
+            return self.reconciler.apply(changes, prune_unowned=full)
+        except Exception:
+            # The maps are consistent (make-before-break) but our bookkeeping
+            # may not match them: rebuild it from the kernel before retrying.
+            self._adopt()
+            raise
+
+    def close(self) -> None:
+        if self.lb:
+            self.lb.close()
+            self.lb = None
+
+    def cleanup(self) -> None:
+        self.close()
+        programs.detach_all(self.bpffs, self.cgroup)
+        programs.cleanup(self.bpffs)

@@ -1,0 +1,123 @@
+"""From per-node service state to the frontends the BPF maps hold (pure).
+
+A frontend is one (address, port, protocol, scope) key of the services map
+with its ordered backend list. Scope INTERNAL is what pods and the node see
+(the socket hooks); scope EXTERNAL is what traffic entering the node sees (the
+TC programs). Which endpoint set each gets is kube-proxy's rule, already
+computed by the selection; this module only decides which set goes where.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.model import Endpoint
+from pyagent.state import ServicePortState
+
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+ALGORITHMS = {
+    None: L.Algorithm.RANDOM,
+    "random": L.Algorithm.RANDOM,
+    "round-robin": L.Algorithm.ROUND_ROBIN,
+    "least-conn": L.Algorithm.LEAST_CONN,
+    "maglev": L.Algorithm.MAGLEV,
+}
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    ip: str
+    port: int
+    proto: int
+    local: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.ip, self.port, self.proto)
+
+
+@dataclass(frozen=True)
+class Frontend:
+    ip: str
+    port: int
+    proto: int
+    scope: int
+    flags: int
+    backends: tuple[Backend, ...]  # active, in slot order
+    affinity_timeout: int = 0
+    algorithm: int = L.Algorithm.RANDOM
+    service: str = ""  # "namespace/name:port" for status; not in the maps
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        return (self.ip, self.port, self.proto, self.scope)
+
+    @property
+    def addr(self) -> tuple[str, int, int]:
+        """What rev-NAT ids are keyed on: both scopes of a VIP share one id."""
+        return (self.ip, self.port, self.proto)
+
+    def kernel_view(self) -> tuple:
+        """Everything the maps record about this frontend (not `service`)."""
+        return (self.key, self.flags, self.backends, self.affinity_timeout, self.algorithm)
+
+
+def _backends(eps: Iterable[Endpoint] | None, proto: int, node: str) -> tuple[Backend, ...]:
+    return tuple(sorted(Backend(ipaddress.ip_address(e.ip).compressed, e.port, proto,
+                                e.node_name == node) for e in eps or ()))
+
+
+def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
+    """The INTERNAL-scope frontends of one service port (socket path).
+
+    - ClusterIP: iTP=Local uses the local set, else the cluster set.
+    - NodePort on node IPs, externalIPs, LB IPs: pods and the node are
+      short-circuited to the cluster set whatever eTP says (kube-proxy rule).
+      LB IPs with source ranges are left to the TC path, which sees sources.
+    A frontend with no backends rejects, unless endpoints exist elsewhere and
+    only the policy excludes them, in which case it drops.
+    """
+    svc = sps.service
+    proto = PROTO_NUMBERS[svc.protocol]
+    node = config.node_name
+    name = f"{svc.namespace}/{svc.name}:{svc.port_name}" if svc.port_name else \
+        f"{svc.namespace}/{svc.name}"
+    common = {
+        "affinity_timeout": svc.affinity_timeout or 0,
+        "algorithm": ALGORITHMS.get(svc.lb_algorithm, L.Algorithm.RANDOM),
+        "service": name,
+    }
+    base_flags = 0
+    if svc.affinity_timeout:
+        base_flags |= L.ServiceFlag.AFFINITY
+    if svc.external_policy_local:
+        base_flags |= L.ServiceFlag.LOCAL_ETP
+    if svc.internal_policy_local:
+        base_flags |= L.ServiceFlag.LOCAL_ITP
+
+    def make(ip: str, port: int, kind_flag: int, eps: Iterable[Endpoint] | None) -> Frontend:
+        backends = _backends(eps, proto, node)
+        flags = base_flags | kind_flag
+        if not backends and sps.has_any_endpoints:
+            flags |= L.ServiceFlag.DROP_NO_BACKEND
+        return Frontend(ipaddress.ip_address(ip).compressed, port, proto, L.SCOPE_INTERNAL,
+                        int(flags), backends, **common)
+
+    out: list[Frontend] = []
+    if svc.cluster_ip:
+        eps = sps.local_endpoints if svc.internal_policy_local else sps.cluster_endpoints
+        out.append(make(svc.cluster_ip, svc.port, L.ServiceFlag.CLUSTER_IP, eps))
+    cluster = sps.cluster_endpoints
+    for ip in svc.external_ips:
+        out.append(make(ip, svc.port, L.ServiceFlag.EXTERNAL_IP, cluster))
+    if not svc.lb_source_ranges:
+        for ip in svc.lb_ips:
+            out.append(make(ip, svc.port, L.ServiceFlag.LOADBALANCER, cluster))
+    if svc.node_port:
+        for ip in config.node_port_ips(svc.family):
+            out.append(make(ip, svc.node_port, L.ServiceFlag.NODE_PORT, cluster))
+    return out

@@ -1,0 +1,106 @@
+"""The reconciler's MapWriter over the real pinned maps, and the reverse:
+decoding the maps into frontends (for adoption on restart and `maps dump`)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+
+from pyagent.dataplanes.ebpf import codec
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
+from pyagent.dataplanes.ebpf.programs import LBMaps
+from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES, KernelState, Op
+
+log = logging.getLogger(__name__)
+
+
+def _map(maps: LBMaps, m: str, family: int):
+    return getattr(maps, {SERVICES: f"lb{family}_services", BACKENDS: f"lb{family}_backends",
+                          REVNAT: f"lb{family}_revnat"}[m])
+
+
+class KernelWriter:
+    """Runs each phase as one batched update and one batched delete per map.
+    Within a phase, deletes go after updates (phases never need both for one key)."""
+
+    def __init__(self, maps: LBMaps) -> None:
+        self.maps = maps
+        self._capacity = {(m, f): _map(maps, m, f).max_entries
+                          for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)}
+
+    def capacity(self) -> Mapping[tuple[str, int], int]:
+        return self._capacity
+
+    def run(self, phases: list[list[Op]]) -> None:
+        for phase in phases:
+            puts: dict[tuple[str, int], tuple[list[bytes], list[bytes]]] = defaultdict(
+                lambda: ([], []))
+            dels: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+            for op in phase:
+                key = codec.pack_key(op.map, op.family, op.key)
+                if op.value is None:
+                    dels[(op.map, op.family)].append(key)
+                else:
+                    ks, vs = puts[(op.map, op.family)]
+                    ks.append(key)
+                    vs.append(codec.pack_value(op.map, op.family, op.value))
+            for (m, f), (ks, vs) in puts.items():
+                _map(self.maps, m, f).update_many_raw(b"".join(ks), b"".join(vs))
+            for (m, f), ks in dels.items():
+                _map(self.maps, m, f).delete_many_raw(b"".join(ks))
+
+
+def read_entries(maps: LBMaps) -> dict[tuple[str, int], dict[tuple, tuple]]:
+    """Every services/backends/revnat entry, decoded to logical tuples."""
+    out: dict[tuple[str, int], dict[tuple, tuple]] = {}
+    for m in (SERVICES, BACKENDS, REVNAT):
+        for f in (4, 6):
+            out[(m, f)] = {codec.unpack_key(m, f, k): codec.unpack_value(m, f, v)
+                           for k, v in _map(maps, m, f).items_raw()}
+    return out
+
+
+def decode(entries: dict[tuple[str, int], dict[tuple, tuple]]) -> KernelState:
+    """Rebuild frontends and ids from map entries; what is inconsistent (a
+    slot past the count, a backend nobody references, a rev-NAT entry of no
+    frontend, a master whose slot is missing) becomes a delete in `stray`."""
+    st = KernelState()
+    for f in (4, 6):
+        svcs = entries[(SERVICES, f)]
+        backends = entries[(BACKENDS, f)]
+        used_slots: set[tuple] = set()
+        used_revs: set[int] = set()
+        for key, val in svcs.items():
+            ip, port, proto, scope, slot = key
+            if slot != 0:
+                continue
+            _, aff, count, _qcount, rev_id, flags, alg = val
+            bes = []
+            for i in range(1, count + 1):
+                skey = (ip, port, proto, scope, i)
+                slot_val = svcs.get(skey)
+                b = backends.get((slot_val[0],)) if slot_val else None
+                if b is None:
+                    log.warning("frontend %s:%d has no backend in slot %d", ip, port, i)
+                    break
+                used_slots.add(skey)
+                bip, bport, bproto, _state, bflags, _zone = b
+                be = Backend(bip, bport, bproto, bool(bflags & L.BACKEND_F_LOCAL))
+                bes.append(be)
+                st.backend_ids[be.key] = slot_val[0]
+            else:
+                fe = Frontend(ip, port, proto, scope, flags, tuple(bes), aff, alg)
+                st.frontends[fe.key] = (fe, rev_id)
+                used_slots.add(key)
+                used_revs.add(rev_id)
+                continue
+            # A broken frontend is not adopted: all its entries are stray and
+            # the desired state writes it anew.
+        st.stray.extend(Op(SERVICES, f, k, None) for k in svcs if k not in used_slots)
+        live_ids = set(st.backend_ids.values())
+        st.stray.extend(Op(BACKENDS, f, k, None) for k in backends if k[0] not in live_ids)
+        st.stray.extend(Op(REVNAT, f, k, None) for k in entries[(REVNAT, f)]
+                        if k[0] not in used_revs)
+    return st

@@ -1,0 +1,287 @@
+"""Turns frontend changes into ordered, batched map operations (pure).
+
+It owns the bookkeeping the maps need: stable service (rev-NAT) ids and
+reference-counted backend ids, which frontend belongs to which Service, and
+how full each map is. Every sync is executed in phases so that no lookup in
+the kernel can ever see a slot pointing at a missing backend or a master
+entry counting a slot that does not exist yet (make-before-break):
+
+  1 new backends, 2 new rev-NAT entries, 3 slots, 4 master entries
+  (writes and deletes), 5 surplus slots, 6 freed rev-NAT ids, 7 freed backends.
+
+Capacity is checked per Service before anything is written, so a Service the
+maps cannot hold is refused with a clear error and keeps its last good state,
+and the others are applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
+
+ServiceKey = tuple[str, str]
+# Logical map names; the writer picks the v4 or v6 map from the address.
+SERVICES, BACKENDS, REVNAT = "services", "backends", "revnat"
+NPHASES = 7
+MAX_REV_ID = 0xFFFF
+MAX_BACKEND_ID = 0xFFFFFFFF
+
+
+def family(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+@dataclass(frozen=True)
+class Op:
+    map: str  # SERVICES | BACKENDS | REVNAT
+    family: int
+    key: tuple
+    value: tuple | None  # None: delete
+
+
+class MapWriter(Protocol):
+    """Executes phases in order; each phase may be batched per map."""
+
+    def run(self, phases: list[list[Op]]) -> None: ...
+
+    def capacity(self) -> Mapping[tuple[str, int], int]: ...
+
+
+@dataclass
+class KernelState:
+    """What the maps hold, decoded (see `adopt`)."""
+
+    # frontend key -> (frontend, rev-NAT id)
+    frontends: dict[tuple, tuple[Frontend, int]] = field(default_factory=dict)
+    backend_ids: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    stray: list[Op] = field(default_factory=list)  # deletes for orphaned entries
+
+
+def master_value(fe: Frontend, rev_id: int) -> tuple:
+    # (backend_id, affinity_timeout, count, qcount, rev_nat_id, flags, algorithm)
+    return (0, fe.affinity_timeout, len(fe.backends), 0, rev_id, fe.flags, fe.algorithm)
+
+
+def slot_value(backend_id: int) -> tuple:
+    return (backend_id, 0, 0, 0, 0, 0, 0)
+
+
+def backend_value(b: Backend) -> tuple:
+    # (ip, port, proto, state, flags, zone)
+    return (b.ip, b.port, b.proto, L.BackendState.ACTIVE, L.BACKEND_F_LOCAL if b.local else 0, 0)
+
+
+class CapacityError(Exception):
+    pass
+
+
+class Reconciler:
+    def __init__(self, writer: MapWriter, adopted: KernelState | None = None) -> None:
+        self.writer = writer
+        self.kernel: dict[tuple, Frontend] = {}
+        self.owner: dict[tuple, ServiceKey | None] = {}
+        self.by_service: dict[ServiceKey, set[tuple]] = {}
+        self.rev_ids: dict[tuple[str, int, int], int] = {}
+        self.rev_refs: dict[int, int] = {}
+        self.backend_ids: dict[tuple[str, int, int], int] = {}
+        self.backend_refs: dict[int, int] = {}
+        self.backends: dict[int, Backend] = {}
+        self.used: dict[tuple[str, int], int] = {}
+        self._next_rev, self._next_backend = 1, 1
+        self._free_rev: list[int] = []
+        self._free_backend: list[int] = []
+        self._freed_rev: list[int] = []
+        self._stray: list[Op] = []
+        if adopted:
+            self._adopt(adopted)
+
+    # -- adoption of what a previous agent left in the pinned maps ----------
+    def _adopt(self, st: KernelState) -> None:
+        for key, (fe, rev_id) in st.frontends.items():
+            self.kernel[key] = fe
+            self.owner[key] = None  # claimed by the first Service that wants it
+            self.rev_ids.setdefault(fe.addr, rev_id)
+            self.rev_refs[rev_id] = self.rev_refs.get(rev_id, 0) + 1
+            self._count(SERVICES, fe.ip, 1 + len(fe.backends))
+        for bkey, bid in st.backend_ids.items():
+            self.backend_ids[bkey] = bid
+            self.backend_refs.setdefault(bid, 0)
+            self.backends[bid] = Backend(*bkey)
+            self._count(BACKENDS, bkey[0], 1)
+        for fe in self.kernel.values():
+            for b in fe.backends:
+                self.backend_refs[self.backend_ids[b.key]] += 1
+        for addr in self.rev_ids:
+            self._count(REVNAT, addr[0], 1)
+        self._next_rev = max(self.rev_refs, default=0) + 1
+        self._next_backend = max(self.backend_refs, default=0) + 1
+        self._stray = list(st.stray)
+
+    # -- bookkeeping --------------------------------------------------------
+    def _count(self, m: str, ip: str, n: int) -> None:
+        k = (m, family(ip))
+        self.used[k] = self.used.get(k, 0) + n
+
+    def _alloc(self, free: list[int], nxt: str, limit: int) -> int:
+        if free:
+            return free.pop()
+        val = getattr(self, nxt)
+        if val > limit:
+            raise CapacityError("id space exhausted")
+        setattr(self, nxt, val + 1)
+        return val
+
+    def frontends_of(self, svc: ServiceKey) -> list[Frontend]:
+        return [self.kernel[k] for k in sorted(self.by_service.get(svc, ()))]
+
+    def rev_id(self, fe: Frontend) -> int | None:
+        return self.rev_ids.get(fe.addr)
+
+    # -- the sync -----------------------------------------------------------
+    def apply(self, changes: Mapping[ServiceKey, Iterable[Frontend]],
+              prune_unowned: bool = False) -> dict[ServiceKey, str | None]:
+        """Make the maps hold `changes` (the complete frontend list of each
+        Service named; an empty list removes it). With `prune_unowned`, also
+        remove frontends no Service claims (after a full initial sync).
+        Returns per Service None (ok) or why it was refused."""
+        phases: list[list[Op]] = [[] for _ in range(NPHASES)]
+        status: dict[ServiceKey, str | None] = {}
+        for svc in sorted(changes):
+            try:
+                self._plan_service(svc, list(changes[svc]), phases)
+                status[svc] = None
+            except CapacityError as exc:
+                status[svc] = str(exc)
+        if prune_unowned:
+            for key in [k for k, o in self.owner.items() if o is None]:
+                self._remove_frontend(key, phases)
+            phases[4].extend(op for op in self._stray if op.map == SERVICES)
+            phases[5].extend(op for op in self._stray if op.map == REVNAT)
+            phases[6].extend(op for op in self._stray if op.map == BACKENDS)
+            self._stray = []
+        self._release(phases)
+        self.writer.run([p for p in phases if p])
+        return status
+
+    def _plan_service(self, svc: ServiceKey, wanted: list[Frontend],
+                      phases: list[list[Op]]) -> None:
+        new: dict[tuple, Frontend] = {}
+        for fe in wanted:
+            holder = self.owner.get(fe.key)
+            if fe.key in new or (holder is not None and holder != svc):
+                raise CapacityError(
+                    f"frontend {fe.ip}:{fe.port}/{fe.proto} is already used by "
+                    f"{'/'.join(holder or svc)}")
+            if len(fe.backends) > L.MAX_SLOTS:
+                raise CapacityError(f"{len(fe.backends)} backends exceed {L.MAX_SLOTS}")
+            new[fe.key] = fe
+        old_keys = self.by_service.get(svc, set())
+        self._check_capacity(old_keys, new)
+        for key in old_keys - new.keys():
+            self._remove_frontend(key, phases)
+        for key, fe in new.items():
+            self._put_frontend(fe, phases)
+            self.owner[key] = svc
+        if new:
+            self.by_service[svc] = set(new)
+        else:
+            self.by_service.pop(svc, None)
+
+    def _check_capacity(self, old_keys: set[tuple], new: dict[tuple, Frontend]) -> None:
+        need: dict[tuple[str, int], int] = {}
+
+        def add(m: str, ip: str, n: int) -> None:
+            need[(m, family(ip))] = need.get((m, family(ip)), 0) + n
+
+        for key, fe in new.items():
+            old = self.kernel.get(key)
+            add(SERVICES, fe.ip, len(fe.backends) - (len(old.backends) if old else -1))
+            if fe.addr not in self.rev_ids:
+                add(REVNAT, fe.ip, 1)
+            for b in fe.backends:
+                if b.key not in self.backend_ids:
+                    add(BACKENDS, b.ip, 1)
+        for key in old_keys - new.keys():
+            add(SERVICES, key[0], -(1 + len(self.kernel[key].backends)))
+        cap = self.writer.capacity()
+        for k, n in need.items():
+            if n > 0 and self.used.get(k, 0) + n > cap.get(k, 0):
+                raise CapacityError(
+                    f"map {k[0]} (IPv{k[1]}) is full: needs {n} more entries, "
+                    f"{cap.get(k, 0) - self.used.get(k, 0)} free of {cap.get(k, 0)}")
+
+    def _put_frontend(self, fe: Frontend, phases: list[list[Op]]) -> None:
+        old = self.kernel.get(fe.key)
+        if old is not None and old.kernel_view() == fe.kernel_view():
+            self.kernel[fe.key] = fe  # only the name may differ
+            return
+        fam = family(fe.ip)
+        rev_id = self.rev_ids.get(fe.addr)
+        if rev_id is None:
+            rev_id = self._alloc(self._free_rev, "_next_rev", MAX_REV_ID)
+            self.rev_ids[fe.addr] = rev_id
+            self.rev_refs[rev_id] = 0
+            phases[1].append(Op(REVNAT, fam, (rev_id,), (fe.ip, fe.port)))
+            self._count(REVNAT, fe.ip, 1)
+        if old is None:
+            self.rev_refs[rev_id] += 1
+        ip, port, proto, scope = fe.key
+        old_backends = old.backends if old else ()
+        for b in fe.backends:
+            self._ref_backend(b, phases)
+        for b in old_backends:
+            self.backend_refs[self.backend_ids[b.key]] -= 1
+        for i, b in enumerate(fe.backends, start=1):
+            if i > len(old_backends) or old_backends[i - 1] != b:
+                bid = self.backend_ids[b.key]
+                phases[2].append(Op(SERVICES, fam, (ip, port, proto, scope, i), slot_value(bid)))
+        phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), master_value(fe, rev_id)))
+        for i in range(len(fe.backends) + 1, len(old_backends) + 1):
+            phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
+        self._count(SERVICES, fe.ip, len(fe.backends) - len(old_backends) + (0 if old else 1))
+        self.kernel[fe.key] = fe
+
+    def _ref_backend(self, b: Backend, phases: list[list[Op]]) -> None:
+        bid = self.backend_ids.get(b.key)
+        if bid is None:
+            bid = self._alloc(self._free_backend, "_next_backend", MAX_BACKEND_ID)
+            self.backend_ids[b.key] = bid
+            self.backend_refs[bid] = 0
+            self.backends[bid] = b
+            phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
+            self._count(BACKENDS, b.ip, 1)
+        self.backend_refs[bid] += 1
+
+    def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
+        fe = self.kernel.pop(key)
+        self.owner.pop(key, None)
+        fam = family(fe.ip)
+        ip, port, proto, scope = key
+        phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), None))
+        for i, b in enumerate(fe.backends, start=1):
+            phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
+            self.backend_refs[self.backend_ids[b.key]] -= 1
+        self._count(SERVICES, fe.ip, -(1 + len(fe.backends)))
+        rev_id = self.rev_ids[fe.addr]
+        self.rev_refs[rev_id] -= 1
+        if self.rev_refs[rev_id] == 0:
+            # Freed only after planning (in _release), so no frontend of this
+            # same sync can be given the id whose entry phase 5 deletes.
+            del self.rev_refs[rev_id], self.rev_ids[fe.addr]
+            self._freed_rev.append(rev_id)
+            phases[5].append(Op(REVNAT, fam, (rev_id,), None))
+            self._count(REVNAT, fe.ip, -1)
+
+    def _release(self, phases: list[list[Op]]) -> None:
+        self._free_rev.extend(self._freed_rev)
+        self._freed_rev = []
+        for bid in [i for i, n in self.backend_refs.items() if n == 0]:
+            b = self.backends.pop(bid)
+            del self.backend_refs[bid], self.backend_ids[b.key]
+            self._free_backend.append(bid)
+            phases[6].append(Op(BACKENDS, family(b.ip), (bid,), None))
+            self._count(BACKENDS, b.ip, -1)

@@ -1,0 +1,43 @@
+"""Scrape-time readings of the eBPF dataplane for /metrics."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from pyagent.dataplanes.ebpf.programs import LBMaps
+from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
+
+_NAMES = {SERVICES: "lb{}_services", BACKENDS: "lb{}_backends", REVNAT: "lb{}_revnat"}
+
+
+class Stats:
+    def __init__(self, maps: LBMaps, dataplane: Any) -> None:
+        self.maps = maps
+        self.dataplane = dataplane
+
+    def map_pressure(self) -> dict[str, float]:
+        """Fill of the maps the agent writes, from its own bookkeeping (no walk)."""
+        r = self.dataplane.reconciler
+        if r is None:
+            return {}
+        cap = r.writer.capacity()
+        return {_NAMES[m].format(f): r.used.get((m, f), 0) / cap[(m, f)] for (m, f) in cap}
+
+    def service_connections(self) -> dict[str, float]:
+        """Backend selections per service, summed over CPUs (per-CPU array by rev id)."""
+        r = self.dataplane.reconciler
+        if r is None:
+            return {}
+        out: dict[str, float] = {}
+        for fe in list(r.kernel.values()):
+            rev_id = r.rev_ids.get(fe.addr)
+            if rev_id is None or not fe.service:
+                continue
+            per_cpu = self.maps.lb_svc_stats.get(ctypes.c_uint32(rev_id)) or []
+            total = sum(v.selected for v in per_cpu)
+            out[fe.service] = out.get(fe.service, 0) + total
+        return out
+
+    def backend_connections(self) -> dict[str, float]:
+        return {}  # per-backend counters are not kept in BPF yet

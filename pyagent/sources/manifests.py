@@ -1,0 +1,148 @@
+"""A directory of manifests as a source: Service, EndpointSlice and Node
+objects in *.yaml / *.yml / *.json files (multi-document files and `kind: List`
+allowed), re-read whenever a file changes.
+
+A file that cannot be read or parsed keeps contributing the objects it held
+when it was last good, so a half-written edit never removes a Service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pyagent.sources.base import KINDS, Kind, ObjectSink
+
+log = logging.getLogger(__name__)
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class FileResult:
+    objects: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    fatal: bool = False  # the file as a whole could not be read
+
+
+def _describe(obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{obj.get('kind')} {ns + '/' if ns else ''}{meta.get('name')}"
+
+
+def read_file(path: Path) -> FileResult:
+    """Objects of the kinds we serve in one file; problems are reported, never raised."""
+    res = FileResult()
+    try:
+        docs = list(yaml.safe_load_all(path.read_text()))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        res.errors.append(f"{path}: cannot read: {exc}".replace("\n", " "))
+        res.fatal = True
+        return res
+    stack = [d for d in docs if d is not None]
+    while stack:
+        doc = stack.pop(0)
+        if not isinstance(doc, dict):
+            res.errors.append(f"{path}: a document is not a mapping")
+            continue
+        kind = doc.get("kind")
+        if kind == "List" or (isinstance(kind, str) and kind.endswith("List")):
+            stack.extend(i for i in doc.get("items") or [] if i is not None)
+        elif kind in KINDS:
+            meta = doc.get("metadata")
+            if not isinstance(meta, dict) or not meta.get("name"):
+                res.errors.append(f"{path}: {kind} without metadata.name")
+                continue
+            if kind != "Node":
+                meta.setdefault("namespace", "default")
+            res.objects.append(doc)
+        else:
+            log.debug("%s: ignoring %s", path, _describe(doc))
+    return res
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+
+
+class ManifestDirectory:
+    """Reads a directory, remembering the last good content of each file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._good: dict[Path, list[dict]] = {}
+        self._signature: tuple = ()
+        self.errors: list[str] = []
+
+    def signature(self) -> tuple:
+        sig = []
+        for p in manifest_files(self.directory):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            sig.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sig)
+
+    def changed(self) -> bool:
+        return self.signature() != self._signature
+
+    def load(self) -> dict[Kind, list[dict]]:
+        self._signature = self.signature()
+        errors: list[str] = []
+        files = manifest_files(self.directory)
+        for path in files:
+            res = read_file(path)
+            errors.extend(res.errors)
+            if res.fatal and path in self._good:
+                errors.append(f"{path}: keeping its last good objects")
+            else:
+                self._good[path] = res.objects
+        for gone in set(self._good) - set(files):
+            del self._good[gone]
+        self.errors = errors
+        for e in errors:
+            log.error("%s", e)
+        out: dict[Kind, list[dict]] = {k: [] for k in KINDS}
+        for path in files:
+            for obj in self._good.get(path, ()):
+                out[obj["kind"]].append(obj)
+        return out
+
+
+class ManifestSource:
+    """Feeds a sink from a directory, polling for changes (cheap: stat only)."""
+
+    def __init__(self, directory: Path, sink: ObjectSink, interval: float = 0.5) -> None:
+        self.dir = ManifestDirectory(directory)
+        self.sink = sink
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sync_once(self) -> None:
+        objects = self.dir.load()
+        for kind in KINDS:
+            self.sink.replace(kind, objects[kind])
+
+    def start(self) -> None:
+        self.sync_once()
+        self._thread = threading.Thread(target=self._loop, name="manifests", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.dir.changed():
+                    self.sync_once()
+            except Exception:  # never let a bad read kill the source
+                log.exception("reading %s failed", self.dir.directory)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

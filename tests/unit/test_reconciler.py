@@ -1,0 +1,197 @@
+"""The reconciler against an in-memory map writer that checks, after every
+phase, what a BPF lookup could see: no master counting a missing slot, no
+slot naming a missing backend, no master without its rev-NAT entry."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
+from pyagent.dataplanes.ebpf.reconciler import (
+    BACKENDS,
+    REVNAT,
+    SERVICES,
+    KernelState,
+    Op,
+    Reconciler,
+)
+
+
+class FakeMaps:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.maps: dict[tuple[str, int], dict] = {
+            (m, f): {} for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)}
+        self.cap = {k: capacity for k in self.maps}
+        self.ops = 0
+        self.phases: list[list[Op]] = []
+
+    def capacity(self):
+        return self.cap
+
+    def run(self, phases: list[list[Op]]) -> None:
+        self.phases = phases
+        for phase in phases:
+            for op in phase:
+                m = self.maps[(op.map, op.family)]
+                if op.value is None:
+                    m.pop(op.key, None)
+                else:
+                    m[op.key] = op.value
+                self.ops += 1
+            self.check()
+
+    def check(self) -> None:
+        for fam in (4, 6):
+            svcs = self.maps[(SERVICES, fam)]
+            for key, val in svcs.items():
+                if key[4] != 0:
+                    continue
+                count, rev_id = val[2], val[4]
+                assert (rev_id,) in self.maps[(REVNAT, fam)], f"no rev-NAT for {key}"
+                for slot in range(1, count + 1):
+                    skey = key[:4] + (slot,)
+                    assert skey in svcs, f"{key} counts missing slot {slot}"
+                    bid = svcs[skey][0]
+                    assert (bid,) in self.maps[(BACKENDS, fam)], f"slot {skey} -> missing {bid}"
+
+    def view(self) -> dict[tuple, list[tuple[str, int]]]:
+        """VIP key -> backends as a lookup would resolve them."""
+        out = {}
+        for fam in (4, 6):
+            svcs = self.maps[(SERVICES, fam)]
+            for key, val in svcs.items():
+                if key[4] == 0:
+                    bes = []
+                    for slot in range(1, val[2] + 1):
+                        b = self.maps[(BACKENDS, fam)][(svcs[key[:4] + (slot,)][0],)]
+                        bes.append((b[0], b[1]))
+                    out[key[:4]] = bes
+        return out
+
+
+def fe(ip: str, port: int, *backends: str, scope: int = L.SCOPE_INTERNAL) -> Frontend:
+    return Frontend(ip, port, 6, scope, L.ServiceFlag.CLUSTER_IP,
+                    tuple(Backend(b, 8080, 6) for b in backends))
+
+
+def test_add_change_remove_keeps_invariants_and_minimal_ops() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    assert r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1", "10.0.0.2")]}) == {
+        ("ns", "a"): None}
+    assert maps.view() == {("10.96.0.1", 80, 6, 1): [("10.0.0.1", 8080), ("10.0.0.2", 8080)]}
+    maps.ops = 0
+    r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1", "10.0.0.2", "10.0.0.3")]})
+    # one backend, one slot, one master: nothing rewritten that did not change
+    assert maps.ops == 3
+    r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")]})
+    assert maps.view() == {("10.96.0.1", 80, 6, 1): [("10.0.0.1", 8080)]}
+    assert len(maps.maps[(BACKENDS, 4)]) == 1
+    r.apply({("ns", "a"): []})
+    assert all(not m for m in maps.maps.values())
+
+
+def test_unchanged_service_writes_nothing() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    svc = {("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1"), fe("fd00::1", 80, "fd00:1::1")]}
+    r.apply(svc)
+    maps.ops = 0
+    r.apply(svc)
+    assert maps.ops == 0
+
+
+def test_shared_backends_are_refcounted() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")],
+             ("ns", "b"): [fe("10.96.0.2", 80, "10.0.0.1")]})
+    assert len(maps.maps[(BACKENDS, 4)]) == 1
+    r.apply({("ns", "a"): []})
+    assert maps.view() == {("10.96.0.2", 80, 6, 1): [("10.0.0.1", 8080)]}
+    r.apply({("ns", "b"): []})
+    assert not maps.maps[(BACKENDS, 4)]
+
+
+def test_frontend_conflict_refuses_second_service_only() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    st = r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")],
+                  ("ns", "b"): [fe("10.96.0.1", 80, "10.0.0.2")]})
+    assert st[("ns", "a")] is None
+    assert "already used by ns/a" in (st[("ns", "b")] or "")
+    assert maps.view() == {("10.96.0.1", 80, 6, 1): [("10.0.0.1", 8080)]}
+
+
+def test_full_map_refuses_service_and_keeps_last_good_state() -> None:
+    maps = FakeMaps(capacity=8)
+    r = Reconciler(maps)
+    assert r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")]})[("ns", "a")] is None
+    big = [f"10.0.1.{i}" for i in range(20)]
+    st = r.apply({("ns", "a"): [fe("10.96.0.1", 80, *big)],
+                  ("ns", "b"): [fe("10.96.0.2", 80, "10.0.0.9")]})
+    assert "full" in (st[("ns", "a")] or "")
+    assert st[("ns", "b")] is None
+    view = maps.view()
+    assert view[("10.96.0.1", 80, 6, 1)] == [("10.0.0.1", 8080)]
+    assert view[("10.96.0.2", 80, 6, 1)] == [("10.0.0.9", 8080)]
+
+
+def test_rev_ids_are_stable_and_not_reused_within_a_sync() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")]})
+    first = r.rev_ids[("10.96.0.1", 80, 6)]
+    # remove a and add c in one sync: c must not get a's id (phase 5 deletes it)
+    r.apply({("ns", "a"): [], ("ns", "c"): [fe("10.96.0.3", 80, "10.0.0.1")]})
+    assert r.rev_ids[("10.96.0.3", 80, 6)] != first
+    maps.check()
+
+
+def test_adopt_then_identical_desired_state_writes_nothing() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    wanted = {("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1", "10.0.0.2")],
+              ("ns", "b"): [fe("fd00::2", 53, "fd00:1::1")]}
+    r.apply(wanted)
+    adopted = KernelState(
+        frontends={k: (f, r.rev_ids[f.addr]) for k, f in r.kernel.items()},
+        backend_ids=dict(r.backend_ids))
+    maps.ops = 0
+    r2 = Reconciler(maps, adopted)
+    r2.apply(wanted, prune_unowned=True)
+    assert maps.ops == 0
+    assert r2.rev_ids == r.rev_ids and r2.backend_ids == r.backend_ids
+    # an adopted frontend nobody claims goes at the first full sync
+    r2.apply({("ns", "a"): wanted[("ns", "a")]}, prune_unowned=True)
+    r3 = Reconciler(maps, KernelState(
+        frontends={k: (f, r2.rev_ids[f.addr]) for k, f in r2.kernel.items()},
+        backend_ids=dict(r2.backend_ids)))
+    r3.apply({}, prune_unowned=True)
+    assert all(not m for m in maps.maps.values())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_churn_matches_desired(seed: int) -> None:
+    rng = random.Random(seed)
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    desired: dict[tuple[str, str], list[Frontend]] = {}
+    pool = [f"10.0.{i // 250}.{i % 250}" for i in range(60)]
+    for _ in range(30):
+        changes = {}
+        for _ in range(rng.randint(1, 4)):
+            svc = ("ns", f"s{rng.randrange(8)}")
+            n = rng.randrange(5)
+            vip = f"10.96.0.{int(svc[1][1:]) + 1}"
+            changes[svc] = [fe(vip, 80, *rng.sample(pool, n))] if rng.random() > 0.2 else []
+        r.apply(changes)
+        desired.update(changes)
+        want = {f.key: [(b.ip, b.port) for b in f.backends]
+                for fes in desired.values() for f in fes}
+        assert maps.view() == want
+        used = {b.key for fes in desired.values() for f in fes for b in f.backends}
+        assert len(maps.maps[(BACKENDS, 4)]) == len(used)
