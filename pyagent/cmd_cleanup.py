@@ -21,8 +21,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
     links = programs.detach_all(args.bpffs, args.cgroup)
     pins = programs.cleanup(args.bpffs)
-    print(f"removed {links} cgroup links and {pins} pins under {args.bpffs}")
+    _remove_dir_or_mount(args.bpffs)
+    if links or pins:
+        print(f"removed {links} cgroup links and {pins} pins under {args.bpffs}")
+    else:
+        print(f"nothing to clean under {args.bpffs}")
     return 0
+
+
+def _remove_dir_or_mount(bpffs: str) -> None:
+    """Our directory goes; a bpffs mounted exactly there (by `ensure`) is unmounted
+    once nothing of ours is left in it."""
+    from ebpf import bpffs as fs
+
+    path = os.path.realpath(bpffs)
+    if fs.list_pins(path) and not all(p.endswith(".debug") for p in fs.list_pins(path)):
+        return
+    mp = fs.mount_point_of(path)
+    if mp and mp[0] == path and mp[1] == "bpf":
+        fs.umount(path)
+    fs.remove_empty_dirs(path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,124 @@
+"""Test helper: `pyagent run` in a namespace lab, fed from a manifests
+directory the test rewrites, observed through `pyagent maps dump`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pyagent.lab import Lab
+
+
+def service(name: str, vips: Iterable[str], ports: list[tuple[str, str, int]],
+            ns: str = "default", **spec: Any) -> dict:
+    vips = list(vips)
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": vips[0], "clusterIPs": vips,
+                     "ipFamilies": ["IPv6" if ":" in v else "IPv4" for v in vips],
+                     "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in ports],
+                     **spec}}
+
+
+def slice_(svc: str, name: str, family: int, ports: list[tuple[str, str, int]],
+           endpoints: list[tuple[str, bool]], ns: str = "default",
+           node: str = "node-1") -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": f"IPv{family}",
+            "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in ports],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}, "nodeName": node}
+                          for ip, ready in endpoints]}
+
+
+class AgentLab:
+    def __init__(self, lab: Lab, node: str = "node-1") -> None:
+        self.lab = lab
+        self.node = node
+        self.manifests = lab.tmp / "manifests"
+        self.manifests.mkdir()
+        self.bpffs = str(lab.bpffs / "pyagent")
+        self.log = lab.tmp / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def write(self, name: str, *objects: dict) -> None:
+        """Atomically replace one manifest file (rename, so no half-read)."""
+        tmp = self.manifests / f".{name}.tmp"
+        tmp.write_text(yaml.safe_dump_all(objects))
+        tmp.rename(self.manifests / name)
+
+    def write_raw(self, name: str, text: str) -> None:
+        tmp = self.manifests / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.rename(self.manifests / name)
+
+    def remove(self, name: str) -> None:
+        (self.manifests / name).unlink()
+
+    def start(self, *extra: str) -> None:
+        self.proc = self.lab.agent(
+            ["run", "--manifests", str(self.manifests), "--node-name", self.node,
+             "--cgroup", str(self.lab.cgroup), "--bpffs", self.bpffs,
+             "--healthz-bind-address", "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0",
+             *extra],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("a"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=15)
+        self.proc = None
+        return rc
+
+    def logs(self) -> str:
+        return self.log.read_text()
+
+    def pyagent(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pyagent", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    def dump(self) -> dict:
+        res = self.pyagent("maps", "dump", "--bpffs", self.bpffs, "--json")
+        if res.returncode != 0:
+            return {"services": [], "backends": []}
+        return json.loads(res.stdout)
+
+    def frontends(self) -> dict[tuple[str, int, str], list[str]]:
+        """(VIP, port, proto) -> sorted "ip:port" of the internal-scope backends."""
+        out = {}
+        for s in self.dump()["services"]:
+            fe = s["frontend"]
+            if fe["scope"] == "internal":
+                out[(fe["address"], fe["port"], fe["protocol"])] = sorted(
+                    f"{b['address']}:{b['port']}" for b in s["backends"])
+        return out
+
+    def wait(self, cond: Callable[[dict], bool], what: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            fes = self.frontends()
+            if cond(fes):
+                return fes
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited while waiting for {what}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; maps: {fes}\n{self.logs()}")
+            time.sleep(0.1)
+
+
+def pods_for(lab: Lab, ips: Iterable[str]) -> set[str]:
+    by_ip = {p.ip4: p.name for p in lab.pods} | {p.ip6: p.name for p in lab.pods}
+    return {by_ip[ip] for ip in ips}
+
+
+def here() -> Path:
+    return Path(__file__).resolve().parent
