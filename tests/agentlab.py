@@ -28,16 +28,29 @@ def service(name: str, vips: Iterable[str], ports: list[tuple[str, str, int]],
                      **spec}}
 
 
+def endpoint(ip: str, ready: bool = True, node: str = "node-1", serving: bool | None = None,
+             terminating: bool | None = None, zones: list[str] | None = None) -> dict:
+    cond: dict[str, bool] = {"ready": ready}
+    if serving is not None:
+        cond["serving"] = serving
+    if terminating is not None:
+        cond["terminating"] = terminating
+    ep: dict[str, Any] = {"addresses": [ip], "conditions": cond, "nodeName": node}
+    if zones:
+        ep["hints"] = {"forZones": [{"name": z} for z in zones]}
+    return ep
+
+
 def slice_(svc: str, name: str, family: int, ports: list[tuple[str, str, int]],
-           endpoints: list[tuple[str, bool]], ns: str = "default",
+           endpoints: list[tuple[str, bool] | dict], ns: str = "default",
            node: str = "node-1") -> dict:
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": name, "namespace": ns,
                          "labels": {"kubernetes.io/service-name": svc}},
             "addressType": f"IPv{family}",
             "ports": [{"name": n, "protocol": p, "port": port} for n, p, port in ports],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}, "nodeName": node}
-                          for ip, ready in endpoints]}
+            "endpoints": [e if isinstance(e, dict) else endpoint(e[0], e[1], node)
+                          for e in endpoints]}
 
 
 class AgentLab:

@@ -167,3 +167,42 @@ def test_dump_after_exit_then_cleanup_leaves_nothing(alab: AgentLab) -> None:
     assert lab.client(VIP4, 80, count=3, timeout=1).counts == {}
     again = alab.pyagent("cleanup", "--bpffs", alab.bpffs, "--cgroup", str(lab.cgroup))
     assert again.returncode == 0 and "nothing" in again.stdout, again.stdout
+
+
+def test_kube_proxy_selection_drives_the_socket_path(alab: AgentLab) -> None:
+    """iTP=Local, the serving-terminating fallback and topology hints decide
+    which pods a ClusterIP reaches (the same selection `plan` prints)."""
+    from agentlab import endpoint
+
+    lab = alab.lab
+    p = lab.pods
+    tcp = [("http", "TCP", 80)]
+    tgt = [("http", "TCP", 8080)]
+    alab.write("node.yaml", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+    alab.write("local.yaml",
+               service("local", ["10.96.1.1"], tcp, internalTrafficPolicy="Local"),
+               slice_("local", "local", 4, tgt, [endpoint(p[0].ip4), endpoint(p[1].ip4),
+                                                 endpoint(p[2].ip4, node="node-2")]),
+               service("remote-only", ["10.96.1.2"], tcp, internalTrafficPolicy="Local"),
+               slice_("remote-only", "remote-only", 4, tgt,
+                      [endpoint(p[2].ip4, node="node-2")]))
+    alab.write("term.yaml",
+               service("term", ["10.96.1.3"], tcp),
+               slice_("term", "term", 4, tgt, [
+                   endpoint(p[0].ip4, ready=False, serving=True, terminating=True),
+                   endpoint(p[1].ip4, ready=False, serving=False, terminating=True),
+                   endpoint(p[3].ip4, ready=False, serving=True, terminating=True)]),
+               service("zoned", ["10.96.1.4"], tcp),
+               slice_("zoned", "zoned", 4, tgt, [
+                   endpoint(p[0].ip4, zones=["zone-b"]), endpoint(p[1].ip4, zones=["zone-a"]),
+                   endpoint(p[2].ip4, zones=["zone-a"])]))
+    alab.start()
+    alab.wait(lambda f: all((f"10.96.1.{i}", 80, "TCP") in f for i in range(1, 5)), "services")
+
+    assert set(lab.client("10.96.1.1", 80, count=100).counts) == {"pod0", "pod1"}
+    # endpoints exist, none local: dropped (at once, see the README), not refused
+    res = lab.client("10.96.1.2", 80, count=3, timeout=5)
+    assert res.errors == {"ETIMEDOUT": 3}
+    assert set(lab.client("10.96.1.3", 80, count=100).counts) == {"pod0", "pod3"}
+    assert set(lab.client("10.96.1.4", 80, count=100).counts) == {"pod1", "pod2"}
