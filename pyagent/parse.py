@@ -59,14 +59,25 @@ def parse_cidr(text: object) -> IPNetwork | None:
     """A CIDR (host bits cleared), leniently like parse_ip; None if invalid."""
     if not isinstance(text, str) or text.count("/") != 1:
         return None
-    ip_text, prefix_text = text.strip().split("/")
-    addr = parse_ip(ip_text)
+    addr_text, prefix_text = text.strip().split("/")
+    addr = parse_ip(addr_text)
     if addr is None or not prefix_text.isascii() or not prefix_text.isdigit():
         return None
     prefix = int(prefix_text)
     if prefix > addr.max_prefixlen:
         return None
     return ipaddress.ip_network((addr, prefix), strict=False)
+
+
+def ip_text(text: object) -> tuple[str, int] | None:
+    """(normalised address, family) without building an address object for
+    the common IPv4 case: endpoints are the bulk of a large cluster."""
+    if isinstance(text, str) and _IPV4_SLOPPY.match(text):
+        fields = text.split(".")
+        if all((f[0] != "0" or f == "0") and (len(f) < 3 or f <= "255") for f in fields):
+            return text, 4
+    addr = parse_ip(text)
+    return None if addr is None else (str(addr), addr.version)
 
 
 def norm_ip(text: object, field: str) -> IPAddress:
@@ -337,14 +348,16 @@ def _endpoint_seed(raw: object, field: str, family: int, address_type: str) -> E
     addresses = _list(entry.get("addresses"), f"{field}.addresses")
     if not addresses:
         return None  # kube-proxy skips endpoints without an address
-    addr = norm_ip(addresses[0], f"{field}.addresses[0]")  # only the first address counts
-    if addr.version != family:
-        raise ParseError(f"{field}.addresses[0]: {addr} is not an {address_type} address")
+    parsed = ip_text(addresses[0])  # only the first address counts
+    if parsed is None:
+        raise ParseError(f"{field}.addresses[0]: invalid IP address {addresses[0]!r}")
+    if parsed[1] != family:
+        raise ParseError(f"{field}.addresses[0]: {parsed[0]} is not an {address_type} address")
     cond = _dict(entry.get("conditions"), f"{field}.conditions")
     ready = _bool(cond.get("ready"), f"{field}.conditions.ready", True)
     hints = _dict(entry.get("hints"), f"{field}.hints")
     return EndpointSeed(
-        ip=str(addr),
+        ip=parsed[0],
         ready=ready,
         serving=_bool(cond.get("serving"), f"{field}.conditions.serving", True),
         terminating=_bool(cond.get("terminating"), f"{field}.conditions.terminating", False),
