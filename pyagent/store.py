@@ -46,6 +46,7 @@ class ServiceStore:
         self._node: ParsedNode | None = None  # the Node object named config.node_name
         self._cache: dict[ServiceKey, tuple[ServicePortState, ...]] = {}
         self._changed: set[ServiceKey] = set()
+        self._taken: dict[ServiceKey, tuple[ServicePortState, ...]] = {}  # as last reported
         self._pending_services: set[ServiceKey] = set()
         self._pending_endpoints: set[ServiceKey] = set()
         self._synced: set[str] = set()
@@ -85,10 +86,24 @@ class ServiceStore:
         return all(k in self._synced for k in KINDS)
 
     def take_changes(self) -> set[ServiceKey]:
-        """Services whose state may have changed since the last call."""
-        changed, self._changed = self._changed, set()
+        """Services whose state changed since the last call.
+
+        Each is compared with the state this method last reported for it, so
+        changes that end where they started, or that do not alter what gets
+        proxied (an annotation, another node's hint), are dropped.
+        """
+        candidates, self._changed = self._changed, set()
         self._pending_services.clear()
         self._pending_endpoints.clear()
+        changed = set()
+        for key in candidates:
+            state = self.state_for(key)
+            if self._taken.get(key, ()) != state:
+                changed.add(key)
+                if state:
+                    self._taken[key] = state
+                else:
+                    self._taken.pop(key, None)
         return changed
 
     def pending(self) -> tuple[int, int]:
@@ -127,6 +142,10 @@ class ServiceStore:
     @property
     def zone(self) -> str:
         return self._node.zone if self._node is not None else self.config.zone
+
+    def node(self) -> Mapping[str, Any] | None:
+        """This node's Node object as last received (taints, deletion, labels)."""
+        return self._raw["Node"].get(("", self.config.node_name))
 
     def node_addresses(self) -> tuple[str, ...]:
         """InternalIP/ExternalIP addresses of this node's Node object, if known."""

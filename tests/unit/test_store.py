@@ -88,6 +88,23 @@ def test_no_op_updates_are_dropped() -> None:
     assert store.take_changes() == set()
 
 
+def test_changes_that_do_not_change_the_state_are_dropped() -> None:
+    store = fresh()
+    store.upsert("Service", svc(rv="7"))
+    store.upsert("Service", {**svc(rv="8"), "metadata": {
+        "namespace": "ns", "name": "svc", "resourceVersion": "8",
+        "annotations": {"owner": "team-a"}}})
+    assert store.pending() == (1, 0)
+    assert store.take_changes() == set()
+    store.upsert("EndpointSlice", eps("svc-1", "svc", "10.0.0.9"))
+    store.upsert("EndpointSlice", eps("svc-1", "svc", "10.0.0.1"))  # and back again
+    assert store.take_changes() == set()
+    store.delete("Service", svc())
+    assert store.take_changes() == {("ns", "svc")}
+    store.upsert("Service", svc())
+    assert store.take_changes() == {("ns", "svc")}
+
+
 def test_invalid_update_keeps_last_good_version() -> None:
     store = fresh()
     good = store.state_for(("ns", "svc"))
@@ -146,11 +163,13 @@ def test_our_nodes_zone_reselects_everything() -> None:
     store.take_changes()
     assert cluster_addrs(store) == ["10.0.0.1:8080", "10.0.0.2:8080"]  # no zone label yet
     store.upsert("Node", node("b"))
+    assert store.node()["metadata"]["name"] == NODE
     assert store.take_changes() == {("ns", "svc")}
     assert cluster_addrs(store) == ["10.0.0.2:8080"]
     store.upsert("Node", node("a", name="another-node"))  # not ours: nothing to do
     assert store.take_changes() == set()
     store.delete("Node", node("b"))
+    assert store.node() is None
     assert cluster_addrs(store) == ["10.0.0.1:8080", "10.0.0.2:8080"]
 
 
