@@ -3,7 +3,9 @@
 `load_config` reads a KubeProxyConfiguration-style YAML file (every key
 optional) plus pyagent's own `pyagent:` block. The trace spellings of
 DESIGN.md section 5 are accepted too (nodeName, nodeIPs, clusterCIDRs,
-localDetector), so one loader serves `run`, `plan` and `trace`.
+localDetector), and so are the conformance vectors' proxier settings
+(nodeIP, serviceCIDR, interface_ips, ...), so one loader serves `run`,
+`plan` and `trace`.
 
 Defaults follow kube-proxy's nftables mode. A few switches exist so the same
 rules can also describe the iptables mode where the two differ:
@@ -129,6 +131,7 @@ _IGNORED_KEYS = frozenset({
     "configSyncPeriod", "conntrack", "detectLocal", "detectLocalMode", "enableProfiling",
     "ipvs", "linux", "logging", "nftables", "oomScoreAdj", "portRange",
     "showHiddenMetricsForVersion", "udpIdleTimeout", "windowsRunAsService", "winkernel",
+    "masqueradeMark",  # the conformance vectors' proxier settings carry it
 })
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
@@ -163,6 +166,8 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
         "localDetector", "nodePortAddresses", "masqueradeAll", "featureGates", "syncPeriod",
         "minSyncPeriod", "healthzBindAddress", "metricsBindAddress", "mode", "iptables",
         "serviceCIDRs", "pyagent",
+        # Spellings of the conformance vectors' proxier settings.
+        "serviceCIDR", "interface_ips", "tracer_local_ips", "localhostNodePorts",
     }
     for key in data:
         if key not in known:
@@ -175,7 +180,8 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
     gates = {str(k): _boolean(v, f"featureGates.{k}")
              for k, v in _mapping(data, "featureGates").items()}
 
-    node_ips = _ips(data, "nodeIP") + _ips(data, "nodeIPs") + _ips(py, "nodeIPs", "pyagent.")
+    node_ips = [ip for key in ("nodeIP", "nodeIPs", "interface_ips", "tracer_local_ips")
+                for ip in _ips(data, key)] + _ips(py, "nodeIPs", "pyagent.")
     masq = data.get("masqueradeAll", ipt.get("masqueradeAll"))
     values: dict[str, Any] = {
         "node_name": _string(data, "hostnameOverride") or _string(data, "nodeName"),
@@ -186,7 +192,8 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
         "prefer_same_node": gates.get(PREFER_SAME_NODE_GATE, False),
         "honour_lb_ip_mode": gates.get(LB_IP_MODE_GATE, True),
         "feature_gates": gates,
-        "service_cidrs": _cidrs(data, "serviceCIDRs") + _cidrs(py, "serviceCIDRs", "pyagent."),
+        "service_cidrs": (_cidrs(data, "serviceCIDR") + _cidrs(data, "serviceCIDRs")
+                          + _cidrs(py, "serviceCIDRs", "pyagent.")),
         "interfaces": tuple(_strings(py, "interfaces", "pyagent.")),
     }
     for key, attr, parse in (
@@ -201,14 +208,14 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
     for key, attr in (("bpffs", "bpffs"), ("cgroup", "cgroup")):
         if py.get(key) not in (None, ""):
             values[attr] = _string_value(py[key], f"pyagent.{key}")
-    for src, key, attr in (
-        (ipt, "localhostNodePorts", "localhost_node_ports"),
-        (py, "localhostNodePorts", "localhost_node_ports"),
-        (py, "rejectUnknownClusterIPPorts", "reject_unknown_cluster_ip_ports"),
-        (py, "acceptHealthCheckNodePorts", "accept_health_check_node_ports"),
+    for src, prefix, key, attr in (
+        (data, "", "localhostNodePorts", "localhost_node_ports"),
+        (ipt, "iptables.", "localhostNodePorts", "localhost_node_ports"),
+        (py, "pyagent.", "localhostNodePorts", "localhost_node_ports"),
+        (py, "pyagent.", "rejectUnknownClusterIPPorts", "reject_unknown_cluster_ip_ports"),
+        (py, "pyagent.", "acceptHealthCheckNodePorts", "accept_health_check_node_ports"),
     ):
         if src.get(key) is not None:
-            prefix = "iptables." if src is ipt else "pyagent."
             values[attr] = _boolean(src[key], prefix + key)
     return NodeConfig(**values)
 
@@ -272,7 +279,10 @@ def _cidrs(data: Mapping[str, Any], key: str, prefix: str = "") -> tuple[str, ..
 
 def _pod_cidrs(data: Mapping[str, Any]) -> tuple[str, ...]:
     cidrs = _cidrs(data, "clusterCIDR") + _cidrs(data, "clusterCIDRs")
-    detector = _mapping(data, "localDetector")
+    raw = data.get("localDetector")
+    if isinstance(raw, str):  # "none", or the pod CIDR itself
+        raw = {"mode": "none"} if raw == "none" else {"mode": "cidr", "cidr": raw}
+    detector = _mapping({"localDetector": raw}, "localDetector")
     mode = detector.get("mode", "cidr" if detector else None)
     if mode == "none":
         return ()

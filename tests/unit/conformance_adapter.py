@@ -98,9 +98,15 @@ def node_object(name: str, labels: dict | None = None) -> dict:
     return {"apiVersion": "v1", "kind": "Node", "metadata": meta}
 
 
-def scenario_config(scn: dict) -> dict:
+def effective(scn: dict, defaults: dict | None = None) -> dict:
+    """The scenario's proxier settings over its backend's defaults."""
+    base = ((defaults or {}).get(scn["backend"]) or {}).get(scn.get("ip_family") or "IPv4")
+    return {**(base or {}), **(scn.get("proxier_effective") or {})}
+
+
+def scenario_config(scn: dict, defaults: dict | None = None) -> dict:
     """The node config a scenario's fake proxier had, in config-file form."""
-    eff = scn["proxier_effective"]
+    eff = effective(scn, defaults)
     ips = [eff.get("nodeIP"), *eff.get("interface_ips", []), *eff.get("tracer_local_ips", [])]
     cfg: dict[str, Any] = {
         "nodeName": eff.get("nodeName", NODE),
@@ -113,14 +119,17 @@ def scenario_config(scn: dict) -> dict:
     if eff.get("serviceCIDR"):
         cfg["serviceCIDRs"] = [eff["serviceCIDR"]]
     if scn["backend"] == "iptables":
-        cfg["iptables"] = {"localhostNodePorts": bool(eff.get("localhostNodePorts"))}
-        cfg["pyagent"] = {"rejectUnknownClusterIPPorts": False,
-                          "acceptHealthCheckNodePorts": True}
+        cfg["iptables"] = {"localhostNodePorts": bool(eff.get("localhostNodePorts", True))}
+        cfg["pyagent"] = IPTABLES_MODE
     return cfg
 
 
+# What kube-proxy's iptables mode does differently, as pyagent config.
+IPTABLES_MODE = {"rejectUnknownClusterIPPorts": False, "acceptHealthCheckNodePorts": True}
+
+
 def scenario_objects(scn: dict) -> list[dict]:
-    name = scn["proxier_effective"].get("nodeName", NODE)
+    name = (scn.get("proxier_effective") or {}).get("nodeName", NODE)
     return ([service_object(s) for s in scn.get("services") or []]
             + [slice_object(e) for e in scn.get("endpoint_slices") or []]
             + [node_object(name)])

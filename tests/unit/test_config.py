@@ -70,6 +70,22 @@ def test_trace_spellings() -> None:
     assert cfg.cluster_cidrs == ()
 
 
+def test_conformance_proxier_settings_are_a_valid_config() -> None:
+    cfg = config_from_dict({
+        "nodeName": "test-node", "nodeIP": "192.168.0.2",
+        "localDetector": {"mode": "cidr", "cidr": "10.0.0.0/8"},
+        "serviceCIDR": "172.30.0.0/16", "nodePortAddresses": None, "masqueradeAll": False,
+        "masqueradeMark": "0x4000", "localhostNodePorts": True,
+        "interface_ips": ["127.0.0.1", "192.168.0.2", "192.168.1.2"],
+        "tracer_local_ips": ["192.168.0.2", "192.168.1.2"]})
+    assert cfg.node_ips == ("192.168.0.2", "127.0.0.1", "192.168.1.2")
+    assert (cfg.service_cidrs, cfg.cluster_cidrs) == (("172.30.0.0/16",), ("10.0.0.0/8",))
+    assert cfg.localhost_node_ports and cfg.node_port_addresses == ()
+    assert config_from_dict({"localDetector": "none", "clusterCIDR": "10.0.0.0/8"}
+                            ).cluster_cidrs == ()
+    assert config_from_dict({"localDetector": "10.0.0.0/8"}).cluster_cidrs == ("10.0.0.0/8",)
+
+
 def test_primary_node_port_addresses() -> None:
     cfg = config_from_dict({"nodeIPs": ["192.168.0.2", "192.168.1.2", "2001:db8::1"],
                             "nodePortAddresses": ["primary"]})

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from .conformance_adapter import (
+    IPTABLES_MODE,
     SHARED,
     categorize_inputs,
+    effective,
     expected_result,
     flow_args,
     load,
@@ -35,6 +37,7 @@ if not SHARED.is_dir():
 
 CATEGORIZE = load("categorize_endpoints.json")
 FLOWS = load("packet_flows.json")
+DEFAULTS = FLOWS.get("backend_defaults") or {}
 SCENARIOS = FLOWS.get("scenarios", []) + FLOWS.get("derived_scenarios", [])
 FLOW_CASES = [(scn, i) for scn in SCENARIOS for i in range(len(scn.get("flows") or []))]
 
@@ -52,7 +55,7 @@ _results: dict[str, list[dict]] = {}
 def _scenario_results(scn: dict, tmp: Path) -> list[dict]:
     """All flows of a scenario traced in one `pyagent trace --flows` run (cached)."""
     if scn["id"] not in _results:
-        manifests, cfg = write_inputs(tmp, scenario_objects(scn), scenario_config(scn))
+        manifests, cfg = write_inputs(tmp, scenario_objects(scn), scenario_config(scn, DEFAULTS))
         flows = tmp / "flows.json"
         flows.write_text(json.dumps([flow_args(f) for f in scn["flows"]]))
         code, out, err = run_cli(["trace", "--manifests", str(manifests), "--config", str(cfg),
@@ -75,8 +78,8 @@ def test_packet_flow(case: tuple[dict, int], tmp_path: Path) -> None:
 @pytest.mark.parametrize("scn", SCENARIOS, ids=lambda s: s["id"])
 def test_single_flow_trace_and_plan(scn: dict, tmp_path: Path) -> None:
     """The single-flow form of trace agrees, and plan runs on every scenario."""
-    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn), scenario_config(scn),
-                                  as_json=True)
+    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn),
+                                  scenario_config(scn, DEFAULTS), as_json=True)
     for flow in scn["flows"][:3]:
         f = flow_args(flow)
         code, out, err = run_cli(["trace", "--manifests", str(manifests), "--config", str(cfg),
@@ -96,7 +99,8 @@ def test_single_flow_trace_and_plan(scn: dict, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("scn", SCENARIOS[:: max(1, len(SCENARIOS) // 4)], ids=lambda s: s["id"])
 def test_real_cli_subprocess(scn: dict, tmp_path: Path) -> None:
-    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn), scenario_config(scn))
+    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn),
+                                  scenario_config(scn, DEFAULTS))
     flows = tmp_path / "flows.json"
     flows.write_text(json.dumps([flow_args(f) for f in scn["flows"]]))
     proc = run_subprocess(["trace", "--manifests", str(manifests), "--config", str(cfg),
@@ -107,6 +111,22 @@ def test_real_cli_subprocess(scn: dict, tmp_path: Path) -> None:
                            "--json"])
     assert proc.returncode == 0, proc.stderr
     assert "servicePorts" in json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("scn", SCENARIOS, ids=lambda s: s["id"])
+def test_proxier_settings_verbatim_as_config(scn: dict, tmp_path: Path) -> None:
+    """The vectors' own proxier settings are a valid config file as they stand
+    (plus the iptables-mode switches for iptables scenarios)."""
+    config = effective(scn, DEFAULTS)
+    if scn["backend"] == "iptables":
+        config = {**config, "pyagent": IPTABLES_MODE}
+    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn), config)
+    flows = tmp_path / "flows.json"
+    flows.write_text(json.dumps([flow_args(f) for f in scn["flows"]]))
+    code, out, err = run_cli(["trace", "--manifests", str(manifests), "--config", str(cfg),
+                              "--flows", str(flows)])
+    assert code == 0, err
+    assert json.loads(out) == [expected_result(f) for f in scn["flows"]]
 
 
 # --- endpoint categorization ------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from .conformance_adapter import (
+    IPTABLES_MODE,
+    effective,
     expected_result,
     flow_args,
     run_cli,
@@ -182,6 +184,18 @@ def test_iptables_mode_scenario(scn: dict, tmp_path: Path) -> None:
     assert code == 0 and not err, err
     for f, got in zip(scn["flows"], json.loads(out), strict=True):
         assert got == expected_result(f), f["name"]
+
+
+@pytest.mark.parametrize("scn", SCENARIOS, ids=lambda s: s["id"])
+def test_proxier_settings_verbatim_as_config(scn: dict, tmp_path: Path) -> None:
+    config = {**effective(scn), "pyagent": IPTABLES_MODE}
+    manifests, cfg = write_inputs(tmp_path, scenario_objects(scn), config)
+    flows = tmp_path / "flows.json"
+    flows.write_text(json.dumps([flow_args(f) for f in scn["flows"]]))
+    code, out, err = run_cli(["trace", "--manifests", str(manifests), "--config", str(cfg),
+                              "--flows", str(flows)])
+    assert code == 0, err
+    assert json.loads(out) == [expected_result(f) for f in scn["flows"]]
 
 
 def test_nftables_semantics_of_the_same_state(tmp_path: Path) -> None:
