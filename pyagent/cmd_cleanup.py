@@ -1,52 +1,93 @@
-"""`pyagent cleanup`: remove every attachment, link and pin the agent made
-with these settings. Idempotent: a second run finds nothing and says so."""
+"""`pyagent cleanup`: remove every attachment, link, pin, rule and table the
+agent made with these settings. Idempotent: a second run finds nothing and
+says so.
+
+Each mode's kernel state is recognisable on its own (eBPF: pins under the
+bpffs path; iptables: chains named PYAGENT-*; userspace: chains named
+PYAUSR-*; nftables: the table `inet pyagent`; IPVS: the kube-ipvs0 link,
+virtual servers on its addresses and PYAIPVS-* helper chains). That is how
+`pyagent run` detects a mode switch: before it starts, it removes whatever
+another mode left (clean_other_modes). Without --mode, cleanup removes the
+eBPF state (as before); the other modes' state lives in the network namespace
+where cleanup runs, so run it there (`ip netns exec NS pyagent cleanup --mode M`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from collections.abc import Callable
 
 from pyagent.cmd_maps import DEFAULT_BPFFS
+from pyagent.config import NodeConfig
+
+MODES = ("ebpf", "iptables", "nftables", "ipvs", "userspace")
+
+
+def _ebpf_present(config: NodeConfig) -> bool:
+    return os.path.isdir(config.bpffs) and bool(os.listdir(config.bpffs))
+
+
+def _ebpf_remove(config: NodeConfig) -> str:
+    from pyagent.dataplanes.ebpf import programs
+
+    if not os.path.isdir(config.bpffs):
+        return f"nothing to clean under {config.bpffs}"
+    links = programs.detach_all(config.bpffs, config.cgroup)
+    pins = programs.cleanup(config.bpffs)
+    return f"removed {links} cgroup links and {pins} pins under {config.bpffs}"
+
+
+def _module(mode: str):  # the mode's module with present(config) and remove(config)
+    import importlib
+
+    return importlib.import_module(f"pyagent.dataplanes.{mode}.dataplane")
+
+
+def cleaners(mode: str) -> tuple[Callable[[NodeConfig], bool], Callable[[NodeConfig], str]]:
+    if mode == "ebpf":
+        return _ebpf_present, _ebpf_remove
+    mod = _module(mode)
+    return mod.present, mod.remove
+
+
+def clean_other_modes(config: NodeConfig) -> list[str]:
+    """Remove the kernel state of every mode but config.mode; returns those found."""
+    found = []
+    for mode in MODES:
+        if mode == config.mode:
+            continue
+        try:
+            present, remove = cleaners(mode)
+        except ImportError:
+            continue
+        if present(config):
+            remove(config)
+            found.append(mode)
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = args.mode or "ebpf"
-    if mode != "ebpf":
-        print(f"pyagent cleanup: nothing to do for mode {mode} in this build")
-        return 0
-    from pyagent.dataplanes.ebpf import programs
-
-    if not os.path.isdir(args.bpffs):
-        print(f"nothing to clean under {args.bpffs}")
-        return 0
-    links = programs.detach_all(args.bpffs, args.cgroup)
-    pins = programs.cleanup(args.bpffs)
-    _remove_dir_or_mount(args.bpffs)
-    if links or pins:
-        print(f"removed {links} cgroup links and {pins} pins under {args.bpffs}")
-    else:
-        print(f"nothing to clean under {args.bpffs}")
+    config = dataclasses.replace(NodeConfig(), bpffs=args.bpffs, cgroup=args.cgroup,
+                                 interfaces=tuple(args.interface or ()))
+    for mode in [args.mode or "ebpf"]:
+        try:
+            present, remove = cleaners(mode)
+        except ImportError as exc:
+            print(f"{mode}: not available in this build ({exc})")
+            continue
+        if not present(config) and mode != "ebpf":
+            print(f"{mode}: nothing to clean")
+            continue
+        print(f"{mode}: {remove(config)}")
     return 0
-
-
-def _remove_dir_or_mount(bpffs: str) -> None:
-    """Our directory goes; a bpffs mounted exactly there (by `ensure`) is unmounted
-    once nothing of ours is left in it."""
-    from ebpf import bpffs as fs
-
-    path = os.path.realpath(bpffs)
-    if fs.list_pins(path) and not all(p.endswith(".debug") for p in fs.list_pins(path)):
-        return
-    mp = fs.mount_point_of(path)
-    if mp and mp[0] == path and mp[1] == "bpf":
-        fs.umount(path)
-    fs.remove_empty_dirs(path)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cleanup", help="remove everything the agent put in the kernel",
                        epilog="example: pyagent cleanup --bpffs /sys/fs/bpf/pyagent")
-    p.add_argument("--mode", choices=("ebpf", "iptables", "nftables", "ipvs", "userspace"))
+    p.add_argument("--mode", choices=MODES, help="the mode to clean (default: ebpf)")
     p.add_argument("--cgroup", help="only links on this cgroup (default: all under bpffs)")
     p.add_argument("--bpffs", default=DEFAULT_BPFFS)
     p.add_argument("--interface", action="append", help="TC attach points to clean")

@@ -58,11 +58,29 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 
 def make_dataplane(config: NodeConfig):  # -> Dataplane
-    if config.mode == "ebpf":
-        from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
+    """The dataplane of `config.mode`, after removing what other modes left in
+    this node (see pyagent.cmd_cleanup.clean_other_modes: a mode switch)."""
+    from pyagent.cmd_cleanup import clean_other_modes
 
-        return EbpfDataplane(config)
-    raise SystemExit(f"pyagent: mode {config.mode!r} is not available in this build")
+    factories = {
+        "ebpf": ("pyagent.dataplanes.ebpf.dataplane", "EbpfDataplane"),
+        "iptables": ("pyagent.dataplanes.iptables.dataplane", "IptablesDataplane"),
+        "nftables": ("pyagent.dataplanes.nftables.dataplane", "NftablesDataplane"),
+        "ipvs": ("pyagent.dataplanes.ipvs.dataplane", "IpvsDataplane"),
+        "userspace": ("pyagent.dataplanes.userspace.dataplane", "UserspaceDataplane"),
+    }
+    if config.mode not in factories:
+        raise SystemExit(f"pyagent: unknown mode {config.mode!r}")
+    import importlib
+
+    module, cls = factories[config.mode]
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise SystemExit(f"pyagent: mode {config.mode!r} is not available: {exc}") from exc
+    for mode in clean_other_modes(config):
+        log.info("removed the state of mode %s (mode switch)", mode)
+    return factory(config)
 
 
 def run(args: argparse.Namespace) -> int:

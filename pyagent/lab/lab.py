@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -65,7 +66,8 @@ class Lab:
     def __init__(self, pods: int = 3, tcp_ports: Sequence[int] = (8080, 9090),
                  udp_ports: Sequence[int] = (5353,)) -> None:
         self.id = secrets.token_hex(3)
-        self.tag = f"{PREFIX}{self.id}"
+        # The creator's pid is in every name: sweep() spares labs of live processes.
+        self.tag = f"{PREFIX}{os.getpid()}x{self.id}"
         self.node_ns = f"{self.tag}-node"
         self.tcp_ports, self.udp_ports = tuple(tcp_ports), tuple(udp_ports)
         self.pods: list[Pod] = []
@@ -131,6 +133,43 @@ class Lab:
             pod.server.wait()
             pod.server = None
 
+    def add_routed_pod(self, name: str, ip4: str = "10.244.1.2") -> Pod:
+        """A client pod routed by the node (no bridge): its traffic always
+        crosses the node's IP layer (PREROUTING/FORWARD), and replies to it are
+        routed back through the node, so rule-based modes need no br_netfilter.
+        The node side of the veth also carries the first node IP (/32), as
+        REDIRECT needs an address on the incoming interface."""
+        i = len(self.pods)
+        pod = Pod(name, f"{self.tag}-{name}", ip4, "")
+        sh("ip", "netns", "add", pod.ns)
+        host_if = f"r{self.id}{i}"[:15]
+        sh("ip", "-n", self.node_ns, "link", "add", host_if, "type", "veth",
+           "peer", "name", "eth0", "netns", pod.ns)
+        sh("ip", "-n", self.node_ns, "addr", "add", f"{POD_NET4}.1/32", "dev", host_if)
+        sh("ip", "-n", self.node_ns, "link", "set", host_if, "up")
+        sh("ip", "-n", self.node_ns, "route", "add", f"{ip4}/32", "dev", host_if)
+        p = ["ip", "-n", pod.ns]
+        sh(*p, "link", "set", "lo", "up")
+        sh(*p, "addr", "add", f"{ip4}/32", "dev", "eth0")
+        sh(*p, "link", "set", "eth0", "up")
+        sh(*p, "route", "add", f"{POD_NET4}.1/32", "dev", "eth0")
+        sh(*p, "route", "add", "default", "via", f"{POD_NET4}.1", "dev", "eth0")
+        self.pods.append(pod)
+        return pod
+
+    def enable_routing(self, service_cidr: str = "10.96.0.0/12") -> None:
+        """What a CNI and the node's default route give a real node: forwarding
+        in the node namespace and a route for Service VIPs, so packets to a
+        VIP reach the NAT hooks of iptables/nftables/IPVS modes."""
+        sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw",
+           "net.ipv6.conf.all.forwarding=1")
+        sh("ip", "-n", self.node_ns, "route", "add", service_cidr, "dev", "br0")
+
+    def node_exec(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command (iptables, nft, conntrack...) in the node namespace."""
+        return sh("ip", "netns", "exec", self.node_ns, *cmd, check=check)
+
     # -- running things -----------------------------------------------------
     def popen(self, cmd: Sequence[str], ns: str | None = None, in_cgroup: bool = True,
               **kw) -> subprocess.Popen:
@@ -158,8 +197,8 @@ class Lab:
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
-    def client(self, dst: str, port: int, proto: str = "tcp", count: int = 100,
-               ns: str | None = None, **opts: object) -> ClientResult:
+    def _client_cmd(self, dst: str, port: int, proto: str, count: int,
+                    opts: dict[str, object]) -> list[str]:
         cmd = [sys.executable, "-m", "pyagent.lab.client", "--dst", dst, "--port", str(port),
                "--proto", proto, "--count", str(count)]
         for k, v in opts.items():
@@ -168,10 +207,27 @@ class Lab:
                 cmd.append(flag)
             elif v not in (False, None):
                 cmd += [flag, str(v)]
-        res = self.run(cmd, ns)
+        return cmd
+
+    def client(self, dst: str, port: int, proto: str = "tcp", count: int = 100,
+               ns: str | None = None, **opts: object) -> ClientResult:
+        res = self.run(self._client_cmd(dst, port, proto, count, opts), ns)
         if res.returncode != 0:
             raise RuntimeError(f"lab client failed: {res.stderr}")
         return ClientResult(**json.loads(res.stdout))
+
+    def client_start(self, dst: str, port: int, proto: str = "tcp", count: int = 100,
+                     ns: str | None = None, **opts: object) -> subprocess.Popen:
+        """A client in the background; `client_result(proc)` collects it."""
+        return self.popen(self._client_cmd(dst, port, proto, count, opts), ns,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def client_result(proc: subprocess.Popen, timeout: float = 120) -> ClientResult:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"lab client failed: {err}")
+        return ClientResult(**json.loads(out))
 
     # -- teardown -----------------------------------------------------------
     def close(self) -> None:
@@ -196,17 +252,35 @@ class Lab:
 
     @staticmethod
     def sweep() -> None:
-        """Remove what crashed labs left behind (only things with our prefix)."""
+        """Remove what crashed labs left behind: only names with our prefix
+        whose creating process is gone (concurrent test runs are spared)."""
         for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
             name = line.split()[0] if line.split() else ""
-            if name.startswith(PREFIX) and "-" in name:
+            if _stale(name):
                 sh("ip", "netns", "del", name, check=False)
         for cg in cgroup2_mount().glob(f"{PREFIX}*"):
-            _remove_cgroup(cg)
+            if _stale(cg.name):
+                _remove_cgroup(cg)
         for line in Path("/proc/mounts").read_text().splitlines():
             parts = line.split()
-            if parts[2] == "bpf" and Path(parts[1]).parent.name.startswith(PREFIX):
+            if parts[2] == "bpf" and _stale(Path(parts[1]).parent.name):
                 sh("umount", parts[1], check=False)
+        for tmp in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+            if _stale(tmp.name):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stale(name: str) -> bool:
+    m = re.match(rf"{PREFIX}(\d+)x", name)
+    if not m:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _remove_cgroup(cg: Path) -> None:

@@ -1,0 +1,156 @@
+"""The iptables dataplane: kube-proxy's chain layout, written with
+iptables-restore --noflush.
+
+Every service port renders to a Fragment (rules.py), kept per Service. A sync
+re-renders only the Services it is given, assembles the dispatch chains from
+the kept fragments and writes just the chains whose rules differ from what
+the last successful restore wrote, plus `-X` for chains that went away. A
+full sync rewrites every chain (repairing drift) and removes chains with our
+prefix left by an earlier agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.iptables.kernel import Exec, Iptables, restore_text
+from pyagent.dataplanes.iptables.rules import Fragment, Renderer
+from pyagent.model import ServiceKey
+from pyagent.state import ServicePortState
+
+log = logging.getLogger(__name__)
+
+TABLES = ("nat", "filter")
+Chains = dict[tuple[str, str], tuple[str, ...]]  # (table, chain) -> rules
+
+
+class IptablesDataplane:
+    name = "iptables"
+    renderer_class: type[Renderer] = Renderer
+
+    def __init__(self, config: NodeConfig, ex: Exec | None = None,
+                 families: tuple[int, ...] = (4, 6)) -> None:
+        self.config = config
+        self.families = families
+        self.renderers = {f: self.renderer_class(config, f) for f in families}
+        self.ipt = {f: Iptables(f, ex) for f in families}
+        self.prefix = self.renderer_class.prefix
+        self.frags: dict[ServiceKey, list[tuple[int, Fragment]]] = {}
+        self.written: dict[int, Chains] = {f: {} for f in families}
+        self.leftover: dict[int, set[tuple[str, str]]] = {f: set() for f in families}
+
+    # --- lifecycle ---------------------------------------------------------------
+    def setup(self) -> None:
+        for fam in self.families:
+            ipt, r = self.ipt[fam], self.renderers[fam]
+            existing = {(t, c) for t in TABLES for c in ipt.chains(t, self.prefix)}
+            self.leftover[fam] = existing
+            # Create the chains the hooks jump to, without flushing existing
+            # ones: a restarted agent keeps serving until its first sync.
+            base = {("nat", r.SERVICES), ("nat", r.NODEPORTS), ("nat", r.POSTROUTING),
+                    ("filter", r.FIREWALL), ("filter", r.SERVICES)}
+            missing = base - existing
+            ipt.restore(restore_text({t: ({c: () for tt, c in missing if tt == t}, set())
+                                      for t in TABLES}))
+            for table, chain, args in reversed(r.hooks()):
+                ipt.ensure_rule(table, chain, args)
+
+    def close(self) -> None:
+        pass  # the rules stay for the next agent
+
+    def cleanup(self) -> None:
+        for fam in self.families:
+            remove_all(self.ipt[fam], self.renderers[fam])
+            self.written[fam] = {}
+        self.frags.clear()
+
+    # --- sync --------------------------------------------------------------------
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        status: SyncStatus = {}
+        if full:
+            for svc in set(self.frags) - set(states):
+                del self.frags[svc]
+        for svc, ports in states.items():
+            if not ports:
+                self.frags.pop(svc, None)
+                status[svc] = None
+                continue
+            try:
+                self.frags[svc] = [(s.service.family, self.render(s)) for s in ports]
+                status[svc] = None
+            except Exception as exc:  # keep the previous rules of this Service
+                log.exception("rendering %s/%s", *svc)
+                status[svc] = f"render failed: {exc}"
+        self.before_write()
+        for fam in self.families:
+            self._write(fam, self.desired(fam), full)
+        return status
+
+    def render(self, sps: ServicePortState) -> Fragment:
+        return self.renderers[sps.service.family].render(sps)
+
+    def before_write(self) -> None:
+        """Hook for subclasses (userspace listeners) before rules are written."""
+
+    def desired(self, fam: int) -> Chains:
+        r = self.renderers[fam]
+        chains: Chains = {("nat", c): tuple(v) for c, v in r.base_nat().items()}
+        services: list[str] = []
+        nodeports: list[str] = []
+        filt: list[str] = []
+        cips: list[str] = []
+        for svc in sorted(self.frags):
+            for f, frag in self.frags[svc]:
+                if f != fam:
+                    continue
+                chains.update({("nat", c): tuple(v) for c, v in frag.nat_chains.items()})
+                services += frag.services
+                nodeports += frag.nodeports
+                filt += frag.filter
+                if frag.cluster_ip:
+                    cips.append(frag.cluster_ip)
+        chains[("nat", r.SERVICES)] = (*services, *r.nodeport_dispatch())
+        chains[("nat", r.NODEPORTS)] = tuple(nodeports)
+        chains[("filter", r.FIREWALL)] = tuple(r.firewall())
+        chains[("filter", r.SERVICES)] = (*filt, *r.filter_tail(cips))
+        return chains
+
+    def _write(self, fam: int, want: Chains, full: bool) -> None:
+        have = self.written[fam]
+        write = {k: v for k, v in want.items() if full or have.get(k) != v}
+        gone = (set(have) | (self.leftover[fam] if full else set())) - set(want)
+        if not write and not gone:
+            return
+        text = restore_text({t: ({c: v for (tt, c), v in write.items() if tt == t},
+                                 {c for tt, c in gone if tt == t}) for t in TABLES})
+        self.ipt[fam].restore(text)
+        self.written[fam] = dict(want)
+        if full:
+            self.leftover[fam] = set()
+        log.debug("iptables v%d: wrote %d chains, removed %d", fam, len(write), len(gone))
+
+
+def remove_all(ipt: Iptables, r: Renderer) -> int:
+    """Unhook and delete every chain with `r.prefix` (idempotent); returns how many."""
+    for table, chain, args in r.hooks():
+        ipt.delete_rule(table, chain, args)
+    chains = {t: ipt.chains(t, r.prefix) for t in TABLES}
+    text = restore_text({t: ({}, cs) for t, cs in chains.items()})
+    if text:
+        ipt.restore(text)
+    return sum(len(cs) for cs in chains.values())
+
+
+# --- mode detection and cleanup (pyagent cleanup, mode switches) ---------------
+
+def present(config: NodeConfig, renderer: type[Renderer] = Renderer) -> bool:
+    return any(Iptables(f).chains(t, renderer.prefix) for f in (4, 6) for t in TABLES)
+
+
+def remove(config: NodeConfig, renderer: type[Renderer] = Renderer) -> str:
+    n = sum(remove_all(Iptables(f), renderer(config, f)) for f in (4, 6))
+    return f"removed {n} {renderer.prefix}* chains and their hooks"
