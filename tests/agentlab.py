@@ -62,6 +62,7 @@ class AgentLab:
         self.bpffs = str(lab.bpffs / "pyagent")
         self.log = lab.tmp / "agent.log"
         self.proc: subprocess.Popen | None = None
+        self.last_error = ""
 
     def write(self, name: str, *objects: dict) -> None:
         """Atomically replace one manifest file (rename, so no half-read)."""
@@ -102,6 +103,7 @@ class AgentLab:
     def dump(self) -> dict:
         res = self.pyagent("maps", "dump", "--bpffs", self.bpffs, "--json")
         if res.returncode != 0:
+            self.last_error = res.stderr
             return {"services": [], "backends": []}
         return json.loads(res.stdout)
 
@@ -124,7 +126,8 @@ class AgentLab:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"agent exited while waiting for {what}:\n{self.logs()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; maps: {fes}\n{self.logs()}")
+                raise AssertionError(f"timed out waiting for {what}; maps: {fes}\n"
+                                     f"{self.last_error}\n{self.logs()}")
             time.sleep(0.1)
 
 

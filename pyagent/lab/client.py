@@ -52,6 +52,30 @@ def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bo
     return {"pod": pods[0], "pods": pods, "from": sources, "peer": peer}
 
 
+def hold_connections(dst: str, port: int, n: int, timeout: float) -> list[socket.socket]:
+    held = []
+    for _ in range(n):
+        s = socket.socket(_family(dst), socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect((dst, port))
+        s.makefile().readline()
+        held.append(s)
+    return held
+
+
+def still_open(s: socket.socket) -> bool:
+    """True if the connection survived: a write succeeds and no RST/FIN is queued."""
+    try:
+        s.send(b"ping")
+        time.sleep(0.01)
+        s.setblocking(False)
+        return s.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dst", required=True)
@@ -61,13 +85,20 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--messages", type=int, default=1, help="UDP datagrams per socket")
     ap.add_argument("--connected", action="store_true", help="connect() UDP sockets")
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="keep opening connections for this many seconds (COUNT is a cap)")
+    ap.add_argument("--hold", type=int, default=0,
+                    help="TCP: open this many long-lived connections first, check them at the end")
     args = ap.parse_args()
+    held = hold_connections(args.dst, args.port, args.hold, args.timeout) if args.hold else []
 
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     details: list[dict] = []
     started = time.monotonic()
     for _ in range(args.count):
+        if args.duration and time.monotonic() - started > args.duration:
+            break
         try:
             if args.proto == "tcp":
                 d = tcp_once(args.dst, args.port, args.timeout)
@@ -78,6 +109,9 @@ def main() -> None:
             continue
         counts[d["pod"]] += 1
         details.append(d)
+    broken = sum(1 for s in held if not still_open(s))
+    if broken:
+        errors["HELD_BROKEN"] += broken
     print(json.dumps({"counts": counts, "errors": errors, "details": details,
                       "seconds": time.monotonic() - started}))
 

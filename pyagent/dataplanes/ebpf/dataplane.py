@@ -63,12 +63,16 @@ class EbpfDataplane:
             for svc in set(self.reconciler.by_service) - set(changes):
                 changes[svc] = []
         try:
-            return self.reconciler.apply(changes, prune_unowned=full)
+            status = self.reconciler.apply(changes, prune_unowned=full)
         except Exception:
             # The maps are consistent (make-before-break) but our bookkeeping
             # may not match them: rebuild it from the kernel before retrying.
             self._adopt()
             raise
+        log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
+                "%s sync of %d services: %d map operations", "full" if full else "partial",
+                len(changes), self.reconciler.last_ops)
+        return status
 
     def close(self) -> None:
         if self.lb:

@@ -95,6 +95,7 @@ class Reconciler:
         self._free_rev: list[int] = []
         self._free_backend: list[int] = []
         self._freed_rev: list[int] = []
+        self.last_ops = 0  # map writes and deletes of the last apply()
         self._stray: list[Op] = []
         if adopted:
             self._adopt(adopted)
@@ -164,6 +165,7 @@ class Reconciler:
             phases[6].extend(op for op in self._stray if op.map == BACKENDS)
             self._stray = []
         self._release(phases)
+        self.last_ops = sum(len(p) for p in phases)
         self.writer.run([p for p in phases if p])
         return status
 
