@@ -96,12 +96,17 @@ def _collect(doc: Any, fname: str, out: ManifestSet) -> None:
         out.errors.append(f"{fname}: expected an object, got {type(doc).__name__}")
         return
     kind = doc.get("kind")
-    if kind == "List" or (kind is None and isinstance(doc.get("items"), list)):
+    if (isinstance(kind, str) and kind.endswith("List")) or (
+            kind is None and isinstance(doc.get("items"), list)):
         items = doc.get("items")
         if not isinstance(items, list):
-            out.errors.append(f"{fname}: List without an items list")
+            out.errors.append(f"{fname}: {kind} without an items list")
             return
+        # The API's typed lists (ServiceList, ...) leave out each item's kind.
+        item_kind = kind[:-len("List")] if kind and kind != "List" else None
         for item in items:
+            if item_kind and isinstance(item, dict) and "kind" not in item:
+                item = {**item, "kind": item_kind}
             _collect(item, fname, out)
         return
     if kind in KINDS:

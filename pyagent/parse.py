@@ -323,6 +323,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> ParsedSlice:
     if not service:
         raise ParseError(f"metadata.labels: no {SERVICE_NAME_LABEL} label")
     address_type = _choice(obj.get("addressType"), "addressType", ("IPv4", "IPv6", "FQDN"))
+    if not address_type:
+        raise ParseError("addressType: missing (IPv4, IPv6 or FQDN)")
     family = {"IPv4": 4, "IPv6": 6}.get(address_type)
     ports = []
     for i, raw in enumerate(_list(obj.get("ports"), "ports")):

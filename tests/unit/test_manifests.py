@@ -21,13 +21,15 @@ def test_files_documents_and_lists(tmp_path: Path) -> None:
         "- {kind: EndpointSlice, metadata: {name: e1}}\n---\n")
     (tmp_path / "a.yml").write_text("kind: Service\nmetadata: {name: s1}\n")
     (tmp_path / "c.json").write_text(json.dumps([{"kind": "Service", "metadata": {"name": "s3"}}]))
+    (tmp_path / "d.json").write_text(json.dumps(
+        {"kind": "ServiceList", "apiVersion": "v1", "items": [{"metadata": {"name": "s4"}}]}))
     (tmp_path / ".hidden.yaml").write_text("kind: Service\nmetadata: {name: hidden}\n")
     (tmp_path / "notes.txt").write_text("kind: Service\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.yaml").write_text("kind: Service\nmetadata: {name: nested}\n")
     got = load_manifests(tmp_path)
     assert got.errors == []
-    assert names(got.objects["Service"]) == ["s1", "s2", "s3"]  # sorted file order
+    assert names(got.objects["Service"]) == ["s1", "s2", "s3", "s4"]  # sorted file order
     assert names(got.objects["Node"]) == ["n1"]
     assert names(got.objects["EndpointSlice"]) == ["e1"]
 

@@ -168,6 +168,7 @@ def test_fqdn_slices_carry_no_endpoints() -> None:
     (slice_obj([{"addresses": ["fd00::1"]}]), "not an IPv4 address"),
     (slice_obj([{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]), "ready"),
     ({**slice_obj([]), "metadata": {"name": "x", "namespace": "ns"}}, "service-name"),
+    ({**slice_obj([]), "addressType": None}, "addressType"),
 ])
 def test_invalid_slices(obj: dict, match: str) -> None:
     with pytest.raises(ParseError, match=match):
