@@ -66,7 +66,7 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
     if not config.node_ips:
         config = with_overrides(config, node_ips=_node_addresses(loaded.objects["Node"],
                                                                  config.node_name) or None)
-    store = ServiceStore(config)
+    store = ServiceStore(config, log_invalid=False)  # errors are returned instead
     with gc_paused():
         for kind in KINDS:
             store.replace(kind, loaded.objects[kind])

@@ -37,8 +37,9 @@ ErrorKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 class ServiceStore:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, log_invalid: bool = True) -> None:
         self.config = config
+        self._log_invalid = log_invalid  # off when the caller reports `errors` itself
         self._raw: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {k: {} for k in KINDS}
         self._services: dict[ServiceKey, ParsedService] = {}
         self._slices: dict[ObjectKey, ParsedSlice] = {}
@@ -171,7 +172,7 @@ class ServiceStore:
         try:
             parsed = parser(obj)
         except ParseError as exc:
-            if self.errors.get((kind, *key)) != str(exc):
+            if self._log_invalid and self.errors.get((kind, *key)) != str(exc):
                 what = "keeping the last good version" if old is not None else "ignored"
                 log.warning("%s %s/%s is invalid (%s): %s", kind, *key, what, exc)
             self.errors[(kind, *key)] = str(exc)
