@@ -8,7 +8,8 @@ import logging
 import sys
 
 # Each module exposes register(subparsers); its parser sets `func(args) -> int`.
-COMMANDS = ("cmd_run", "cmd_plan", "cmd_trace", "cmd_maps", "cmd_cleanup", "cmd_bpf")
+COMMANDS = ("cmd_run", "cmd_plan", "cmd_trace", "cmd_maps", "cmd_services", "cmd_cleanup",
+            "cmd_bpf")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,13 +30,32 @@ def _ebpf_present(config: NodeConfig) -> bool:
 
 
 def _ebpf_remove(config: NodeConfig) -> str:
+    from pyagent import statusfile
     from pyagent.dataplanes.ebpf import programs
 
+    statusfile.remove(config.bpffs)
     if not os.path.isdir(config.bpffs):
         return f"nothing to clean under {config.bpffs}"
     links = programs.detach_all(config.bpffs, config.cgroup)
     pins = programs.cleanup(config.bpffs)
+    _remove_dir_or_mount(config.bpffs)
+    if not links and not pins:
+        return f"nothing to clean under {config.bpffs}"
     return f"removed {links} cgroup links and {pins} pins under {config.bpffs}"
+
+
+def _remove_dir_or_mount(bpffs: str) -> None:
+    """Our directory goes; a bpffs mounted exactly there (by `ensure`) is
+    unmounted once nothing of ours is left in it."""
+    from ebpf import bpffs as fs
+
+    path = os.path.realpath(bpffs)
+    if any(not p.endswith(".debug") for p in fs.list_pins(path)):
+        return
+    mp = fs.mount_point_of(path)
+    if mp and mp[0] == path and mp[1] == "bpf":
+        fs.umount(path)
+    fs.remove_empty_dirs(path)
 
 
 def _module(mode: str):  # the mode's module with present(config) and remove(config)

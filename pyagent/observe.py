@@ -4,6 +4,7 @@ per-service health-check node ports (externalTrafficPolicy Local)."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,11 +30,17 @@ class Observability:
 
     def attach(self, agent: Any) -> None:
         self.agent = agent
-        stats = getattr(agent.dataplane, "stats", None)
-        if stats is not None:
-            self.metrics.set_sources(map_pressure=stats.map_pressure,
-                                     service_connections=stats.service_connections,
-                                     backend_connections=stats.backend_connections)
+
+        def reader(name: str) -> Callable[[], dict]:
+            # The dataplane creates its stats in setup(), after attach().
+            def read() -> dict:
+                stats = getattr(agent.dataplane, "stats", None)
+                return getattr(stats, name)() if stats is not None else {}
+            return read
+
+        self.metrics.set_sources(map_pressure=reader("map_pressure"),
+                                 service_connections=reader("service_connections"),
+                                 backend_connections=reader("backend_connections"))
 
     def start(self) -> None:
         _, self.healthz_port, stop = start_health_server(self.config.healthz_bind_address,
@@ -78,6 +85,26 @@ class Observability:
         if node:
             self.health.sync_node(node)
         self._sync_health_checks(states, full)
+        self._write_status(now, duration)
+
+    def _write_status(self, now: float, duration: float) -> None:
+        """For `pyagent status` / `services list`; names by frontend."""
+        from pyagent import statusfile
+
+        dp = self.agent.dataplane
+        names = {}
+        rec = getattr(dp, "reconciler", None)
+        if rec is not None:
+            names = {"|".join(map(str, fe.key)): fe.service for fe in rec.kernel.values()}
+        statusfile.write(self.config.bpffs, {
+            "pid": os.getpid(), "mode": self.config.mode, "nodeName": self.config.node_name,
+            "cgroup": str(getattr(dp, "cgroup", "") or ""), "bpffs": self.config.bpffs,
+            "interfaces": list(self.config.interfaces), "lastSync": now,
+            "lastSyncSeconds": duration, "healthzPort": self.healthz_port,
+            "metricsPort": self.metrics_port, "errors": {
+                "/".join(k): v for k, v in self.agent.errors.items()},
+            "objectErrors": list(self.agent.store.error_messages()),
+            "frontendNames": names})
 
     def _sync_totals(self, store: Any) -> None:
         totals = getattr(store, "totals", None)
