@@ -47,14 +47,17 @@ def topology_mode(endpoints: Sequence[Endpoint], node_name: str, zone: str,
     return None
 
 
-def categorize(endpoints: Sequence[Endpoint], *, uses_cluster: bool, uses_local: bool,
+def categorize(endpoints: Sequence[Endpoint] | None, *, uses_cluster: bool, uses_local: bool,
                node_name: str = "", zone: str = "",
                prefer_same_node: bool = False) -> Selection:
     """Split a service port's endpoints into the sets this node uses.
 
+    A set is None when the service never uses that kind of endpoint, and empty
+    when it does but none qualify. `endpoints` None means the service port has
+    no endpoint data at all (no slice carries its port): both sets are None.
     The result does not depend on the order of `endpoints` (sets are sorted).
     """
-    if not endpoints:
+    if endpoints is None:
         return Selection(None, None, (), False)
     cluster: tuple[Endpoint, ...] | None = None
     local: tuple[Endpoint, ...] | None = None

@@ -17,8 +17,10 @@ from pyagent.selection import categorize, dedupe
 @dataclass(frozen=True)
 class ServicePortState:
     service: ServicePort
-    cluster_endpoints: tuple[Endpoint, ...] | None  # None: Cluster policy never used
-    local_endpoints: tuple[Endpoint, ...] | None  # None: Local policy never used
+    # None: that policy is never used (or no slice carries the port at all);
+    # empty: it is used and no endpoint qualifies.
+    cluster_endpoints: tuple[Endpoint, ...] | None
+    local_endpoints: tuple[Endpoint, ...] | None
     all_endpoints: tuple[Endpoint, ...]  # every endpoint this node may send to
     has_any_endpoints: bool  # usable endpoints exist somewhere in the cluster
     local_ready_count: int = 0  # for the health-check node port (ready only)
@@ -33,15 +35,17 @@ class ServicePortState:
 
 
 def _endpoints_for(sp: ServicePort, slices: Iterable[ParsedSlice],
-                   node_name: str) -> list[Endpoint]:
-    """Endpoints of the slices of `sp`'s family whose port matches by name and protocol."""
-    out = []
+                   node_name: str) -> list[Endpoint] | None:
+    """Endpoints of the slices of `sp`'s family whose port matches by name and
+    protocol; None when no slice carries that port at all."""
+    out: list[Endpoint] | None = None
     for sl in slices:
         if sl.family != sp.family:
             continue
         for port_name, number, protocol in sl.ports:
             if port_name != sp.port_name or protocol != sp.protocol:
                 continue
+            out = out if out is not None else []
             for s in sl.endpoints:
                 out.append(Endpoint(s.ip, number, s.ready, s.serving, s.terminating,
                                     s.node_name, s.zone_hints, s.node_hints,
@@ -65,8 +69,9 @@ def compute_service_state(ports: Iterable[ServicePort], slices: Iterable[ParsedS
     slices = sorted(slices, key=lambda s: s.name)
     out = []
     for sp in ports:
-        eps = dedupe(_endpoints_for(sp, slices, config.node_name))
-        sel = categorize(eps, uses_cluster=sp.uses_cluster_endpoints,
+        found = _endpoints_for(sp, slices, config.node_name)
+        eps = dedupe(found) if found is not None else []
+        sel = categorize(eps if found is not None else None, uses_cluster=sp.uses_cluster_endpoints,
                          uses_local=sp.uses_local_endpoints, node_name=config.node_name,
                          zone=zone, prefer_same_node=config.prefer_same_node)
         out.append(ServicePortState(

@@ -75,12 +75,14 @@ def slice_object(es: dict) -> dict:
         conditions = _drop_none(ep.get("conditions") or {})
         if conditions:
             entry["conditions"] = conditions
-        hints = _drop_none({
+        hints = ep.get("hints") or _drop_none({
             "forZones": [{"name": z} for z in ep["zoneHints"]] if ep.get("zoneHints") else None,
             "forNodes": [{"name": n} for n in ep["nodeHints"]] if ep.get("nodeHints") else None,
         })
         if hints:
             entry["hints"] = hints
+        if ep.get("zone"):
+            entry["zone"] = ep["zone"]
         endpoints.append(entry)
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"namespace": es["namespace"], "name": es["name"],

@@ -149,11 +149,10 @@ def test_categorize(case: dict, tmp_path: Path) -> None:
     assert _same_set(entry["localEndpoints"], want["localEndpoints"]), "local"
     assert _same_set(entry["allEndpoints"], want["allEndpoints_effective"]), "all"
     assert entry["hasAnyEndpoints"] == want["hasAnyEndpoints"]
-    # nil means "never used"; an expected non-empty set is never reported as unused.
-    if want["clusterEndpoints"]:
-        assert entry["clusterEndpoints"] is not None
-    if want["localEndpoints"]:
-        assert entry["localEndpoints"] is not None
+    # Stricter than the Go harness: null ("never used") and [] ("used, none
+    # qualify") are told apart too.
+    assert (entry["clusterEndpoints"] is None) == (want["clusterEndpoints"] is None), "cluster nil"
+    assert (entry["localEndpoints"] is None) == (want["localEndpoints"] is None), "local nil"
 
 
 # --- non-flow facts ----------------------------------------------------------------

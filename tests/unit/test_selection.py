@@ -42,8 +42,15 @@ def test_no_usable_endpoint_anywhere() -> None:
     sel = categorize([ep(1, ready=False, serving=False, terminating=True)],
                      uses_cluster=True, uses_local=True)
     assert sel.cluster == () and sel.local == () and not sel.has_any
-    assert categorize([], uses_cluster=True, uses_local=True) == categorize(
-        [], uses_cluster=False, uses_local=True)
+
+
+def test_no_endpoint_data_versus_an_empty_list() -> None:
+    # None: no slice carries the port, nothing to categorize. []: the sets the
+    # service uses exist and are empty.
+    sel = categorize(None, uses_cluster=True, uses_local=True)
+    assert (sel.cluster, sel.local, sel.all, sel.has_any) == (None, None, (), False)
+    sel = categorize([], uses_cluster=False, uses_local=True)
+    assert (sel.cluster, sel.local, sel.all, sel.has_any) == (None, (), (), False)
 
 
 def test_zone_hints_need_every_ready_endpoint_hinted_and_one_for_our_zone() -> None:
@@ -108,7 +115,8 @@ def test_selection_invariants(eps: list[Endpoint], kw: dict, rnd: random.Random)
     assert all(e.is_local for e in sel.local or ())
     assert set(sel.all) == set(sel.cluster or ()) | set(sel.local or ())
     assert sel.has_any == any(e.ready or (e.serving and e.terminating) for e in eps)
-    assert (sel.cluster is None) == (not kw["uses_cluster"] or not eps)
+    assert (sel.cluster is None) == (not kw["uses_cluster"])
+    assert (sel.local is None) == (not kw["uses_local"])
     # Ready endpoints are always preferred within a set.
     for chosen_set in (sel.cluster, sel.local):
         if chosen_set and any(not e.ready for e in chosen_set):
