@@ -9,48 +9,17 @@ import time
 import urllib.error
 import urllib.request
 
+from fakes import FakeDataplane, wait
+
 from pyagent.agent import Agent
 from pyagent.config import NodeConfig
 from pyagent.observe import Observability
-
-
-class FakeDataplane:
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.broken = False
-        self.syncs: list[tuple[dict, bool]] = []
-        self.programmed: dict = {}
-
-    def setup(self) -> None:
-        pass
-
-    def sync(self, states, full):
-        if self.broken:
-            raise RuntimeError("kernel says no")
-        self.syncs.append((dict(states), full))
-        if full:
-            self.programmed = {}
-        self.programmed.update({k: v for k, v in states.items() if v})
-        for k in [k for k, v in states.items() if not v]:
-            self.programmed.pop(k, None)
-        return {k: None for k in states}
-
-    def close(self) -> None:
-        pass
 
 
 def svc(name: str, ip: str) -> dict:
     return {"kind": "Service", "metadata": {"name": name, "namespace": "ns",
                                             "resourceVersion": "1"},
             "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}}
-
-
-def wait(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def healthz(port: int) -> int:

@@ -1,0 +1,40 @@
+"""In-memory stand-ins for kernel-facing interfaces, shared by unit tests."""
+
+from __future__ import annotations
+
+import time
+
+
+class FakeDataplane:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.syncs: list[tuple[dict, bool]] = []
+        self.programmed: dict = {}
+
+    def setup(self) -> None:
+        pass
+
+    def sync(self, states, full):
+        if self.broken:
+            raise RuntimeError("kernel says no")
+        self.syncs.append((dict(states), full))
+        if full:
+            self.programmed = {}
+        self.programmed.update({k: v for k, v in states.items() if v})
+        for k in [k for k, v in states.items() if not v]:
+            self.programmed.pop(k, None)
+        return {k: None for k in states}
+
+    def close(self) -> None:
+        pass
+
+
+def wait(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
