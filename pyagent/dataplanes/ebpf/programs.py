@@ -24,7 +24,9 @@ from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout
 
-BPF_SRC_DIR = str(Path(__file__).resolve().parents[3] / "bpf_src")
+# The C sources: the checkout's bpf_src/, or PYAGENT_BPF_SRC (container images).
+BPF_SRC_DIR = os.environ.get("PYAGENT_BPF_SRC") or str(
+    Path(__file__).resolve().parents[3] / "bpf_src")
 SOURCE = os.path.join(BPF_SRC_DIR, "sock_lb.c")
 
 
