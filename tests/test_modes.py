@@ -224,3 +224,25 @@ def test_node_port_from_node(env: Env) -> None:
     res = env.node(NODE_IP, NP_WEB, count=30)
     assert not res.errors
     assert set(res.counts) == READY
+
+
+# --- incremental syncs (last: they change the manifests) ---------------------------
+
+def test_changes_are_applied_incrementally(env: Env) -> None:
+    objs = manifests()
+    for o in objs:
+        if o["kind"] == "EndpointSlice" and o["metadata"]["name"] == "web-1":
+            for ep in o["endpoints"]:
+                ep["conditions"]["ready"] = True  # pod2 becomes ready
+        if o["kind"] == "Service" and o["metadata"]["name"] == "empty":
+            o["spec"]["ports"][0]["targetPort"] = 8080
+    objs.append(slice_("empty", [("10.244.0.12", True, "node-1")], [HTTP]))
+    objs = [o for o in objs if o["metadata"]["name"] not in ("sticky", "sticky-1")]
+    mdir = env.lab.tmp / "manifests"
+    (mdir / "all.yaml").write_text(yaml.safe_dump_all(objs))
+    wait_for(lambda: env.node(EMPTY, 80, count=1, timeout=0.5).counts == {"pod2": 1},
+             f"{env.mode}: the new endpoint of {EMPTY}")
+    res = env.node(WEB, 80, count=90)
+    assert set(res.counts) == READY | {"pod2"} and not res.errors
+    res = env.node(STICKY, 80, count=2, timeout=0.5)
+    assert not res.counts  # the deleted Service is gone

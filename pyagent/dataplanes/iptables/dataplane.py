@@ -70,6 +70,14 @@ class IptablesDataplane:
     # --- sync --------------------------------------------------------------------
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
+        status = self.render_states(states, full)
+        for fam in self.families:
+            self._write(fam, self.desired(fam), full)
+        self.after_write()
+        return status
+
+    def render_states(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+                      full: bool) -> SyncStatus:
         status: SyncStatus = {}
         if full:
             for svc in set(self.frags) - set(states):
@@ -80,21 +88,19 @@ class IptablesDataplane:
                 status[svc] = None
                 continue
             try:
-                self.frags[svc] = [(s.service.family, self.render(s)) for s in ports]
+                self.frags[svc] = self.render_service(svc, ports)
                 status[svc] = None
             except Exception as exc:  # keep the previous rules of this Service
                 log.exception("rendering %s/%s", *svc)
                 status[svc] = f"render failed: {exc}"
-        self.before_write()
-        for fam in self.families:
-            self._write(fam, self.desired(fam), full)
         return status
 
-    def render(self, sps: ServicePortState) -> Fragment:
-        return self.renderers[sps.service.family].render(sps)
+    def render_service(self, svc: ServiceKey, ports: tuple[ServicePortState, ...]
+                       ) -> list[tuple[int, Fragment]]:
+        return [(s.service.family, self.renderers[s.service.family].render(s)) for s in ports]
 
-    def before_write(self) -> None:
-        """Hook for subclasses (userspace listeners) before rules are written."""
+    def after_write(self) -> None:
+        """Hook for subclasses (userspace listeners) once the rules are written."""
 
     def desired(self, fam: int) -> Chains:
         r = self.renderers[fam]

@@ -1,0 +1,1 @@
+"""nftables mode (see dataplane.py)."""

@@ -1,0 +1,215 @@
+"""The nftables dataplane: one `inet pyagent` table, verdict maps, and one
+`nft -f` transaction per sync.
+
+The desired state (chains, affinity sets, map and set elements) is assembled
+from per-Service fragments. A partial sync writes the difference with what
+the last successful transaction wrote: new chains, flushed-and-refilled
+changed chains, element deletes/adds, and deletes of chains and sets that
+went away (referrers first). A full sync rewrites every chain, flushes and
+refills every map and set, and deletes anything else in the table, so it
+also repairs drift and what an earlier agent left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.nftables import rules as R
+from pyagent.model import ServiceKey
+from pyagent.state import ServicePortState
+
+log = logging.getLogger(__name__)
+FAMILIES = (4, 6)
+# Deletion order: a chain may only be deleted once nothing jumps to it.
+_DELETE_RANK = {"fw": 0, "cip": 0, "ext": 1, "svc": 2, "svl": 2, "sep": 3}
+
+
+class NftError(RuntimeError):
+    pass
+
+
+class Nft:
+    """Runs `nft`; swapped for a fake in unit tests."""
+
+    def run(self, script: str) -> None:
+        proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise NftError(proc.stderr.strip()[:2000])
+
+    def objects(self) -> tuple[set[str], set[str]] | None:
+        """(chains, sets and maps) of our table; None when it does not exist."""
+        proc = subprocess.run(["nft", "-j", "list", "table", *R.TABLE.split()],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            return None
+        chains, sets = set(), set()
+        for obj in json.loads(proc.stdout).get("nftables", []):
+            if "chain" in obj:
+                chains.add(obj["chain"]["name"])
+            for kind in ("set", "map"):
+                if kind in obj:
+                    sets.add(obj[kind]["name"])
+        return chains, sets
+
+    def delete_table(self) -> bool:
+        return subprocess.run(["nft", "delete", "table", *R.TABLE.split()],
+                              capture_output=True, check=False).returncode == 0
+
+
+@dataclass
+class Desired:
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)  # name -> spec (maps too)
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)  # set/map -> key -> value
+
+
+class NftablesDataplane:
+    name = "nftables"
+
+    def __init__(self, config: NodeConfig, nft: Nft | None = None) -> None:
+        self.config = config
+        self.nft = nft or Nft()
+        self.renderer = R.Renderer(config)
+        self.frags: dict[ServiceKey, list[R.Fragment]] = {}
+        self.written = Desired()
+        self.leftover: tuple[set[str], set[str]] = (set(), set())
+
+    def setup(self) -> None:
+        found = self.nft.objects()
+        if found:
+            self.leftover = found
+        # The base chains and maps exist from the start, so the table is
+        # consistent even before the first sync; existing ones are kept.
+        lines = [f"add table {R.TABLE}"]
+        lines += [f"add chain {R.TABLE} {c} {{ {spec} }}" for c, spec in R.BASE_CHAINS.items()]
+        self.nft.run("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        self.nft.delete_table()
+        self.written = Desired()
+        self.frags.clear()
+
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        status: SyncStatus = {}
+        if full:
+            for svc in set(self.frags) - set(states):
+                del self.frags[svc]
+        for svc, ports in states.items():
+            try:
+                if ports:
+                    self.frags[svc] = [self.renderer.render(s) for s in ports]
+                else:
+                    self.frags.pop(svc, None)
+                status[svc] = None
+            except Exception as exc:
+                log.exception("rendering %s/%s", *svc)
+                status[svc] = f"render failed: {exc}"
+        want = self.desired()
+        script = transaction(self.written, want, full, self.leftover if full else None)
+        if script:
+            self.nft.run(script)
+        self.written = want
+        if full:
+            self.leftover = (set(), set())
+        return status
+
+    def desired(self) -> Desired:
+        d = Desired()
+        for c, rules in R.base_rules(self.config).items():
+            d.chains[c] = tuple(rules)
+        for f in FAMILIES:
+            for name, spec in R.maps(f).items():
+                d.sets[name] = spec
+                d.elements[name] = {}
+            for name, (spec, elems) in R.static_sets(self.config, f).items():
+                d.sets[name] = spec
+                d.elements[name] = dict.fromkeys(elems, "")
+        for svc in sorted(self.frags):
+            for frag in self.frags[svc]:
+                for c, rules in frag.chains.items():
+                    d.chains[c] = tuple(rules)
+                d.sets.update(frag.sets)
+                for m, key, verdict in frag.elements:
+                    # First writer wins (sorted by Service), so a duplicate key
+                    # never aborts the whole transaction.
+                    d.elements[m].setdefault(key, verdict)
+                if frag.cluster_ip:
+                    f = 6 if ":" in frag.cluster_ip else 4
+                    d.elements[f"cluster-ips{f}"][frag.cluster_ip] = ""
+        return d
+
+
+def _element(key: str, value: str) -> str:
+    return f"{key} : {value}" if value else key
+
+
+def _delete_rank(chain: str) -> int:
+    return _DELETE_RANK.get(chain.split("-", 1)[0], 4)
+
+
+def transaction(have: Desired, want: Desired, full: bool,
+                leftover: tuple[set[str], set[str]] | None = None) -> str:
+    """The `nft -f` script that turns `have` (what we wrote) into `want`."""
+    t = R.TABLE
+    out = [f"add table {t}"]
+    is_map = {n for n, spec in want.sets.items() if ": verdict" in spec}
+    # Sets and maps before the rules that use them.
+    for name, spec in want.sets.items():
+        if full or have.sets.get(name) != spec:
+            if name in have.sets and have.sets[name] != spec:
+                out.append(f"delete {'map' if name in is_map else 'set'} {t} {name}")
+            out.append(f"add {'map' if name in is_map else 'set'} {t} {name} {{ {spec} }}")
+    for chain in want.chains:
+        if (full or chain not in have.chains) and chain not in R.BASE_CHAINS:
+            out.append(f"add chain {t} {chain}")
+    # Chains jumped to are filled before the maps point at them.
+    for chain, rules in want.chains.items():
+        if full or have.chains.get(chain) != rules:
+            out.append(f"flush chain {t} {chain}")
+            out += [f"add rule {t} {chain} {r}" for r in rules]
+    for name, elems in want.elements.items():
+        kind = "map" if name in is_map else "set"
+        old = {} if full else have.elements.get(name, {})
+        if full:
+            out.append(f"flush {kind} {t} {name}")
+        gone = [k for k, v in old.items() if elems.get(k) != v]
+        new = [k for k, v in elems.items() if old.get(k) != v]
+        if gone:
+            out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
+        if new:
+            out.append(f"add element {t} {name} {{ "
+                       f"{', '.join(_element(k, elems[k]) for k in new)} }}")
+    old_chains = set(have.chains) | (leftover[0] if leftover else set())
+    old_sets = set(have.sets) | (leftover[1] if leftover else set())
+    dead = sorted(old_chains - set(want.chains) - set(R.BASE_CHAINS), key=_delete_rank)
+    for chain in dead:  # flush all first: dead chains may jump to each other
+        out.append(f"flush chain {t} {chain}")
+    out += [f"delete chain {t} {chain}" for chain in dead]
+    for name in sorted(old_sets - set(want.sets)):
+        kind = "map" if name in have.sets and ": verdict" in have.sets[name] else "set"
+        if leftover and name not in have.sets:
+            kind = "map" if name.startswith(("service-", "no-endpoint-", "firewall-")) \
+                else "set"
+        out.append(f"delete {kind} {t} {name}")
+    return "\n".join(out) + "\n" if len(out) > 1 else ""
+
+
+# --- mode detection and cleanup (pyagent cleanup, mode switches) ---------------
+
+def present(config: NodeConfig) -> bool:
+    return Nft().objects() is not None
+
+
+def remove(config: NodeConfig) -> str:
+    return f"deleted table {R.TABLE}" if Nft().delete_table() else "nothing to clean"

@@ -1,0 +1,1 @@
+"""userspace mode: REDIRECT portals to an asyncio proxy (see dataplane.py)."""
