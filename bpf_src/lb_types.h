@@ -198,4 +198,139 @@ struct lb_svc_stats {
 	__u64 errors;            /* failed: slot or backend missing (maps mid-update) */
 };
 
+/* ---- TC (north-south) path: conntrack, source ranges, node config ---- */
+
+#ifndef LB_CT_MAP_MAX
+#define LB_CT_MAP_MAX 262144
+#endif
+#ifndef LB_SRC_RANGE_MAP_MAX
+#define LB_SRC_RANGE_MAP_MAX 16384
+#endif
+
+/* lb*_ct_key.stage: the hook class an entry applies at. A flow's packets
+ * are rewritten in two halves with the kernel's routing in between, so the
+ * same 5-tuple can need one rewrite on ingress and another (or none) on
+ * egress. */
+#define LB_CT_INGRESS 0
+#define LB_CT_EGRESS  1
+
+/* lb*_ct_val.flags */
+#define LB_CT_F_SNAT     (1 << 0)  /* rewrite the source to (saddr, sport) */
+#define LB_CT_F_DNAT     (1 << 1)  /* rewrite the destination to (daddr, dport) */
+#define LB_CT_F_SERVICE  (1 << 2)  /* the service entry of a flow (revalidated) */
+#define LB_CT_F_CLOSING  (1 << 3)  /* TCP FIN or RST seen: short timeout */
+
+/* Conntrack (LRU), one entry per (packet tuple, stage). A flow from client
+ * C:c to frontend V:v served by backend B:b, masqueraded as N:n, has:
+ *   ingress (C,c -> V,v)  DNAT to B:b        (the service entry)
+ *   egress  (C,c -> B,b)  SNAT to N:n        (masquerade only)
+ *   ingress (B,b -> N,n)  DNAT to C:c        (masquerade only)
+ *   egress  (B,b -> C,c)  SNAT to V:v        (reply leaves with the VIP) */
+struct lb4_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8  proto;
+	__u8  stage;             /* LB_CT_INGRESS | LB_CT_EGRESS */
+	__u8  pad[2];
+};
+
+struct lb6_ct_key {
+	union lb_v6addr saddr;
+	union lb_v6addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8  proto;
+	__u8  stage;
+	__u8  pad[2];
+};
+
+struct lb4_ct_val {
+	__be32 saddr;            /* with LB_CT_F_SNAT */
+	__be32 daddr;            /* with LB_CT_F_DNAT */
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;        /* service entry: the backend it chose */
+	__u64 expires;           /* CLOCK_MONOTONIC seconds */
+	__u16 rev_nat_id;
+	__u8  flags;             /* LB_CT_F_* */
+	__u8  pad[5];
+};
+
+struct lb6_ct_val {
+	union lb_v6addr saddr;
+	union lb_v6addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;
+	__u64 expires;
+	__u16 rev_nat_id;
+	__u8  flags;
+	__u8  pad[5];
+};
+
+/* loadBalancerSourceRanges (LPM trie): a frontend with LB_F_SOURCE_RANGE
+ * accepts a client only if (its rev_nat_id, client address) matches.
+ * prefixlen counts the 32 bits of rev_nat_id + pad plus the CIDR length. */
+#define LB_SRC_RANGE_PREFIX_BITS 32
+
+struct lb4_src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_id;        /* matched exactly: any byte order works */
+	__u16 pad;
+	__be32 address;
+};
+
+struct lb6_src_range_key {
+	__u32 prefixlen;
+	__u16 rev_nat_id;
+	__u16 pad;
+	union lb_v6addr address;
+};
+
+/* Per-node settings of the TC programs (array, one entry at index 0),
+ * written by user space so a node IP change needs no recompile. */
+#define LB_CONFIG_KEY 0
+
+/* lb_node_config.flags */
+#define LB_CFG_F_SNAT4 (1 << 0)  /* snat_ip4 is set */
+#define LB_CFG_F_SNAT6 (1 << 1)  /* snat_ip6 is set */
+
+/* Defaults for zero fields of lb_node_config. The SNAT port range sits above
+ * Linux's default ip_local_port_range (32768-60999), so masqueraded flows do
+ * not collide with the node's own connections. */
+#define LB_SNAT_PORT_MIN_DEFAULT 61000
+#define LB_SNAT_PORT_MAX_DEFAULT 65535
+#define LB_CT_TIMEOUT_TCP_DEFAULT     21600
+#define LB_CT_TIMEOUT_OTHER_DEFAULT   60
+#define LB_CT_TIMEOUT_CLOSING_DEFAULT 10
+
+struct lb_node_config {
+	__be32 snat_ip4;         /* masquerade source (a node IPv4) */
+	__u16 snat_port_min;     /* host order; 0: default */
+	__u16 snat_port_max;
+	union lb_v6addr snat_ip6;
+	__u32 ct_timeout_tcp;    /* seconds; 0: default */
+	__u32 ct_timeout_other;
+	__u32 ct_timeout_closing;
+	__u32 flags;             /* LB_CFG_F_* */
+};
+
+/* Per-CPU TC verdict counters (array indexed by LB_TC_STAT_*). */
+#define LB_TC_STAT_PASS        0  /* not service traffic, untouched */
+#define LB_TC_STAT_NEW         1  /* new flow to a backend */
+#define LB_TC_STAT_CT_HIT      2  /* rewritten by an existing entry */
+#define LB_TC_STAT_DROP        3  /* policy: no local backend, eTP=Local */
+#define LB_TC_STAT_DROP_RANGE  4  /* loadBalancerSourceRanges */
+#define LB_TC_STAT_REJECT      5  /* no endpoints: RST / ICMP unreachable sent */
+#define LB_TC_STAT_ERROR       6  /* maps mid-update, no SNAT address or port */
+#define LB_TC_STAT_FRAGMENT    7  /* fragments: passed untouched */
+#define LB_TC_STAT_ICMP_ERROR  8  /* ICMP error about a tracked flow, translated */
+#define LB_TC_STAT_MAX         16
+
+struct lb_tc_stat {
+	__u64 packets;
+};
+
 #endif /* PYAGENT_LB_TYPES_H */

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pyagent.dataplanes.ebpf import layout, programs
+from pyagent.dataplanes.ebpf import layout, programs, tc
 
 HEADER = os.path.join(programs.BPF_SRC_DIR, "lb_types.h")
 
@@ -52,11 +52,29 @@ def compiled():
     b.cleanup()
 
 
+@pytest.fixture(scope="module")
+def compiled_tc():
+    """tc_nat.c (LB maps + TC maps) compiled with private maps."""
+    from ebpf import compiler
+
+    b = compiler.compile_file(
+        tc.SOURCE, [programs.BPF_SRC_DIR],
+        tc.defines(None, programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64)),
+    )
+    yield b
+    b.cleanup()
+
+
+ALL_MAPS = {**layout.MAPS, **layout.TC_MAPS}
+# tc_nat.c's private per-CPU scratch: never pinned, never read by user space.
+TC_PRIVATE_MAPS = {"lb_tc_scratch"}
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("name", sorted(layout.MAPS))
-def test_map_layout_matches_bcc(compiled, name):
-    spec = layout.MAPS[name]
-    table = compiled[name.encode()]
+@pytest.mark.parametrize("name", sorted(ALL_MAPS))
+def test_map_layout_matches_bcc(compiled, compiled_tc, name):
+    spec = ALL_MAPS[name]
+    table = (compiled if name in layout.MAPS else compiled_tc)[name.encode()]
     assert_same_layout_or_scalar(spec.key, table.Key, f"{name}.key")
     # Per-CPU tables: BCC's Leaf is the per-CPU array, sLeaf one value.
     leaf = getattr(table, "sLeaf", table.Leaf)
@@ -78,16 +96,21 @@ def assert_same_layout_or_scalar(mine: type, compiled: type, where: str) -> None
 
 
 @pytest.mark.root
-def test_maps_h_declares_exactly_the_layout_maps(compiled):
+def test_maps_h_declares_exactly_the_layout_maps(compiled, compiled_tc):
+    assert _table_names(compiled) == set(layout.MAPS)
+    # The TC programs share every LB map and add their own.
+    assert _table_names(compiled_tc) == set(ALL_MAPS) | TC_PRIVATE_MAPS
+
+
+def _table_names(b) -> set[str]:
     # A private handle, so setting restype does not touch BCC's own.
     lib = ctypes.CDLL("libbcc.so.0")
     lib.bpf_num_tables.restype = ctypes.c_size_t
     lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
     lib.bpf_table_name.restype = ctypes.c_char_p
     lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    names = {lib.bpf_table_name(compiled.module, i).decode()
-             for i in range(lib.bpf_num_tables(compiled.module))}
-    assert names == set(layout.MAPS)
+    return {lib.bpf_table_name(b.module, i).decode()
+            for i in range(lib.bpf_num_tables(b.module))}
 
 
 def test_every_header_struct_is_mirrored():
@@ -98,7 +121,7 @@ def test_every_header_struct_is_mirrored():
     with open(HEADER) as f:
         declared = set(re.findall(r"^(?:struct|union) (\w+) \{", f.read(), re.M))
     assert declared == set(layout.C_STRUCTS)
-    used = {m.key for m in layout.MAPS.values()} | {m.value for m in layout.MAPS.values()}
+    used = {m.key for m in ALL_MAPS.values()} | {m.value for m in ALL_MAPS.values()}
     for cname, mirror in layout.C_STRUCTS.items():
         assert mirror in used or cname == "lb_v6addr", f"{cname} is in no map"
 
@@ -134,7 +157,8 @@ def test_key_helpers_encode_network_order():
 
 
 def test_pin_names_carry_the_layout_version():
-    for spec in layout.MAPS.values():
+    assert not set(layout.MAPS) & set(layout.TC_MAPS)
+    for spec in ALL_MAPS.values():
         assert spec.pin_name.endswith(f"_v{layout.LAYOUT_VERSION}")
         assert spec.pin_path("/b") == f"/b/maps/{spec.pin_name}"
 
@@ -144,3 +168,10 @@ def test_source_text_for_bpf_print_pins_nothing(tmp_path):
     text = programs.source_text(programs.Capacities(64, 64, 64, 64, 64, 64))
     assert "int lb4_connect(struct bpf_sock_addr *ctx)" in text
     assert "-D LB_NO_PIN" in text and "-D PIN_DIR" not in text
+
+
+@pytest.mark.root
+def test_tc_source_text_pins_nothing():
+    text = tc.source_text(programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
+    assert "int lb_netdev_ingress(struct __sk_buff *skb)" in text
+    assert "-D PIN_DIR" not in text

@@ -63,6 +63,50 @@ class BackendState(enum.IntEnum):
 
 BACKEND_F_LOCAL = 1 << 0
 
+# TC (north-south) path
+CT_MAP_MAX = 262144
+SRC_RANGE_MAP_MAX = 16384
+CT_INGRESS = 0
+CT_EGRESS = 1
+
+
+class CtFlag(enum.IntFlag):
+    SNAT = 1 << 0
+    DNAT = 1 << 1
+    SERVICE = 1 << 2
+    CLOSING = 1 << 3
+
+
+SRC_RANGE_PREFIX_BITS = 32
+CONFIG_KEY = 0
+
+
+class ConfigFlag(enum.IntFlag):
+    SNAT4 = 1 << 0
+    SNAT6 = 1 << 1
+
+
+SNAT_PORT_MIN_DEFAULT = 61000
+SNAT_PORT_MAX_DEFAULT = 65535
+CT_TIMEOUT_TCP_DEFAULT = 21600
+CT_TIMEOUT_OTHER_DEFAULT = 60
+CT_TIMEOUT_CLOSING_DEFAULT = 10
+
+
+class TcStat(enum.IntEnum):
+    PASS = 0
+    NEW = 1
+    CT_HIT = 2
+    DROP = 3
+    DROP_RANGE = 4
+    REJECT = 5
+    ERROR = 6
+    FRAGMENT = 7
+    ICMP_ERROR = 8
+
+
+TC_STAT_MAX = 16
+
 # The C names of the constants above, for the header comparison test.
 C_CONSTANTS: dict[str, int] = {
     "LB_LAYOUT_VERSION": LAYOUT_VERSION,
@@ -80,6 +124,21 @@ C_CONSTANTS: dict[str, int] = {
     **{f"LB_ALG_{a.name}": int(a) for a in Algorithm},
     **{f"LB_BACKEND_{s.name}": int(s) for s in BackendState},
     "LB_BACKEND_F_LOCAL": BACKEND_F_LOCAL,
+    "LB_CT_MAP_MAX": CT_MAP_MAX,
+    "LB_SRC_RANGE_MAP_MAX": SRC_RANGE_MAP_MAX,
+    "LB_CT_INGRESS": CT_INGRESS,
+    "LB_CT_EGRESS": CT_EGRESS,
+    **{f"LB_CT_F_{f.name}": int(f) for f in CtFlag},
+    "LB_SRC_RANGE_PREFIX_BITS": SRC_RANGE_PREFIX_BITS,
+    "LB_CONFIG_KEY": CONFIG_KEY,
+    **{f"LB_CFG_F_{f.name}": int(f) for f in ConfigFlag},
+    "LB_SNAT_PORT_MIN_DEFAULT": SNAT_PORT_MIN_DEFAULT,
+    "LB_SNAT_PORT_MAX_DEFAULT": SNAT_PORT_MAX_DEFAULT,
+    "LB_CT_TIMEOUT_TCP_DEFAULT": CT_TIMEOUT_TCP_DEFAULT,
+    "LB_CT_TIMEOUT_OTHER_DEFAULT": CT_TIMEOUT_OTHER_DEFAULT,
+    "LB_CT_TIMEOUT_CLOSING_DEFAULT": CT_TIMEOUT_CLOSING_DEFAULT,
+    **{f"LB_TC_STAT_{t.name}": int(t) for t in TcStat},
+    "LB_TC_STAT_MAX": TC_STAT_MAX,
 }
 
 
@@ -203,6 +262,93 @@ class LbSvcStats(ctypes.Structure):
     _fields_ = [("selected", c_uint64), ("no_backend", c_uint64), ("errors", c_uint64)]
 
 
+class Lb4CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", c_uint32),
+        ("daddr", c_uint32),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("stage", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class Lb6CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", V6Addr),
+        ("daddr", V6Addr),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("proto", c_uint8),
+        ("stage", c_uint8),
+        ("pad", c_uint8 * 2),
+    ]
+
+
+class Lb4CtVal(ctypes.Structure):
+    _fields_ = [
+        ("saddr", c_uint32),
+        ("daddr", c_uint32),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("backend_id", c_uint32),
+        ("expires", c_uint64),
+        ("rev_nat_id", c_uint16),
+        ("flags", c_uint8),
+        ("pad", c_uint8 * 5),
+    ]
+
+
+class Lb6CtVal(ctypes.Structure):
+    _fields_ = [
+        ("saddr", V6Addr),
+        ("daddr", V6Addr),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("backend_id", c_uint32),
+        ("expires", c_uint64),
+        ("rev_nat_id", c_uint16),
+        ("flags", c_uint8),
+        ("pad", c_uint8 * 5),
+    ]
+
+
+class Lb4SrcRangeKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("rev_nat_id", c_uint16),
+        ("pad", c_uint16),
+        ("address", c_uint32),
+    ]
+
+
+class Lb6SrcRangeKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("rev_nat_id", c_uint16),
+        ("pad", c_uint16),
+        ("address", V6Addr),
+    ]
+
+
+class LbNodeConfig(ctypes.Structure):
+    _fields_ = [
+        ("snat_ip4", c_uint32),
+        ("snat_port_min", c_uint16),
+        ("snat_port_max", c_uint16),
+        ("snat_ip6", V6Addr),
+        ("ct_timeout_tcp", c_uint32),
+        ("ct_timeout_other", c_uint32),
+        ("ct_timeout_closing", c_uint32),
+        ("flags", c_uint32),
+    ]
+
+
+class LbTcStat(ctypes.Structure):
+    _fields_ = [("packets", c_uint64)]
+
+
 # C struct name -> mirror, for the layout test.
 C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb_v6addr": V6Addr,
@@ -220,13 +366,23 @@ C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb_affinity_key": LbAffinityKey,
     "lb_affinity_val": LbAffinityVal,
     "lb_svc_stats": LbSvcStats,
+    "lb4_ct_key": Lb4CtKey,
+    "lb6_ct_key": Lb6CtKey,
+    "lb4_ct_val": Lb4CtVal,
+    "lb6_ct_val": Lb6CtVal,
+    "lb4_src_range_key": Lb4SrcRangeKey,
+    "lb6_src_range_key": Lb6SrcRangeKey,
+    "lb_node_config": LbNodeConfig,
+    "lb_tc_stat": LbTcStat,
 }
 
 # Maps: bpf_src/lib/maps.h declares the same names (checked by a test).
 
 MAP_TYPE_HASH = 1
+MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
+MAP_TYPE_LPM_TRIE = 11
 
 MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
 LINKS_SUBDIR = "links"  # <bpffs>/links/<program name>
@@ -265,6 +421,22 @@ MAPS: dict[str, MapSpec] = {
                 "LB_AFFINITY_MAP_MAX"),
         MapSpec("lb_svc_stats", c_uint32, LbSvcStats, MAP_TYPE_PERCPU_ARRAY,
                 "LB_STATS_MAP_MAX"),
+    )
+}
+
+# Maps only the TC programs declare (bpf_src/lib/tc_maps.h); pinned in the
+# same directory. The socket LB never creates them.
+TC_MAPS: dict[str, MapSpec] = {
+    m.name: m
+    for m in (
+        MapSpec("lb4_ct", Lb4CtKey, Lb4CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX"),
+        MapSpec("lb6_ct", Lb6CtKey, Lb6CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX"),
+        MapSpec("lb4_srcrange", Lb4SrcRangeKey, c_uint8, MAP_TYPE_LPM_TRIE,
+                "LB_SRC_RANGE_MAP_MAX"),
+        MapSpec("lb6_srcrange", Lb6SrcRangeKey, c_uint8, MAP_TYPE_LPM_TRIE,
+                "LB_SRC_RANGE_MAP_MAX"),
+        MapSpec("lb_node_config", c_uint32, LbNodeConfig, MAP_TYPE_ARRAY, ""),
+        MapSpec("lb_tc_stats", c_uint32, LbTcStat, MAP_TYPE_PERCPU_ARRAY, ""),
     )
 }
 
@@ -329,8 +501,8 @@ def revnat_value(vip: str, port: int) -> Lb4ReverseNat | Lb6ReverseNat:
     return Lb6ReverseNat(ip6(vip), be16(port))
 
 
-_ADDRESS_FIELDS = {"address"}
-_PORT_FIELDS = {"port", "dport"}
+_ADDRESS_FIELDS = {"address", "saddr", "daddr", "snat_ip4", "snat_ip6"}
+_PORT_FIELDS = {"port", "dport", "sport"}
 
 
 def to_dict(obj: Any) -> Any:

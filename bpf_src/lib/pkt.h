@@ -1,0 +1,438 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * Packet helpers of the TC programs that touch no map (BCC rewrites map
+ * calls only in the main file): parsing into struct lb_pkt, NAT rewrites
+ * with incremental checksum updates, and turning a packet into its TCP RST
+ * or ICMP port-unreachable answer.
+ *
+ * Headers are read with bpf_skb_load_bytes() rather than direct packet
+ * access, so non-linear skbs (GRO, veth) parse the same as linear ones, and
+ * written with bpf_skb_store_bytes() + bpf_l{3,4}_csum_replace(), which also
+ * keep CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs right.
+ */
+#ifndef PYAGENT_LIB_PKT_H
+#define PYAGENT_LIB_PKT_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "lb_types.h"
+
+#define LB_TCP_FIN 0x01
+#define LB_TCP_SYN 0x02
+#define LB_TCP_RST 0x04
+#define LB_TCP_ACK 0x10
+
+#define LB_IP_DF      0x4000
+#define LB_IP_MF_OFF  0x3fff  /* more-fragments bit and fragment offset */
+#define LB_NEXTHDR_FRAGMENT 44
+#define LB_ICMP_DEST_UNREACH 3
+#define LB_ICMP_PORT_UNREACH 3
+#define LB_ICMP6_DST_UNREACH 1
+#define LB_ICMP6_PORT_UNREACH 4
+#define LB_REPLY_TTL 64
+
+/* lb_parse() results */
+#define LB_PKT_OTHER 0  /* not IPv4/IPv6 TCP/UDP: never ours */
+#define LB_PKT_L4    1  /* TCP or UDP with ports */
+#define LB_PKT_FRAG  2  /* a TCP/UDP fragment (or any IPv6 fragment) */
+
+struct lb_pkt {
+	union lb_v6addr saddr;  /* IPv4 in p32[0], the rest zero */
+	union lb_v6addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 l4_off;           /* from the start of the frame */
+	__u32 l4_len;           /* L4 header + payload, per the IP header */
+	__u32 tcp_seq;          /* host order */
+	__u32 tcp_ack;
+	__u16 l3_proto;         /* ETH_P_IP | ETH_P_IPV6, host order */
+	__u8  proto;
+	__u8  tcp_flags;
+	__u8  tcp_doff;         /* TCP header bytes */
+	__u8  ip_options;       /* IPv4 header longer than 20 bytes */
+	__u8  pad[2];
+};
+
+static __always_inline __u16 lb_csum_fold(__u32 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return (__u16)~csum;
+}
+
+/* A 32-bit mix (murmur3 finaliser): spreads flows over slots and ports. */
+static __always_inline __u32 lb_mix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bU;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35U;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Same flow (5-tuple) -> same hash, so a flow whose conntrack entry was
+ * evicted lands on the same backend while the backend set is unchanged. */
+static __always_inline __u32 lb_flow_hash(const struct lb_pkt *p)
+{
+	__u32 h = lb_mix(p->saddr.p32[0] ^ p->saddr.p32[1] ^ p->saddr.p32[2] ^ p->saddr.p32[3]);
+
+	h = lb_mix(h ^ p->daddr.p32[0] ^ p->daddr.p32[3]);
+	return lb_mix(h ^ (((__u32)p->sport << 16) | p->dport) ^ p->proto);
+}
+
+static __always_inline int lb_parse_l4(struct __sk_buff *skb, struct lb_pkt *p)
+{
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr th;
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+			return LB_PKT_OTHER;
+		p->sport = th.source;
+		p->dport = th.dest;
+		p->tcp_seq = bpf_ntohl(th.seq);
+		p->tcp_ack = bpf_ntohl(th.ack_seq);
+		p->tcp_doff = th.doff * 4;
+		p->tcp_flags = (th.fin ? LB_TCP_FIN : 0) | (th.syn ? LB_TCP_SYN : 0) |
+			       (th.rst ? LB_TCP_RST : 0) | (th.ack ? LB_TCP_ACK : 0);
+		return LB_PKT_L4;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return LB_PKT_OTHER;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		return LB_PKT_L4;
+	}
+	return LB_PKT_OTHER;
+}
+
+/* Ethernet frames only: the programs attach to veths and NICs. */
+static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
+{
+	__be16 h_proto;
+
+	if (bpf_skb_load_bytes(skb, 12, &h_proto, sizeof(h_proto)) < 0)
+		return LB_PKT_OTHER;
+	if (h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+			return LB_PKT_OTHER;
+		if (ip.version != 4 || ip.ihl < 5)
+			return LB_PKT_OTHER;
+		p->l3_proto = ETH_P_IP;
+		p->saddr.p32[0] = ip.saddr;
+		p->daddr.p32[0] = ip.daddr;
+		p->proto = ip.protocol;
+		p->ip_options = ip.ihl > 5;
+		p->l4_off = ETH_HLEN + ip.ihl * 4;
+		p->l4_len = bpf_ntohs(ip.tot_len) - ip.ihl * 4;
+		if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+			return LB_PKT_OTHER;
+		if (ip.frag_off & bpf_htons(LB_IP_MF_OFF))
+			return LB_PKT_FRAG;
+		return lb_parse_l4(skb, p);
+	}
+	if (h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+			return LB_PKT_OTHER;
+		p->l3_proto = ETH_P_IPV6;
+		__builtin_memcpy(p->saddr.addr, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr.addr, &ip6.daddr, 16);
+		p->proto = ip6.nexthdr;
+		p->l4_off = ETH_HLEN + sizeof(ip6);
+		p->l4_len = bpf_ntohs(ip6.payload_len);
+		/* Extension headers other than a fragment header are not
+		 * walked: such packets are left alone. */
+		if (p->proto == LB_NEXTHDR_FRAGMENT)
+			return LB_PKT_FRAG;
+		return lb_parse_l4(skb, p);
+	}
+	return LB_PKT_OTHER;
+}
+
+static __always_inline __u32 lb_l4_csum_off(const struct lb_pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? 16 : 6);
+}
+
+static __always_inline int lb_rewrite_port(struct __sk_buff *skb, struct lb_pkt *p, int src,
+					   __be16 port)
+{
+	__be16 old = src ? p->sport : p->dport;
+	/* A UDP checksum of 0 (IPv4: none) stays 0; a result of 0 is sent
+	 * as 0xffff. */
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old == port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, lb_l4_csum_off(p), old, port, mangled | 2) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : 2), &port, 2, 0) < 0)
+		return -1;
+	if (src)
+		p->sport = port;
+	else
+		p->dport = port;
+	return 0;
+}
+
+/* Rewrite the source (src=1) or destination of an IPv4 packet. */
+static __always_inline int lb4_rewrite(struct __sk_buff *skb, struct lb_pkt *p, int src,
+				       __be32 addr, __be16 port)
+{
+	__be32 old = src ? p->saddr.p32[0] : p->daddr.p32[0];
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old != addr) {
+		if (bpf_l4_csum_replace(skb, lb_l4_csum_off(p), old, addr,
+					BPF_F_PSEUDO_HDR | mangled | 4) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, addr,
+					4) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (src ? offsetof(struct iphdr, saddr)
+							      : offsetof(struct iphdr, daddr)),
+					&addr, 4, 0) < 0)
+			return -1;
+		if (src)
+			p->saddr.p32[0] = addr;
+		else
+			p->daddr.p32[0] = addr;
+	}
+	return lb_rewrite_port(skb, p, src, port);
+}
+
+static __always_inline int lb6_addr_eq(const union lb_v6addr *a, const union lb_v6addr *b)
+{
+	return a->p64[0] == b->p64[0] && a->p64[1] == b->p64[1];
+}
+
+static __always_inline int lb6_rewrite(struct __sk_buff *skb, struct lb_pkt *p, int src,
+				       const union lb_v6addr *addr, __be16 port)
+{
+	union lb_v6addr old = src ? p->saddr : p->daddr;
+	union lb_v6addr new = *addr;
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (!lb6_addr_eq(&old, &new)) {
+		/* No IPv6 header checksum; the L4 one covers the pseudo
+		 * header: apply the 16-byte difference in one go. */
+		__s64 diff = bpf_csum_diff(old.p32, 16, new.p32, 16, 0);
+
+		if (bpf_l4_csum_replace(skb, lb_l4_csum_off(p), 0, (__u32)diff,
+					BPF_F_PSEUDO_HDR | mangled) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ETH_HLEN + (src ? offsetof(struct ipv6hdr, saddr)
+							      : offsetof(struct ipv6hdr, daddr)),
+					new.addr, 16, 0) < 0)
+			return -1;
+		if (src)
+			p->saddr = new;
+		else
+			p->daddr = new;
+	}
+	return lb_rewrite_port(skb, p, src, port);
+}
+
+/* ---- REJECT: answer in place and send the answer back out the same
+ * device. The frame is resized to the answer (bpf_skb_change_tail) and
+ * every header written from the stack with checksums computed afresh. */
+
+struct lb_pseudo4 {
+	__be32 saddr;
+	__be32 daddr;
+	__u8  zero;
+	__u8  proto;
+	__be16 len;
+};
+
+struct lb_pseudo6 {
+	union lb_v6addr saddr;
+	union lb_v6addr daddr;
+	__be32 len;
+	__u8  zero[3];
+	__u8  nexthdr;
+};
+
+/* Scratch space for building an answer: BCC inlines everything into one
+ * stack frame of at most 512 bytes, so the caller passes a per-CPU map value. */
+struct lb_reject_buf {
+	__u8 eth[16];            /* 14 used */
+	struct iphdr ip;
+	struct ipv6hdr ip6;
+	struct lb_pseudo4 ph4;
+	struct lb_pseudo6 ph6;
+	struct tcphdr th;
+	__u32 icmp[2];
+	__u32 quote[12];         /* IPv4: 20 + 8 bytes, IPv6: 40 + 8 bytes */
+};
+
+/* The answer's Ethernet header: MACs swapped, same EtherType. */
+static __always_inline int lb_reply_eth(struct __sk_buff *skb, __u8 *eth)
+{
+	__u8 macs[12];
+
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
+		return -1;
+#pragma unroll
+	for (int i = 0; i < 6; i++) {
+		eth[i] = macs[6 + i];
+		eth[6 + i] = macs[i];
+	}
+	return 0;
+}
+
+static __always_inline void lb_tcp_rst_fields(const struct lb_pkt *p, struct tcphdr *th)
+{
+	__u32 seg = p->l4_len - p->tcp_doff;
+
+	th->source = p->dport;
+	th->dest = p->sport;
+	th->doff = 5;
+	th->rst = 1;
+	/* RFC 9293 reset generation: take the ACK as our sequence number if
+	 * there is one, else acknowledge everything the segment occupied. */
+	if (p->tcp_flags & LB_TCP_ACK) {
+		th->seq = bpf_htonl(p->tcp_ack);
+	} else {
+		th->ack = 1;
+		seg += (p->tcp_flags & LB_TCP_SYN ? 1 : 0) + (p->tcp_flags & LB_TCP_FIN ? 1 : 0);
+		th->ack_seq = bpf_htonl(p->tcp_seq + seg);
+	}
+}
+
+/* TCP: RST. UDP: ICMP port unreachable quoting the IP header + 8 bytes. */
+static __always_inline int lb4_reject(struct __sk_buff *skb, const struct lb_pkt *p,
+				      struct lb_reject_buf *b)
+{
+	__u32 l4len, csum;
+
+	__builtin_memset(b, 0, sizeof(*b));
+	if (p->ip_options || lb_reply_eth(skb, b->eth) < 0)
+		return TC_ACT_SHOT;
+	b->eth[12] = 0x08;
+	b->eth[13] = 0x00;
+	b->ip.version = 4;
+	b->ip.ihl = 5;
+	b->ip.frag_off = bpf_htons(LB_IP_DF);
+	b->ip.ttl = LB_REPLY_TTL;
+	b->ip.saddr = p->daddr.p32[0];
+	b->ip.daddr = p->saddr.p32[0];
+
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & LB_TCP_RST)
+			return TC_ACT_SHOT;  /* never answer a reset */
+		lb_tcp_rst_fields(p, &b->th);
+		l4len = sizeof(b->th);
+		b->ph4.saddr = b->ip.saddr;
+		b->ph4.daddr = b->ip.daddr;
+		b->ph4.proto = IPPROTO_TCP;
+		b->ph4.len = bpf_htons(l4len);
+		csum = bpf_csum_diff(0, 0, (void *)&b->ph4, sizeof(b->ph4), 0);
+		csum = bpf_csum_diff(0, 0, (void *)&b->th, sizeof(b->th), csum);
+		b->th.check = lb_csum_fold(csum);
+		b->ip.protocol = IPPROTO_TCP;
+		b->ip.tot_len = bpf_htons(sizeof(b->ip) + l4len);
+		b->ip.check = lb_csum_fold(bpf_csum_diff(0, 0, (void *)&b->ip, sizeof(b->ip), 0));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(b->ip) + l4len, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, 0, b->eth, ETH_HLEN, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &b->ip, sizeof(b->ip), 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip), &b->th, sizeof(b->th), 0) < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, b->quote, 28) < 0)
+		return TC_ACT_SHOT;
+	((__u8 *)b->icmp)[0] = LB_ICMP_DEST_UNREACH;
+	((__u8 *)b->icmp)[1] = LB_ICMP_PORT_UNREACH;
+	csum = bpf_csum_diff(0, 0, b->icmp, sizeof(b->icmp), 0);
+	csum = bpf_csum_diff(0, 0, b->quote, 28, csum);
+	((__u16 *)b->icmp)[1] = lb_csum_fold(csum);
+	l4len = sizeof(b->icmp) + 28;
+	b->ip.protocol = IPPROTO_ICMP;
+	b->ip.tot_len = bpf_htons(sizeof(b->ip) + l4len);
+	b->ip.check = lb_csum_fold(bpf_csum_diff(0, 0, (void *)&b->ip, sizeof(b->ip), 0));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(b->ip) + l4len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, b->eth, ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &b->ip, sizeof(b->ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip), b->icmp, sizeof(b->icmp), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip) + sizeof(b->icmp), b->quote, 28,
+				0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* TCP: RST. UDP: ICMPv6 port unreachable quoting the IPv6 header + 8 bytes. */
+static __always_inline int lb6_reject(struct __sk_buff *skb, const struct lb_pkt *p,
+				      struct lb_reject_buf *b)
+{
+	__u32 l4len, csum;
+
+	__builtin_memset(b, 0, sizeof(*b));
+	if (lb_reply_eth(skb, b->eth) < 0)
+		return TC_ACT_SHOT;
+	b->eth[12] = 0x86;
+	b->eth[13] = 0xdd;
+	b->ip6.version = 6;
+	b->ip6.hop_limit = LB_REPLY_TTL;
+	__builtin_memcpy(&b->ip6.saddr, p->daddr.addr, 16);
+	__builtin_memcpy(&b->ip6.daddr, p->saddr.addr, 16);
+	b->ph6.saddr = p->daddr;
+	b->ph6.daddr = p->saddr;
+
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & LB_TCP_RST)
+			return TC_ACT_SHOT;
+		lb_tcp_rst_fields(p, &b->th);
+		l4len = sizeof(b->th);
+		b->ph6.nexthdr = IPPROTO_TCP;
+		b->ph6.len = bpf_htonl(l4len);
+		csum = bpf_csum_diff(0, 0, (void *)&b->ph6, sizeof(b->ph6), 0);
+		csum = bpf_csum_diff(0, 0, (void *)&b->th, sizeof(b->th), csum);
+		b->th.check = lb_csum_fold(csum);
+		b->ip6.nexthdr = IPPROTO_TCP;
+		b->ip6.payload_len = bpf_htons(l4len);
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(b->ip6) + l4len, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, 0, b->eth, ETH_HLEN, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &b->ip6, sizeof(b->ip6), 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip6), &b->th, sizeof(b->th),
+					0) < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, b->quote, sizeof(b->quote)) < 0)
+		return TC_ACT_SHOT;
+	((__u8 *)b->icmp)[0] = LB_ICMP6_DST_UNREACH;
+	((__u8 *)b->icmp)[1] = LB_ICMP6_PORT_UNREACH;
+	l4len = sizeof(b->icmp) + sizeof(b->quote);
+	b->ph6.nexthdr = IPPROTO_ICMPV6;
+	b->ph6.len = bpf_htonl(l4len);
+	csum = bpf_csum_diff(0, 0, (void *)&b->ph6, sizeof(b->ph6), 0);
+	csum = bpf_csum_diff(0, 0, b->icmp, sizeof(b->icmp), csum);
+	csum = bpf_csum_diff(0, 0, b->quote, sizeof(b->quote), csum);
+	((__u16 *)b->icmp)[1] = lb_csum_fold(csum);
+	b->ip6.nexthdr = IPPROTO_ICMPV6;
+	b->ip6.payload_len = bpf_htons(l4len);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(b->ip6) + l4len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, b->eth, ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &b->ip6, sizeof(b->ip6), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip6), b->icmp, sizeof(b->icmp), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(b->ip6) + sizeof(b->icmp), b->quote,
+				sizeof(b->quote), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+#endif /* PYAGENT_LIB_PKT_H */

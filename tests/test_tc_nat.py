@@ -1,0 +1,365 @@
+"""The TC load balancer (bpf_src/tc_nat.c) on packet fixtures through
+BPF_PROG_TEST_RUN: no interfaces, no namespaces, private (unpinned) maps.
+
+Every rewritten or generated frame is parsed back and all its checksums
+recomputed (packet.parse lists any that are wrong).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+import pytest
+
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf import packet as P
+
+pytestmark = pytest.mark.root
+
+NODE4, NODE6 = "192.168.50.10", "fd00:50::10"
+CLIENT4, CLIENT6 = "203.0.113.2", "2001:db8::2"
+LOCAL4 = ["10.244.0.10", "10.244.0.11", "10.244.0.12"]
+REMOTE4 = ["10.244.1.10", "10.244.1.11"]
+LOCAL6 = ["fd00:244::10", "fd00:244::11", "fd00:244::12"]
+REMOTE6 = ["fd00:244:1::10", "fd00:244:1::11"]
+F = L.ServiceFlag
+OK, SHOT, REDIRECT = 0, 2, 7
+
+_ids = itertools.count(1)
+_ports = itertools.count(30000)
+
+
+@pytest.fixture(scope="module")
+def lb():
+    from pyagent.dataplanes.ebpf import programs, tc
+
+    caps = programs.Capacities(1024, 1024, 1024, 64, 256, 4096)
+    with tc.load(None, caps, tc.TcCapacities(ct=4096, src_range=64)) as lb:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+        yield lb
+
+
+def run(lb, prog: str, frame: bytes) -> tuple[int, bytes]:
+    from pyagent.dataplanes.ebpf import tc
+
+    return tc.test_packet(lb.prog_fds[prog], frame)
+
+
+def ingress(lb, frame):
+    return run(lb, "lb_netdev_ingress", frame)
+
+
+def egress(lb, frame):
+    return run(lb, "lb_egress", frame)
+
+
+def parsed(frame: bytes) -> P.Packet:
+    p = P.parse(frame)
+    assert p.errors == [], p.describe()
+    return p
+
+
+def frontend(lb, vip: str, port: int, proto: str, backends: list[tuple[str, int, bool]],
+             flags: int = 0, scope: int = L.SCOPE_EXTERNAL) -> int:
+    """Backends, slots, then the master entry; returns the service id."""
+    rev = next(_ids)
+    v6 = ":" in vip
+    maps = lb.lb_maps
+    bmap = maps.lb6_backends if v6 else maps.lb4_backends
+    smap = maps.lb6_services if v6 else maps.lb4_services
+    for slot, (addr, bport, local) in enumerate(backends, 1):
+        bid = next(_ids)
+        bmap.set(ctypes.c_uint32(bid), L.backend_value(
+            addr, bport, proto, flags=L.BACKEND_F_LOCAL if local else 0))
+        smap.set(L.service_key(vip, port, proto, slot=slot, scope=scope),
+                 L.LbService(backend_id=bid))
+    smap.set(L.service_key(vip, port, proto, scope=scope),
+             L.LbService(count=len(backends), rev_nat_id=rev, flags=flags))
+    return rev
+
+
+def fam(v6: bool):
+    return (NODE6, CLIENT6, LOCAL6, REMOTE6) if v6 else (NODE4, CLIENT4, LOCAL4, REMOTE4)
+
+
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_dnat_then_reverse_nat_keeps_client_ip(lb, v6, proto):
+    node, client, local, _ = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, proto, [(local[0], 8080, True)], F.NODE_PORT | F.LOCAL_ETP)
+
+    ret, out = ingress(lb, P.build(client, node, proto, 40001, port, b"ping"))
+    assert ret == OK
+    p = parsed(out)
+    assert (p.src, p.sport, p.dst, p.dport) == (client, 40001, local[0], 8080)
+    assert p.payload == b"ping"
+
+    # The backend's reply leaves the node with the frontend as its source.
+    ret, out = egress(lb, P.build(local[0], client, proto, 8080, 40001, b"pong", flags="SA"))
+    assert ret == OK
+    p = parsed(out)
+    assert (p.src, p.sport, p.dst, p.dport) == (node, port, client, 40001)
+
+    # Later packets of the flow follow the conntrack entry.
+    ret, out = ingress(lb, P.build(client, node, proto, 40001, port, b"more", flags="A"))
+    assert (ret, parsed(out).dst) == (OK, local[0])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_masquerade_to_remote_backend_round_trip(lb, v6, proto):
+    node, client, _, remote = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, proto, [(remote[0], 9090, False)], F.NODE_PORT | F.MASQUERADE)
+
+    ret, out = ingress(lb, P.build(client, node, proto, 40002, port))
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst, p.dport) == (client, remote[0], 9090)
+
+    # Egress (after routing): the source becomes the node with a SNAT port.
+    ret, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst, p.dport) == (node, remote[0], 9090)
+    snat_port = p.sport
+    assert L.SNAT_PORT_MIN_DEFAULT <= snat_port <= L.SNAT_PORT_MAX_DEFAULT
+
+    # The reply comes back to node:snat_port and goes to the client ...
+    ret, out = ingress(lb, P.build(remote[0], node, proto, 9090, snat_port, b"r", flags="SA"))
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (remote[0], 9090, client, 40002)
+    # ... and leaves with the frontend as source.
+    ret, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (node, port, client, 40002)
+    assert p.payload == b"r"
+
+
+def test_masquerade_flag_also_snats_local_backends(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[1], 8080, True)], F.NODE_PORT | F.MASQUERADE)
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40003, port))
+    _, out = egress(lb, out)  # the pod link's egress in a real node
+    assert parsed(out).src == NODE4
+
+
+def test_distinct_clients_get_distinct_snat_ports(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(REMOTE4[1], 9090, False)], F.NODE_PORT | F.MASQUERADE)
+    seen = set()
+    for cport in range(41000, 41100):
+        _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))
+        _, out = egress(lb, out)
+        seen.add(parsed(out).sport)
+    assert len(seen) == 100
+
+
+def test_local_only_frontend_without_masquerade_keeps_source(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "UDP", [(LOCAL4[2], 5353, True)], F.NODE_PORT | F.LOCAL_ETP)
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "UDP", 40004, port))
+    ret, out2 = egress(lb, out)  # no masquerade entry: untouched
+    assert ret == OK and out2 == out
+
+
+def test_new_flows_spread_over_every_backend(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(b, 8080, True) for b in LOCAL4], F.NODE_PORT)
+    hits = {b: 0 for b in LOCAL4}
+    for cport in range(42000, 42300):
+        _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))
+        hits[parsed(out).dst] += 1
+    assert min(hits.values()) > 50, hits
+
+
+def test_removed_backend_moves_the_flow(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40005, port))
+    assert parsed(out).dst == LOCAL4[0]
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[1], 8080, True)], F.NODE_PORT)  # new ids
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40005, port, flags="A"))
+    assert parsed(out).dst == LOCAL4[0]  # the old backend still exists: stays
+    old = [k for k, v in lb.lb_maps.lb4_backends.items() if L.from_ip4(v.address) == LOCAL4[0]]
+    for k in old:
+        lb.lb_maps.lb4_backends.delete(k)
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40005, port, flags="A"))
+    assert parsed(out).dst == LOCAL4[1]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_drop_when_no_local_endpoint_fits(lb, v6, proto):
+    node, client, *_ = fam(v6)
+    port = next(_ports)
+    rev = frontend(lb, node, port, proto, [], F.NODE_PORT | F.LOCAL_ETP | F.DROP_NO_BACKEND)
+    ret, _ = ingress(lb, P.build(client, node, proto, 40006, port))
+    assert ret == SHOT
+    stats = lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev))
+    assert sum(s.no_backend for s in stats) == 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_reject_tcp_with_rst(lb, v6):
+    node, client, *_ = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, "TCP", [], F.NODE_PORT)
+    syn = P.build(client, node, "TCP", 40007, port, flags="S", seq=777,
+                  tcp_options=b"\x02\x04\x05\xb4")
+    ret, out = ingress(lb, syn)
+    assert ret == REDIRECT  # sent back out of the interface it came from
+    p = parsed(out)
+    assert (p.src, p.sport, p.dst, p.dport) == (node, port, client, 40007)
+    assert p.flag_names == "RA" and p.seq == 0 and p.ack == 778
+    assert (p.src_mac, p.dst_mac) == (P.NODE_MAC, P.CLIENT_MAC)
+    assert len(out) == 14 + (40 if v6 else 20) + 20
+
+    # An ACK segment is reset with its own ack number as the sequence.
+    ret, out = ingress(lb, P.build(client, node, "TCP", 40008, port, b"data", flags="A",
+                                   seq=5, ack=99))
+    p = parsed(out)
+    assert ret == REDIRECT and p.flag_names == "R" and p.seq == 99
+    # A reset is never answered.
+    ret, _ = ingress(lb, P.build(client, node, "TCP", 40009, port, flags="R"))
+    assert ret == SHOT
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_reject_udp_with_icmp_port_unreachable(lb, v6):
+    node, client, *_ = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, "UDP", [], F.NODE_PORT)
+    dgram = P.build(client, node, "UDP", 40010, port, b"x" * 100)
+    ret, out = ingress(lb, dgram)
+    assert ret == REDIRECT
+    p = parsed(out)
+    assert (p.src, p.dst) == (node, client)
+    assert (p.proto, p.icmp_type, p.icmp_code) == ((P.ICMPV6, 1, 4) if v6 else (P.ICMP, 3, 3))
+    q = p.quoted
+    assert (q.src, q.sport, q.dst, q.dport, q.proto) == (client, 40010, node, port, P.UDP)
+    quoted_len = (40 if v6 else 20) + 8
+    assert out[14 + (48 if v6 else 28):] == dgram[14:14 + quoted_len]
+
+
+def test_udp_without_checksum_stays_without(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "UDP", [(REMOTE4[0], 5353, False)], F.NODE_PORT | F.MASQUERADE)
+    ret, out = ingress(lb, P.build(CLIENT4, NODE4, "UDP", 40011, port, b"q",
+                                   udp_checksum=False))
+    _, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst) == (NODE4, REMOTE4[0])
+    assert out[14 + 20 + 6:14 + 20 + 8] == b"\0\0"
+
+
+@pytest.mark.parametrize("prog", ["lb_netdev_ingress", "lb_pod_ingress", "lb_egress"])
+def test_pass_through_is_byte_identical(lb, prog):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
+    frames = [
+        P.build(CLIENT4, NODE4, "TCP", 40012, port + 1),  # other port
+        P.build(CLIENT4, NODE4, "UDP", 40012, port),  # other protocol
+        P.build(CLIENT4, "192.168.50.99", "TCP", 40012, port),  # other address
+        P.build(CLIENT6, NODE6, "TCP", 40012, port),  # other family
+        P.build(CLIENT4, NODE4, "TCP", 40012, port, more_fragments=True),  # fragment
+        P.build(CLIENT4, NODE4, "TCP", 40012, port, frag_offset=100),
+        bytes(P.NODE_MAC + P.CLIENT_MAC + b"\x08\x06" + b"\0" * 28),  # ARP
+    ]
+    icmp_echo = bytearray(P.build(CLIENT4, NODE4, "UDP", 1, 2))
+    icmp_echo[14 + 9] = P.ICMP  # protocol byte only: not TCP/UDP, so never ours
+    frames.append(bytes(icmp_echo))
+    if prog != "lb_netdev_ingress":
+        # Only node interfaces open flows: pods and egress never DNAT.
+        frames.append(P.build(CLIENT4, NODE4, "TCP", 40013, port))
+    for f in frames:
+        ret, out = run(lb, prog, f)
+        assert (ret, out) == (OK, f)
+
+
+def test_external_scope_only(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT,
+             scope=L.SCOPE_INTERNAL)
+    f = P.build(CLIENT4, NODE4, "TCP", 40014, port)
+    assert ingress(lb, f) == (OK, f)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_load_balancer_source_ranges(lb, v6):
+    from pyagent.dataplanes.ebpf import tc
+
+    vip = "fd00:99::5" if v6 else "198.51.100.5"
+    allowed, blocked = (("2001:db8::2", "2001:db8:1::2") if v6
+                        else ("203.0.113.2", "203.0.113.130"))
+    port = next(_ports)
+    rev = frontend(lb, vip, port, "TCP", [(fam(v6)[2][0], 8080, True)],
+                   F.LOADBALANCER | F.SOURCE_RANGE)
+    tc.set_source_ranges(lb.maps, rev, [" 203.0.113.0/25", "2001:db8::/64"])
+    before = tc.tc_stats(lb.maps)["drop_range"]
+    ret, out = ingress(lb, P.build(allowed, vip, "TCP", 40015, port))
+    assert ret == OK and parsed(out).dport == 8080
+    ret, _ = ingress(lb, P.build(blocked, vip, "TCP", 40015, port))
+    assert ret == SHOT
+    assert tc.tc_stats(lb.maps)["drop_range"] == before + 1
+    tc.set_source_ranges(lb.maps, rev, ["0.0.0.0/0", "::/0"])
+    assert ingress(lb, P.build(blocked, vip, "TCP", 40016, port))[0] == OK
+    tc.clear_source_ranges(lb.maps, rev)
+    assert ingress(lb, P.build(allowed, vip, "TCP", 40017, port))[0] == SHOT
+
+
+def test_no_masquerade_address_drops_instead_of_leaking(lb):
+    from pyagent.dataplanes.ebpf import tc
+
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(REMOTE4[0], 8080, False)], F.NODE_PORT | F.MASQUERADE)
+    tc.write_node_config(lb.maps, snat_ip6=NODE6)  # IPv4 unset
+    try:
+        assert ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40018, port))[0] == SHOT
+    finally:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+
+
+def test_session_affinity_pins_a_client(lb):
+    port = next(_ports)
+    rev = frontend(lb, NODE4, port, "TCP", [(b, 8080, True) for b in LOCAL4],
+                   F.NODE_PORT | F.AFFINITY)
+    m = lb.lb_maps.lb4_services
+    master = m.get(L.service_key(NODE4, port, "TCP", scope=L.SCOPE_EXTERNAL))
+    master.affinity_timeout = 600
+    m.set(L.service_key(NODE4, port, "TCP", scope=L.SCOPE_EXTERNAL), master)
+    dsts = {parsed(ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))[1]).dst
+            for cport in range(43000, 43040)}
+    assert len(dsts) == 1
+    assert rev  # the id keys the affinity entry
+
+
+def test_tcp_fin_shortens_the_entry(lb):
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
+    ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40019, port))
+    key = L.Lb4CtKey(L.ip4(CLIENT4), L.ip4(NODE4), L.be16(40019), L.be16(port), 6,
+                     L.CT_INGRESS)
+    long = lb.maps.lb4_ct.get(key).expires
+    ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40019, port, flags="FA"))
+    entry = lb.maps.lb4_ct.get(key)
+    assert entry.flags & L.CtFlag.CLOSING
+    assert entry.expires < long - 1000
+
+
+def test_trace_helper_describes_verdict_and_headers(lb):
+    from pyagent.dataplanes.ebpf import tc
+
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
+    frame = P.build(CLIENT4, NODE4, "TCP", 40020, port)
+    res = tc.trace(lb.prog_fds["lb_netdev_ingress"], frame, lb.maps)
+    assert res["verdict"] == "PASS" and res["output"]["dst"] == LOCAL4[0]
+    assert res["output"]["checksum_errors"] == []
+    assert "10.244.0.10:8080" in res["text"]
+    # The synthetic flow left no conntrack entry behind.
+    keys = list(lb.maps.lb4_ct.keys())
+    assert not [k for k in keys if L.be16(40020) in (k.sport, k.dport)]
