@@ -62,6 +62,24 @@ def load_manifests(directory: Path) -> ManifestSet:
     return out
 
 
+@dataclass
+class FileResult:
+    objects: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    broken: bool = False  # unreadable or unparsable: its content is incomplete
+
+
+def read_file(path: Path) -> FileResult:
+    """One file's objects, for sources that keep a broken file's last good content."""
+    errors: list[str] = []
+    docs = _documents(path, errors)
+    broken = bool(errors)
+    out = ManifestSet(errors=errors)
+    for doc in docs:
+        _collect(doc, path.name, out)
+    return FileResult([o for k in KINDS for o in out.objects[k]], out.errors, broken)
+
+
 def _documents(path: Path, errors: list[str]) -> list[Any]:
     try:
         text = path.read_text(encoding="utf-8")

@@ -10,63 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from pyagent.manifests import gc_paused, manifest_files, read_file
 from pyagent.sources.base import KINDS, Kind, ObjectSink
 
 log = logging.getLogger(__name__)
-SUFFIXES = (".yaml", ".yml", ".json")
-
-
-@dataclass
-class FileResult:
-    objects: list[dict] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    fatal: bool = False  # the file as a whole could not be read
-
-
-def _describe(obj: dict) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{obj.get('kind')} {ns + '/' if ns else ''}{meta.get('name')}"
-
-
-def read_file(path: Path) -> FileResult:
-    """Objects of the kinds we serve in one file; problems are reported, never raised."""
-    res = FileResult()
-    try:
-        docs = list(yaml.safe_load_all(path.read_text()))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        res.errors.append(f"{path}: cannot read: {exc}".replace("\n", " "))
-        res.fatal = True
-        return res
-    stack = [d for d in docs if d is not None]
-    while stack:
-        doc = stack.pop(0)
-        if not isinstance(doc, dict):
-            res.errors.append(f"{path}: a document is not a mapping")
-            continue
-        kind = doc.get("kind")
-        if kind == "List" or (isinstance(kind, str) and kind.endswith("List")):
-            stack.extend(i for i in doc.get("items") or [] if i is not None)
-        elif kind in KINDS:
-            meta = doc.get("metadata")
-            if not isinstance(meta, dict) or not meta.get("name"):
-                res.errors.append(f"{path}: {kind} without metadata.name")
-                continue
-            if kind != "Node":
-                meta.setdefault("namespace", "default")
-            res.objects.append(doc)
-        else:
-            log.debug("%s: ignoring %s", path, _describe(doc))
-    return res
-
-
-def manifest_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix in SUFFIXES and p.is_file())
 
 
 class ManifestDirectory:
@@ -95,13 +44,14 @@ class ManifestDirectory:
         self._signature = self.signature()
         errors: list[str] = []
         files = manifest_files(self.directory)
-        for path in files:
-            res = read_file(path)
-            errors.extend(res.errors)
-            if res.fatal and path in self._good:
-                errors.append(f"{path}: keeping its last good objects")
-            else:
-                self._good[path] = res.objects
+        with gc_paused():
+            for path in files:
+                res = read_file(path)
+                errors.extend(res.errors)
+                if res.broken and path in self._good:
+                    errors.append(f"{path.name}: keeping its last good objects")
+                else:
+                    self._good[path] = res.objects
         for gone in set(self._good) - set(files):
             del self._good[gone]
         self.errors = errors

@@ -35,7 +35,7 @@ def objects(services: int, endpoints: int) -> Iterator[dict]:
                       "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
         if i % 10 == 0:
             spec.update(type="NodePort", externalTrafficPolicy="Local")
-            spec["ports"][0]["nodePort"] = 30000 + i % 2000
+            spec["ports"][0]["nodePort"] = 30000 + (i // 10) % 2768
         yield {"apiVersion": "v1", "kind": "Service",
                "metadata": {"namespace": ns, "name": name, "resourceVersion": "1"}, "spec": spec}
         yield {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

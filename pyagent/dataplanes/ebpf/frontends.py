@@ -9,9 +9,9 @@ computed by the selection; this module only decides which set goes where.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.ebpf import layout as L
@@ -28,8 +28,9 @@ ALGORITHMS = {
 }
 
 
-@dataclass(frozen=True, order=True)
-class Backend:
+class Backend(NamedTuple):
+    """A tuple, not a dataclass: a full sync creates one per endpoint (100k+)."""
+
     ip: str
     port: int
     proto: int
@@ -67,8 +68,8 @@ class Frontend:
 
 
 def _backends(eps: Iterable[Endpoint] | None, proto: int, node: str) -> tuple[Backend, ...]:
-    return tuple(sorted(Backend(ipaddress.ip_address(e.ip).compressed, e.port, proto,
-                                e.node_name == node) for e in eps or ()))
+    # Addresses are normalised by pyagent.parse: no re-parsing on this hot path.
+    return tuple(sorted(Backend(e.ip, e.port, proto, e.node_name == node) for e in eps or ()))
 
 
 def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
@@ -104,7 +105,7 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
         flags = base_flags | kind_flag
         if not backends and sps.has_any_endpoints:
             flags |= L.ServiceFlag.DROP_NO_BACKEND
-        return Frontend(ipaddress.ip_address(ip).compressed, port, proto, L.SCOPE_INTERNAL,
+        return Frontend(ip, port, proto, L.SCOPE_INTERNAL,
                         int(flags), backends, **common)
 
     out: list[Frontend] = []

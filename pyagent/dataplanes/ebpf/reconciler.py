@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
@@ -35,8 +35,9 @@ def family(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
+    """One map write (value) or delete (value None). A tuple: a full sync makes 200k."""
+
     map: str  # SERVICES | BACKENDS | REVNAT
     family: int
     key: tuple
@@ -195,20 +196,22 @@ class Reconciler:
 
     def _check_capacity(self, old_keys: set[tuple], new: dict[tuple, Frontend]) -> None:
         need: dict[tuple[str, int], int] = {}
-
-        def add(m: str, ip: str, n: int) -> None:
-            need[(m, family(ip))] = need.get((m, family(ip)), 0) + n
-
+        new_backends: set[tuple[str, int, int]] = set()
+        ids = self.backend_ids
         for key, fe in new.items():
+            fam = family(fe.ip)
             old = self.kernel.get(key)
-            add(SERVICES, fe.ip, len(fe.backends) - (len(old.backends) if old else -1))
+            k = (SERVICES, fam)
+            need[k] = need.get(k, 0) + len(fe.backends) + 1 - (1 + len(old.backends) if old else 0)
             if fe.addr not in self.rev_ids:
-                add(REVNAT, fe.ip, 1)
-            for b in fe.backends:
-                if b.key not in self.backend_ids:
-                    add(BACKENDS, b.ip, 1)
+                need[(REVNAT, fam)] = need.get((REVNAT, fam), 0) + 1
+            new_backends.update(b.key for b in fe.backends if b.key not in ids)
+        for bkey in new_backends:
+            k = (BACKENDS, family(bkey[0]))
+            need[k] = need.get(k, 0) + 1
         for key in old_keys - new.keys():
-            add(SERVICES, key[0], -(1 + len(self.kernel[key].backends)))
+            k = (SERVICES, family(key[0]))
+            need[k] = need.get(k, 0) - (1 + len(self.kernel[key].backends))
         cap = self.writer.capacity()
         for k, n in need.items():
             if n > 0 and self.used.get(k, 0) + n > cap.get(k, 0):

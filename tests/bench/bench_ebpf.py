@@ -1,0 +1,167 @@
+"""eBPF dataplane benchmarks against the performance targets, in a lab (its own
+cgroup, bpffs and namespaces; nothing touches the host's):
+
+  1. full sync of S services x E endpoints into the kernel maps
+  2. one endpoint change applied (store -> desired state -> maps), median and p99
+  3. agent memory (RSS) holding that state
+  4. connect() cost through a ClusterIP versus directly to the pod, with 10 and
+     with L services loaded (ratio against the direct baseline of the same run)
+
+    .venv/bin/python -m tests.bench.bench_ebpf [--services 10000] [--endpoints 10]
+        [--loaded 50000] [--connects 2000] [--json]
+
+Reports numbers only; nothing asserts on them (figures in docs/ come from here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
+from pyagent.lab import Lab
+from pyagent.store import ServiceStore
+from tests.bench.bench_plan import objects
+
+CONNECT_SNIPPET = """
+import socket, sys, time
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ':' in dst else socket.AF_INET
+t = time.perf_counter()
+for _ in range(n):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.connect((dst, port))
+    s.close()
+print((time.perf_counter() - t) / n)
+"""
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_store(store: ServiceStore, services: int, endpoints: int) -> None:
+    by_kind: dict[str, list[dict]] = {"Service": [], "EndpointSlice": [], "Node": []}
+    for obj in objects(services, endpoints):
+        by_kind[obj["kind"]].append(obj)
+    for kind, objs in by_kind.items():
+        store.replace(kind, objs)
+
+
+def states(store: ServiceStore) -> dict:
+    out: dict = {}
+    for sps in store.full_state().service_ports:
+        out.setdefault((sps.service.namespace, sps.service.name), []).append(sps)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
+    config = dataclasses.replace(NodeConfig(node_name="node-0", node_ips=("192.168.0.2",)),
+                                 bpffs=str(lab.bpffs / "bench"), cgroup=str(lab.cgroup))
+    store = ServiceStore(config)
+    t = time.perf_counter()
+    load_store(store, services, endpoints)
+    all_states = states(store)
+    store.take_changes()
+    t_state = time.perf_counter() - t
+    dp = EbpfDataplane(config)
+    dp.setup()
+    t = time.perf_counter()
+    status = dp.sync(all_states, full=True)
+    t_sync = time.perf_counter() - t
+    errors = sum(1 for v in status.values() if v)
+    ops = dp.reconciler.last_ops if dp.reconciler else 0
+    # one endpoint change at a time: store event -> state -> maps
+    lat = []
+    slices = [o for o in objects(services, endpoints) if o["kind"] == "EndpointSlice"]
+    for i in range(changes):
+        sl = slices[(i * 7919) % len(slices)]
+        sl["metadata"]["resourceVersion"] = str(i + 2)
+        sl["endpoints"][1]["conditions"]["ready"] = not sl["endpoints"][1]["conditions"]["ready"]
+        t = time.perf_counter()
+        store.upsert("EndpointSlice", sl)
+        keys = store.take_changes()
+        dp.sync({k: store.state_for(k) for k in keys}, full=False)
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+    out = {"services": services, "endpoints": services * endpoints,
+           "state_build_s": round(t_state, 3), "full_sync_s": round(t_sync, 3),
+           "map_ops": ops, "errors": errors,
+           "change_median_ms": round(statistics.median(lat) * 1e3, 3),
+           "change_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1e3, 3),
+           "rss_mb": round(rss_mb(), 1)}
+    dp.cleanup()
+    return out
+
+
+def connect_cost(lab: Lab, n: int) -> tuple[float, float]:
+    pod = lab.pods[0]
+    direct = lab.run([sys.executable, "-c", CONNECT_SNIPPET, pod.ip4, "8080", str(n)])
+    vip = lab.run([sys.executable, "-c", CONNECT_SNIPPET, "10.96.0.10", "80", str(n)])
+    return float(direct.stdout), float(vip.stdout)
+
+
+def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
+    config = dataclasses.replace(NodeConfig(node_name="node-0"),
+                                 bpffs=str(lab.bpffs / "conn"), cgroup=str(lab.cgroup))
+    store = ServiceStore(config)
+    dp = EbpfDataplane(config)
+    dp.setup()
+    out = {}
+    try:
+        for count in (10, loaded):
+            objs = list(objects(count, 2))
+            # service 0 is the one we connect to: point it at pod0's server
+            objs[0]["spec"]["clusterIP"] = "10.96.0.10"
+            objs[0]["spec"]["ports"][0].pop("nodePort", None)
+            objs[0]["spec"]["type"] = "ClusterIP"
+            objs[1]["endpoints"] = [{"addresses": [lab.pods[0].ip4], "nodeName": "node-0"}]
+            for kind in ("Service", "EndpointSlice", "Node"):
+                store.replace(kind, [o for o in objs if o["kind"] == kind])
+            dp.sync(states(store), full=True)
+            connect_cost(lab, n // 10)  # warm up
+            direct, vip = connect_cost(lab, n)
+            out[count] = {"direct_us": round(direct * 1e6, 1), "clusterip_us": round(vip * 1e6, 1),
+                          "ratio": round(vip / direct, 3)}
+    finally:
+        dp.cleanup()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--changes", type=int, default=200)
+    ap.add_argument("--loaded", type=int, default=50_000)
+    ap.add_argument("--connects", type=int, default=2000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
+        sync = bench_sync(lab, args.services, args.endpoints, args.changes)
+        conn = bench_connect(lab, args.loaded, args.connects)
+    result = {"sync": sync, "connect": conn}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        s = sync
+        print(f"full sync {s['services']} services / {s['endpoints']} endpoints: "
+              f"state {s['state_build_s']} s, kernel {s['full_sync_s']} s ({s['map_ops']} map ops)")
+        print(f"one endpoint change: median {s['change_median_ms']} ms, "
+              f"p99 {s['change_p99_ms']} ms")
+        print(f"peak RSS: {s['rss_mb']} MB")
+        for count, c in conn.items():
+            print(f"connect with {count} services loaded: direct {c['direct_us']} us, "
+                  f"ClusterIP {c['clusterip_us']} us, ratio {c['ratio']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
