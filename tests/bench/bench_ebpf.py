@@ -3,12 +3,12 @@ cgroup, bpffs and namespaces; nothing touches the host's):
 
   1. full sync of S services x E endpoints into the kernel maps
   2. one endpoint change applied (store -> desired state -> maps), median and p99
-  3. agent memory (RSS) holding that state
+  3. memory (RSS) of a real `pyagent run` holding S x E endpoints
   4. connect() cost through a ClusterIP versus directly to the pod, with 10 and
      with L services loaded (ratio against the direct baseline of the same run)
 
     .venv/bin/python -m tests.bench.bench_ebpf [--services 10000] [--endpoints 10]
-        [--loaded 50000] [--connects 2000] [--json]
+        [--loaded 50000] [--connects 2000] [--memory-services 10000] [--json]
 
 Reports numbers only; nothing asserts on them (figures in docs/ come from here).
 """
@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
@@ -40,10 +41,6 @@ for _ in range(n):
     s.close()
 print((time.perf_counter() - t) / n)
 """
-
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_store(store: ServiceStore, services: int, endpoints: int) -> None:
@@ -94,17 +91,22 @@ def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
            "state_build_s": round(t_state, 3), "full_sync_s": round(t_sync, 3),
            "map_ops": ops, "errors": errors,
            "change_median_ms": round(statistics.median(lat) * 1e3, 3),
-           "change_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1e3, 3),
-           "rss_mb": round(rss_mb(), 1)}
+           "change_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1e3, 3)}
     dp.cleanup()
     return out
 
 
-def connect_cost(lab: Lab, n: int) -> tuple[float, float]:
+def connect_cost(lab: Lab, n: int, rounds: int = 5) -> tuple[float, float]:
+    """Median per-connect seconds, direct and through the VIP, in alternating
+    rounds so that machine noise hits both alike."""
     pod = lab.pods[0]
-    direct = lab.run([sys.executable, "-c", CONNECT_SNIPPET, pod.ip4, "8080", str(n)])
-    vip = lab.run([sys.executable, "-c", CONNECT_SNIPPET, "10.96.0.10", "80", str(n)])
-    return float(direct.stdout), float(vip.stdout)
+    direct, vip = [], []
+    for _ in range(rounds):
+        d = lab.run([sys.executable, "-c", CONNECT_SNIPPET, pod.ip4, "8080", str(n)])
+        v = lab.run([sys.executable, "-c", CONNECT_SNIPPET, "10.96.0.10", "80", str(n)])
+        direct.append(float(d.stdout))
+        vip.append(float(v.stdout))
+    return statistics.median(direct), statistics.median(vip)
 
 
 def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
@@ -125,13 +127,47 @@ def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
             for kind in ("Service", "EndpointSlice", "Node"):
                 store.replace(kind, [o for o in objs if o["kind"] == kind])
             dp.sync(states(store), full=True)
-            connect_cost(lab, n // 10)  # warm up
-            direct, vip = connect_cost(lab, n)
+            connect_cost(lab, n // 10, rounds=1)  # warm up
+            direct, vip = connect_cost(lab, n // 5)
             out[count] = {"direct_us": round(direct * 1e6, 1), "clusterip_us": round(vip * 1e6, 1),
                           "ratio": round(vip / direct, 3)}
     finally:
         dp.cleanup()
     return out
+
+
+def bench_agent_memory(lab: Lab, services: int, endpoints: int) -> dict:
+    """RSS of a real `pyagent run` holding S x E endpoints from manifests."""
+    manifests = lab.tmp / "mem-manifests"
+    manifests.mkdir()
+    objs = list(objects(services, endpoints))
+    (manifests / "all.json").write_text(json.dumps({"kind": "List", "items": objs}))
+    bpffs = str(lab.bpffs / "mem")
+    t = time.perf_counter()
+    agent = lab.agent(["run", "--manifests", str(manifests), "--node-name", "node-0",
+                       "--cgroup", str(lab.cgroup), "--bpffs", bpffs,
+                       "--healthz-bind-address", "127.0.0.1:0",
+                       "--metrics-bind-address", "127.0.0.1:0"],
+                      stderr=subprocess.PIPE, text=True)
+    status = Path("/proc") / str(agent.pid) / "status"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = next((ln for ln in iter(agent.stderr.readline, "") if "full sync" in ln), "")
+            if line:
+                break
+        first_sync = time.perf_counter() - t
+        time.sleep(1)
+        fields = dict(ln.split(":", 1) for ln in status.read_text().splitlines())
+        rss = int(fields["VmRSS"].split()[0]) / 1024
+        hwm = int(fields["VmHWM"].split()[0]) / 1024
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        subprocess.run([sys.executable, "-m", "pyagent", "cleanup", "--bpffs", bpffs],
+                       capture_output=True, check=False)
+    return {"endpoints": services * endpoints, "rss_mb": round(rss, 1),
+            "peak_rss_mb": round(hwm, 1), "start_to_first_sync_s": round(first_sync, 2)}
 
 
 def main() -> int:
@@ -142,12 +178,15 @@ def main() -> int:
     ap.add_argument("--changes", type=int, default=200)
     ap.add_argument("--loaded", type=int, default=50_000)
     ap.add_argument("--connects", type=int, default=2000)
+    ap.add_argument("--memory-services", type=int, default=10_000,
+                    help="services (x --endpoints) held by the agent for the memory figure")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
         sync = bench_sync(lab, args.services, args.endpoints, args.changes)
         conn = bench_connect(lab, args.loaded, args.connects)
-    result = {"sync": sync, "connect": conn}
+        mem = bench_agent_memory(lab, args.memory_services, args.endpoints)
+    result = {"sync": sync, "connect": conn, "agent_memory": mem}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -156,7 +195,9 @@ def main() -> int:
               f"state {s['state_build_s']} s, kernel {s['full_sync_s']} s ({s['map_ops']} map ops)")
         print(f"one endpoint change: median {s['change_median_ms']} ms, "
               f"p99 {s['change_p99_ms']} ms")
-        print(f"peak RSS: {s['rss_mb']} MB")
+        print(f"agent with {mem['endpoints']} endpoints: RSS {mem['rss_mb']} MB "
+              f"(peak {mem['peak_rss_mb']} MB), first sync {mem['start_to_first_sync_s']} s "
+              "after start")
         for count, c in conn.items():
             print(f"connect with {count} services loaded: direct {c['direct_us']} us, "
                   f"ClusterIP {c['clusterip_us']} us, ratio {c['ratio']}")

@@ -37,7 +37,7 @@ class EbpfDataplane:
         self.stats: Stats | None = None
 
     def setup(self) -> None:
-        self.lb = programs.load(self.bpffs)
+        self.lb = programs.load_out_of_process(self.bpffs)
         adopted = programs.attach(self.lb, self.bpffs, self.cgroup)
         if any(adopted.values()):
             log.info("adopted existing links on %s (hitless restart)", self.cgroup)

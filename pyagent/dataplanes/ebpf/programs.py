@@ -7,6 +7,8 @@ bpffs layout (under the agent's --bpffs directory):
                             of the programs; a layout change gets new names)
     links/<program>         one cgroup link per hook; a restarted agent
                             adopts them and swaps programs atomically
+    progs/<program>         the programs of the last load, pinned by the
+                            compiling child process (see load_out_of_process)
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from pyagent.dataplanes.ebpf import layout
 BPF_SRC_DIR = os.environ.get("PYAGENT_BPF_SRC") or str(
     Path(__file__).resolve().parents[3] / "bpf_src")
 SOURCE = os.path.join(BPF_SRC_DIR, "sock_lb.c")
+PROGS_SUBDIR = "progs"
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,10 @@ def links_dir(bpffs: str) -> str:
     return os.path.join(bpffs, layout.LINKS_SUBDIR)
 
 
+def prog_pin_path(bpffs: str, hook: Hook) -> str:
+    return os.path.join(bpffs, PROGS_SUBDIR, hook.func)
+
+
 def link_pin_path(bpffs: str, hook: Hook) -> str:
     return os.path.join(links_dir(bpffs), hook.func)
 
@@ -154,7 +163,11 @@ class SockLB:
     def close(self) -> None:
         """Drop this process's handles; pinned maps and links stay."""
         self.maps.close()
-        self.bpf.cleanup()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+        else:  # fds of pinned programs opened by load_out_of_process
+            for fd in self.prog_fds.values():
+                os.close(fd)
 
 
 def load(bpffs: str, capacities: Capacities | None = None) -> SockLB:
@@ -175,6 +188,34 @@ def load(bpffs: str, capacities: Capacities | None = None) -> SockLB:
         b.cleanup()
         raise
     return SockLB(b, prog_fds, maps)
+
+
+def pin_programs(lb: SockLB, bpffs: str) -> None:
+    for h in HOOKS:
+        path = prog_pin_path(bpffs, h)
+        fs.unpin(path)  # the previous load's program lives on in its links
+        fs.pin(lb.prog_fds[h.func], path)
+
+
+def load_out_of_process(bpffs: str) -> SockLB:
+    """Compile and load in a child process that pins the programs, then open
+    the pins here: BCC and LLVM (about 140 MB of RSS) never enter the agent,
+    and a compiler crash cannot take the agent down."""
+    fs.ensure(bpffs)
+    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"loading the socket LB failed:\n{res.stderr.strip()}")
+    prog_fds: dict[str, int] = {}
+    try:
+        for h in HOOKS:
+            prog_fds[h.func] = libbpf.obj_get(prog_pin_path(bpffs, h))
+        maps = open_pinned_maps(bpffs)
+    except BaseException:
+        for fd in prog_fds.values():
+            os.close(fd)
+        raise
+    return SockLB(None, prog_fds, maps)
 
 
 def attach(lb: SockLB, bpffs: str, cgroup: str) -> dict[str, bool]:
@@ -213,10 +254,10 @@ def cleanup(bpffs: str) -> int:
     if not os.path.isdir(bpffs):
         return 0
     n = detach_all(bpffs)
-    for path in fs.list_pins(maps_dir(bpffs)):
+    for path in fs.list_pins(maps_dir(bpffs)) + fs.list_pins(os.path.join(bpffs, PROGS_SUBDIR)):
         n += fs.unpin(path)
-    fs.remove_empty_dirs(links_dir(bpffs))
-    fs.remove_empty_dirs(maps_dir(bpffs))
+    for sub in (links_dir(bpffs), maps_dir(bpffs), os.path.join(bpffs, PROGS_SUBDIR)):
+        fs.remove_empty_dirs(sub)
     return n
 
 
@@ -242,3 +283,21 @@ def open_pinned_maps(bpffs: str) -> LBMaps:
 def attached_programs(cgroup: str) -> dict[str, list[int]]:
     """{hook program name: ids of programs attached at its attach type}."""
     return {h.func: cg.query(cgroup, int(h.attach_type)) for h in HOOKS}
+
+
+def main() -> int:
+    """The child of load_out_of_process: compile, load, pin, exit."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--bpffs", required=True)
+    lb = load(ap.parse_args().bpffs)
+    try:
+        pin_programs(lb, ap.parse_args().bpffs)
+    finally:
+        lb.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
