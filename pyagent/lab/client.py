@@ -39,17 +39,20 @@ def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bo
         s.settimeout(timeout)
         if connected:
             s.connect((dst, port))
-        pods, sources = [], []
+        pods, sources, seen = [], [], []
         for _ in range(messages):
             if connected:
                 s.send(b"hi")
             else:
                 s.sendto(b"hi", (dst, port))
             data, src = s.recvfrom(4096)
-            pods.append(json.loads(data)["pod"])
+            reply = json.loads(data)
+            pods.append(reply["pod"])
             sources.append(src[0])
+            seen.append(reply["peer"])
         peer = s.getpeername()[0] if connected else None
-    return {"pod": pods[0], "pods": pods, "from": sources, "peer": peer}
+    return {"pod": pods[0], "pods": pods, "from": sources, "peer": peer,
+            "seen_client": seen[0]}
 
 
 def hold_connections(dst: str, port: int, n: int, timeout: float) -> list[socket.socket]:

@@ -1,0 +1,210 @@
+"""North-south traffic through the TC load balancer in a two-node lab.
+
+A Cluster (pyagent/lab/cluster.py) gives two node namespaces on a fabric
+bridge, two pods per node with identity servers, and an external client.
+Each node gets the TC programs on its uplink and pod links, its own pinned
+maps and node config; the tests write frontends straight into the maps
+(the agent-driven path is tested elsewhere) and send real TCP and UDP from
+the client, checking which pods answer and which source address they saw.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+from pyagent.dataplanes.ebpf import layout as L
+
+pytestmark = pytest.mark.root
+
+F = L.ServiceFlag
+TCP_PORT, UDP_PORT = 8080, 5353  # the pods' identity servers
+_ids = itertools.count(1)
+_ports = itertools.count(30100)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.lab.cluster import Cluster
+
+    caps = programs.Capacities(1024, 1024, 1024, 64, 256, 1024)
+    with Cluster(nodes=2, pods_per_node=2) as c:
+        c.lbs = []
+        try:
+            for node in c.nodes:
+                lb = tc.load(str(node.bpffs), caps, tc.TcCapacities(ct=8192, src_range=64))
+                c.lbs.append(lb)
+                tc.pin_programs(lb, str(node.bpffs))
+                tc.attach(lb, netdevs=[node.uplink], pods=node.pod_links, netns=node.ns)
+                tc.write_node_config(lb.maps, snat_ip4=node.ip4, snat_ip6=node.ip6)
+            yield c
+        finally:
+            for lb in c.lbs:
+                lb.close()
+            for node in c.nodes:
+                tc.cleanup(str(node.bpffs), [node.uplink, *node.pod_links], node.ns)
+                programs.cleanup(str(node.bpffs))
+
+
+def put_frontend(cluster, node_index: int, vip: str, port: int, proto: str,
+                 pods: list, target: int, flags: int) -> int:
+    """One EXTERNAL-scope frontend on a node: backends, slots, master."""
+    node = cluster.nodes[node_index]
+    maps = cluster.lbs[node_index].lb_maps
+    v6 = ":" in vip
+    rev = next(_ids)
+    bmap = maps.lb6_backends if v6 else maps.lb4_backends
+    smap = maps.lb6_services if v6 else maps.lb4_services
+    for slot, pod in enumerate(pods, 1):
+        bid = next(_ids)
+        local = pod in node.pods
+        bmap.set(ctypes.c_uint32(bid), L.backend_value(
+            pod.ip6 if v6 else pod.ip4, target, proto,
+            flags=L.BACKEND_F_LOCAL if local else 0))
+        smap.set(L.service_key(vip, port, proto, slot=slot, scope=L.SCOPE_EXTERNAL),
+                 L.LbService(backend_id=bid))
+    smap.set(L.service_key(vip, port, proto, scope=L.SCOPE_EXTERNAL),
+             L.LbService(count=len(pods), rev_nat_id=rev, flags=flags))
+    return rev
+
+
+def addr(obj, v6: bool) -> str:
+    return obj.ip6 if v6 else obj.ip4
+
+
+def client_ip(cluster, v6: bool) -> str:
+    return cluster.client_ip6 if v6 else cluster.client_ip4
+
+
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_nodeport_cluster_policy_masquerades_and_reaches_every_pod(cluster, v6):
+    node0 = cluster.nodes[0]
+    vip = addr(node0, v6)
+    tport, uport = next(_ports), next(_ports)
+    pods = cluster.pods  # two on node0, two on node1
+    put_frontend(cluster, 0, vip, tport, "TCP", pods, TCP_PORT, F.NODE_PORT | F.MASQUERADE)
+    put_frontend(cluster, 0, vip, uport, "UDP", pods, UDP_PORT, F.NODE_PORT | F.MASQUERADE)
+
+    t = cluster.client(vip, tport, "tcp", count=120)
+    assert t.errors == {} and t.total == 120
+    assert set(t.counts) == {p.name for p in pods}
+    # Masqueraded: every backend saw the node, never the client.
+    assert {d["seen_client"] for d in t.details} == {vip}
+    assert {d["peer"] for d in t.details} == {vip}
+
+    u = cluster.client(vip, uport, "udp", count=60, messages=2)
+    assert u.errors == {} and set(u.counts) == {p.name for p in pods}
+    for d in u.details:
+        assert len(set(d["pods"])) == 1  # one flow, one backend
+        assert set(d["from"]) == {vip}  # replies come from the frontend
+        assert d["seen_client"] == vip
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_nodeport_local_policy_preserves_the_client_ip(cluster, v6):
+    node1 = cluster.nodes[1]
+    vip = addr(node1, v6)
+    tport, uport = next(_ports), next(_ports)
+    put_frontend(cluster, 1, vip, tport, "TCP", node1.pods, TCP_PORT,
+                 F.NODE_PORT | F.LOCAL_ETP)
+    put_frontend(cluster, 1, vip, uport, "UDP", node1.pods, UDP_PORT,
+                 F.NODE_PORT | F.LOCAL_ETP)
+
+    t = cluster.client(vip, tport, "tcp", count=60)
+    assert t.errors == {} and set(t.counts) == {p.name for p in node1.pods}
+    assert {d["seen_client"] for d in t.details} == {client_ip(cluster, v6)}
+
+    u = cluster.client(vip, uport, "udp", count=30)
+    assert u.errors == {} and set(u.counts) == {p.name for p in node1.pods}
+    assert {d["seen_client"] for d in u.details} == {client_ip(cluster, v6)}
+    assert {f for d in u.details for f in d["from"]} == {vip}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_no_local_endpoint_drops_and_no_endpoint_rejects(cluster, v6):
+    vip = addr(cluster.nodes[0], v6)
+    drop_t, drop_u, rej_t, rej_u = (next(_ports) for _ in range(4))
+    drop = F.NODE_PORT | F.LOCAL_ETP | F.DROP_NO_BACKEND
+    put_frontend(cluster, 0, vip, drop_t, "TCP", [], TCP_PORT, drop)
+    put_frontend(cluster, 0, vip, drop_u, "UDP", [], UDP_PORT, drop)
+    put_frontend(cluster, 0, vip, rej_t, "TCP", [], TCP_PORT, F.NODE_PORT)
+    put_frontend(cluster, 0, vip, rej_u, "UDP", [], UDP_PORT, F.NODE_PORT)
+
+    assert cluster.client(vip, drop_t, "tcp", count=2, timeout=0.5).errors == {"ETIMEDOUT": 2}
+    assert cluster.client(vip, drop_u, "udp", count=2, timeout=0.5).errors == {"ETIMEDOUT": 2}
+    r = cluster.client(vip, rej_t, "tcp", count=5, timeout=2)
+    assert r.errors == {"ECONNREFUSED": 5} and r.seconds < 1.5  # RST at once
+    # ICMP port unreachable fails a connected UDP socket's receive.
+    r = cluster.client(vip, rej_u, "udp", count=5, timeout=2, connected=True)
+    assert r.errors == {"ECONNREFUSED": 5} and r.seconds < 1.5
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_external_ip_routed_to_a_node_reaches_every_pod(cluster, v6):
+    vip = "fd00:99::10" if v6 else "198.51.100.10"
+    port = next(_ports)
+    put_frontend(cluster, 0, vip, port, "TCP", cluster.pods, TCP_PORT,
+                 F.EXTERNAL_IP | F.MASQUERADE)
+    t = cluster.client(vip, port, "tcp", count=120)
+    assert t.errors == {} and set(t.counts) == {p.name for p in cluster.pods}
+    assert {d["seen_client"] for d in t.details} == {addr(cluster.nodes[0], v6)}
+    assert {d["peer"] for d in t.details} == {vip}
+
+
+def test_load_balancer_ip_with_source_ranges(cluster):
+    from pyagent.dataplanes.ebpf import tc
+
+    vip, port = "198.51.100.20", next(_ports)
+    node0 = cluster.nodes[0]
+    rev = put_frontend(cluster, 0, vip, port, "TCP", node0.pods, TCP_PORT,
+                       F.LOADBALANCER | F.LOCAL_ETP | F.SOURCE_RANGE)
+    maps = cluster.lbs[0].maps
+    tc.set_source_ranges(maps, rev, [f"{cluster.client_ip4}/32"])
+    t = cluster.client(vip, port, "tcp", count=40)
+    assert t.errors == {} and set(t.counts) == {p.name for p in node0.pods}
+    assert {d["seen_client"] for d in t.details} == {cluster.client_ip4}
+
+    tc.set_source_ranges(maps, rev, ["203.0.113.0/25"])
+    assert cluster.client(vip, port, "tcp", count=2, timeout=0.5).errors == {"ETIMEDOUT": 2}
+    assert tc.tc_stats(maps)["drop_range"] >= 2
+
+
+def test_non_service_traffic_passes_untouched(cluster):
+    node0 = cluster.nodes[0]
+    port = next(_ports)
+    put_frontend(cluster, 0, node0.ip4, port, "TCP", cluster.pods, TCP_PORT,
+                 F.NODE_PORT | F.MASQUERADE)
+    # A server of the node itself on another port, and ICMP to the node.
+    server = cluster.popen([sys.executable, "-m", "pyagent.lab.server", "--name",
+                            "node0-host", "--tcp", str(port + 1)], ns=node0.ns,
+                           stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    t = cluster.client(node0.ip4, port + 1, "tcp", count=10)
+    assert t.counts == {"node0-host": 10}
+    assert {d["seen_client"] for d in t.details} == {cluster.client_ip4}
+    ping = cluster.run([sys.executable, "-c", PING, node0.ip4])
+    assert ping.returncode == 0, ping.stderr
+
+
+# One ICMP echo over a raw socket (no ping binary needed); exit 0 on a reply.
+PING = r"""
+import socket, struct, sys
+from pyagent.dataplanes.ebpf.packet import checksum
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"pyagent!"
+body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+s.sendto(body, (sys.argv[1], 0))
+while True:
+    data, _ = s.recvfrom(2048)
+    if data[20] == 0 and data[24:26] == bytes([0x12, 0x34]):
+        sys.exit(0)
+"""
