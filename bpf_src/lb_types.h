@@ -37,6 +37,11 @@
 #ifndef LB_STATS_MAP_MAX
 #define LB_STATS_MAP_MAX 65536
 #endif
+/* Per-CPU new-connection counters by backend id; ids beyond it are not
+ * counted (an array, so its per-CPU memory is fixed: 8 bytes x CPUs each). */
+#ifndef LB_BACKEND_STATS_MAX
+#define LB_BACKEND_STATS_MAX 65536
+#endif
 
 /* Slot 0 of a frontend is its master entry; slots 1..count+qcount hold backend ids. */
 #define LB_MASTER_SLOT 0

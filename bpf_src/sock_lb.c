@@ -66,6 +66,14 @@ static __always_inline void lb_count(__u16 rev_nat_id, int what)
 		s->errors++;
 }
 
+static __always_inline void lb_count_backend(__u32 backend_id)
+{
+	__u64 *n = lb_be_stats.lookup(&backend_id);
+
+	if (n)
+		(*n)++;
+}
+
 static __always_inline int lb_no_backend(const struct lb_service *svc)
 {
 	lb_count(svc->rev_nat_id, LB_STAT_NO_BACKEND);
@@ -123,6 +131,7 @@ static __always_inline int lb4_xlate(__u64 cookie, __u8 proto, __be32 *addr, __b
 	*addr = be->address;
 	*port = be->port;
 	lb_count(rev_nat_id, LB_STAT_SELECTED);
+	lb_count_backend(backend_id);
 	return LB_TRANSLATED;
 inconsistent:
 	lb_count(rev_nat_id, LB_STAT_ERROR);
@@ -201,6 +210,7 @@ static __always_inline int lb6_xlate(__u64 cookie, __u8 proto, union lb_v6addr *
 	*addr = be->address;
 	*port = be->port;
 	lb_count(rev_nat_id, LB_STAT_SELECTED);
+	lb_count_backend(backend_id);
 	return LB_TRANSLATED;
 inconsistent:
 	lb_count(rev_nat_id, LB_STAT_ERROR);

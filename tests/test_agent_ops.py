@@ -93,6 +93,9 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     assert m["kubeproxy_sync_proxy_rules_endpoint_changes_total"] >= 1
     assert m['pyagent_bpf_map_pressure{map_name="lb4_services"}'] > 0
     assert m['pyagent_service_new_connections_total{service="default/echo:http"}'] >= 30
+    per_backend = [m[f'pyagent_backend_new_connections_total{{backend="{p.ip4}:8080"}}']
+                   for p in lab.pods]
+    assert sum(per_backend) >= 30 and all(n > 0 for n in per_backend)
 
     code, body = http_get(lab, info["healthzPort"], "/healthz")
     assert code == 200, body

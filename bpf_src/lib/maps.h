@@ -52,5 +52,6 @@ LB_MAP("lru_hash", struct lb6_sock_key, struct lb6_sock_val, lb6_sockrev,
 LB_MAP("lru_hash", struct lb_affinity_key, struct lb_affinity_val, lb_affinity,
        LB_AFFINITY_MAP_MAX);
 LB_MAP("percpu_array", __u32, struct lb_svc_stats, lb_svc_stats, LB_STATS_MAP_MAX);
+LB_MAP("percpu_array", __u32, __u64, lb_be_stats, LB_BACKEND_STATS_MAX);
 
 #endif /* PYAGENT_LIB_MAPS_H */

@@ -4,8 +4,9 @@ decoding the maps into frontends (for adoption on restart and `maps dump`)."""
 from __future__ import annotations
 
 import logging
+import struct
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pyagent.dataplanes.ebpf import codec
 from pyagent.dataplanes.ebpf import layout as L
@@ -48,8 +49,20 @@ class KernelWriter:
                     vs.append(codec.pack_value(op.map, op.family, op.value))
             for (m, f), (ks, vs) in puts.items():
                 _map(self.maps, m, f).update_many_raw(b"".join(ks), b"".join(vs))
+                if m == BACKENDS:
+                    self._reset_backend_counters(op.key[0] for op in phase
+                                                 if op.map == BACKENDS and op.value)
             for (m, f), ks in dels.items():
                 _map(self.maps, m, f).delete_many_raw(b"".join(ks))
+
+
+    def _reset_backend_counters(self, ids: Iterable[int]) -> None:
+        """A backend id may be reused: its counters start again from zero."""
+        stats = self.maps.lb_be_stats
+        keys = [i for i in ids if i < stats.max_entries]
+        if keys:
+            zero = bytes(8 * stats.ncpus)
+            stats.update_many_raw(struct.pack(f"<{len(keys)}I", *keys), zero * len(keys))
 
 
 def read_entries(maps: LBMaps) -> dict[tuple[str, int], dict[tuple, tuple]]:

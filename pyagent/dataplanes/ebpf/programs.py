@@ -63,6 +63,7 @@ class Capacities:
     sock_revnat: int = layout.SOCK_REVNAT_MAP_MAX
     affinity: int = layout.AFFINITY_MAP_MAX
     stats: int = layout.STATS_MAP_MAX
+    backend_stats: int = layout.BACKEND_STATS_MAX
 
     def defines(self) -> dict[str, int]:
         return {
@@ -72,6 +73,7 @@ class Capacities:
             "LB_SOCK_REVNAT_MAP_MAX": self.sock_revnat,
             "LB_AFFINITY_MAP_MAX": self.affinity,
             "LB_STATS_MAP_MAX": self.stats,
+            "LB_BACKEND_STATS_MAX": self.backend_stats,
         }
 
 
@@ -89,6 +91,7 @@ class LBMaps:
     lb6_sockrev: Map[layout.Lb6SockKey, layout.Lb6SockVal]
     lb_affinity: Map[layout.LbAffinityKey, layout.LbAffinityVal]
     lb_svc_stats: Map[ctypes.c_uint32, layout.LbSvcStats]
+    lb_be_stats: Map[ctypes.c_uint32, ctypes.c_uint64]
 
     def all(self) -> dict[str, Map]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

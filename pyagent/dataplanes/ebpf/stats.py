@@ -7,6 +7,7 @@ from typing import Any
 
 from pyagent.dataplanes.ebpf.programs import LBMaps
 from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
+from pyagent.model import join_host_port
 
 _NAMES = {SERVICES: "lb{}_services", BACKENDS: "lb{}_backends", REVNAT: "lb{}_revnat"}
 
@@ -40,4 +41,15 @@ class Stats:
         return out
 
     def backend_connections(self) -> dict[str, float]:
-        return {}  # per-backend counters are not kept in BPF yet
+        """Connections sent to each backend ("ip:port"), summed over CPUs."""
+        r = self.dataplane.reconciler
+        if r is None:
+            return {}
+        stats = self.maps.lb_be_stats
+        out: dict[str, float] = {}
+        for bid, b in list(r.backends.items()):
+            if bid < stats.max_entries:
+                per_cpu = stats.get(ctypes.c_uint32(bid)) or []
+                addr = join_host_port(b.ip, b.port)
+                out[addr] = out.get(addr, 0) + sum(v.value for v in per_cpu)
+        return out
