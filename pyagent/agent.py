@@ -97,6 +97,9 @@ class Agent:
                 states = {k: self.store.state_for(k) for k in changed | set(self.errors)}
             pending = self.store.pending()
         started = time.monotonic()
+        if len(states) >= 1000:  # progress for long (first) syncs
+            log.info("programming %d services (%s sync)...", len(states),
+                     "full" if full else "partial")
         try:
             status = self.dataplane.sync(states, full=full)
         except Exception:
@@ -106,6 +109,9 @@ class Agent:
             self._notify("sync_failed")
             return False
         self._pruned = True
+        if len(states) >= 1000:
+            log.info("programmed %d services in %.2f s (%d refused)", len(states),
+                     time.monotonic() - started, sum(1 for e in status.values() if e))
         for svc, err in status.items():
             if err:
                 if self.errors.get(svc) != err:
