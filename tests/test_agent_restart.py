@@ -80,3 +80,28 @@ def test_sigkill_and_restart_drops_nothing(alab: AgentLab) -> None:
     # the first sync wrote only pod3: per frontend one backend, one slot, one master
     first = re.findall(r"full sync of \d+ services: (\d+) map operations", logs)
     assert first[-1] == str(4 * 3), logs
+
+
+def test_incompatible_or_old_version_maps_are_replaced_deliberately(alab: AgentLab) -> None:
+    """A pinned map whose layout differs is replaced (loudly), never reused,
+    and maps of an older layout version are removed once the new ones serve."""
+    import os
+
+    from ebpf import bpffs, libbpf
+    from pyagent.dataplanes.ebpf import layout as L
+
+    maps_dir = os.path.join(alab.bpffs, L.MAPS_SUBDIR)
+    os.makedirs(maps_dir)
+    wrong = L.MAPS["lb4_backends"].pin_path(alab.bpffs)
+    old = os.path.join(maps_dir, f"lb4_services_v{L.LAYOUT_VERSION - 1}")
+    for path in (wrong, old):
+        fd = libbpf.map_create(1, "stale", 4, 4, 4)
+        bpffs.pin(fd, path)
+        os.close(fd)
+    write(alab, [0, 1])
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP4, 80, "TCP"), ())) == 2, "2 backends")
+    assert set(alab.lab.client(VIP4, 80, count=50).counts) == {"pod0", "pod1"}
+    logs = alab.logs()
+    assert f"replacing incompatible pinned map {wrong}" in logs
+    assert not os.path.exists(old) and "another layout version" in logs

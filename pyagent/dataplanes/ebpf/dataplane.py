@@ -9,6 +9,7 @@ changed while the agent was away.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 from ebpf import cgroup as cg
@@ -35,14 +36,26 @@ class EbpfDataplane:
         self.lb: programs.SockLB | None = None
         self.reconciler: Reconciler | None = None
         self.stats: Stats | None = None
+        self._attached = False
 
     def setup(self) -> None:
+        """Load (reusing pinned maps) and adopt. The programs are attached at
+        the first full sync, once the maps hold the desired state: after a
+        layout upgrade (new, empty maps) no connection ever sees them empty."""
         self.lb = programs.load_out_of_process(self.bpffs)
+        self._adopt()
+        self.stats = Stats(self.lb.maps, self)
+        self._attached = False
+
+    def _attach(self) -> None:
+        assert self.lb is not None
         adopted = programs.attach(self.lb, self.bpffs, self.cgroup)
         if any(adopted.values()):
             log.info("adopted existing links on %s (hitless restart)", self.cgroup)
-        self._adopt()
-        self.stats = Stats(self.lb.maps, self)
+        self._attached = True
+        for path in programs.stale_version_pins(self.bpffs):
+            log.info("removing %s: maps of another layout version, now unused", path)
+            os.unlink(path)
 
     def _adopt(self) -> None:
         assert self.lb is not None
@@ -69,6 +82,8 @@ class EbpfDataplane:
             # may not match them: rebuild it from the kernel before retrying.
             self._adopt()
             raise
+        if full and not self._attached:
+            self._attach()
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
                 "%s sync of %d services: %d map operations", "full" if full else "partial",
                 len(changes), self.reconciler.last_ops)

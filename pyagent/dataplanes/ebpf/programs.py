@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from ebpf import cgroup as cg
 from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout
+
+log = logging.getLogger(__name__)
 
 # The C sources: the checkout's bpf_src/, or PYAGENT_BPF_SRC (container images).
 BPF_SRC_DIR = os.environ.get("PYAGENT_BPF_SRC") or str(
@@ -134,9 +138,10 @@ def source_text(capacities: Capacities | None = None) -> str:
     return compiler.preprocess(SOURCE, [BPF_SRC_DIR], defines(None, capacities))
 
 
-def check_pinned_maps(bpffs: str) -> None:
-    """Refuse pinned maps whose type or key/value sizes differ from the
-    layout: BCC would reuse them blindly."""
+def incompatible_pins(bpffs: str) -> list[tuple[str, str]]:
+    """Current-version pins whose type or key/value sizes differ from the
+    layout (BCC would reuse them blindly): [(path, why)]."""
+    out = []
     for spec in layout.MAPS.values():
         path = spec.pin_path(bpffs)
         if not os.path.exists(path):
@@ -149,10 +154,24 @@ def check_pinned_maps(bpffs: str) -> None:
         want = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
         have = (info.type, info.key_size, info.value_size)
         if have != want:
-            raise RuntimeError(
-                f"pinned map {path} has (type, key, value) = {have}, layout wants {want}; "
-                "remove it (pyagent cleanup) or bump LB_LAYOUT_VERSION"
-            )
+            out.append((path, f"(type, key, value) = {have}, layout wants {want}"))
+    return out
+
+
+def check_pinned_maps(bpffs: str) -> None:
+    """Refuse incompatible pinned maps (see incompatible_pins)."""
+    for path, why in incompatible_pins(bpffs):
+        raise RuntimeError(f"pinned map {path} has {why}; "
+                           "remove it (pyagent cleanup) or bump LB_LAYOUT_VERSION")
+
+
+def stale_version_pins(bpffs: str) -> list[str]:
+    """Pins of our maps from another layout version (<name>_v<N>)."""
+    names = "|".join(re.escape(n) for n in layout.MAPS)
+    pattern = re.compile(rf"({names})_v(\d+)")
+    return [p for p in fs.list_pins(maps_dir(bpffs))
+            if (m := pattern.fullmatch(os.path.basename(p)))
+            and int(m.group(2)) != layout.LAYOUT_VERSION]
 
 
 class SockLB:
@@ -209,6 +228,8 @@ def load_out_of_process(bpffs: str) -> SockLB:
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"loading the socket LB failed:\n{res.stderr.strip()}")
+    for line in res.stderr.splitlines():
+        log.warning("%s", line)
     prog_fds: dict[str, int] = {}
     try:
         for h in HOOKS:
@@ -294,9 +315,15 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--bpffs", required=True)
-    lb = load(ap.parse_args().bpffs)
+    bpffs = ap.parse_args().bpffs
+    # An incompatible map under the current name is replaced deliberately and
+    # loudly; its entries are rewritten by the next full sync.
+    for path, why in incompatible_pins(bpffs) if os.path.isdir(maps_dir(bpffs)) else []:
+        print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
+        fs.unpin(path)
+    lb = load(bpffs)
     try:
-        pin_programs(lb, ap.parse_args().bpffs)
+        pin_programs(lb, bpffs)
     finally:
         lb.close()
     return 0
