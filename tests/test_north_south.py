@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from pyagent.dataplanes.ebpf import layout as L
+from pyagent.lab.cluster import POD_BRIDGE
 
 pytestmark = pytest.mark.root
 
@@ -35,19 +36,20 @@ def cluster():
     caps = programs.Capacities(1024, 1024, 1024, 64, 256, 1024)
     with Cluster(nodes=2, pods_per_node=2) as c:
         c.lbs = []
+        # node0 hooks every pod veth; node1 only its pod bridge, which sees
+        # the same routed pod traffic (both ways of attaching are tested).
+        c.pod_hooks = [c.nodes[0].pod_links, [POD_BRIDGE]]
         try:
-            for node in c.nodes:
-                lb = tc.load(str(node.bpffs), caps, tc.TcCapacities(ct=8192, src_range=64))
-                c.lbs.append(lb)
-                tc.pin_programs(lb, str(node.bpffs))
-                tc.attach(lb, netdevs=[node.uplink], pods=node.pod_links, netns=node.ns)
-                tc.write_node_config(lb.maps, snat_ip4=node.ip4, snat_ip6=node.ip6)
+            for node, pods in zip(c.nodes, c.pod_hooks, strict=True):
+                c.lbs.append(tc.setup(str(node.bpffs), [node.uplink], pods, node.ns,
+                                      node.ip4, node.ip6, caps,
+                                      tc.TcCapacities(ct=8192, src_range=64)))
             yield c
         finally:
             for lb in c.lbs:
                 lb.close()
-            for node in c.nodes:
-                tc.cleanup(str(node.bpffs), [node.uplink, *node.pod_links], node.ns)
+            for node, pods in zip(c.nodes, c.pod_hooks, strict=True):
+                tc.cleanup(str(node.bpffs), [node.uplink, *pods], node.ns)
                 programs.cleanup(str(node.bpffs))
 
 
@@ -79,6 +81,22 @@ def addr(obj, v6: bool) -> str:
 
 def client_ip(cluster, v6: bool) -> str:
     return cluster.client_ip6 if v6 else cluster.client_ip4
+
+
+# One ICMP echo over a raw socket (no ping binary needed); exit 0 on a reply.
+PING = r"""
+import socket, struct, sys
+from pyagent.dataplanes.ebpf.packet import checksum
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"pyagent!"
+body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+s.sendto(body, (sys.argv[1], 0))
+while True:
+    data, _ = s.recvfrom(2048)
+    if data[20] == 0 and data[24:26] == bytes([0x12, 0x34]):
+        sys.exit(0)
+"""
 
 
 # ---------------------------------------------------------------------------
@@ -194,17 +212,46 @@ def test_non_service_traffic_passes_untouched(cluster):
     assert ping.returncode == 0, ping.stderr
 
 
-# One ICMP echo over a raw socket (no ping binary needed); exit 0 on a reply.
-PING = r"""
-import socket, struct, sys
-from pyagent.dataplanes.ebpf.packet import checksum
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.settimeout(2)
-body = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"pyagent!"
-body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-s.sendto(body, (sys.argv[1], 0))
-while True:
-    data, _ = s.recvfrom(2048)
-    if data[20] == 0 and data[24:26] == bytes([0x12, 0x34]):
-        sys.exit(0)
-"""
+def test_filters_are_ours_and_replaced_in_place(cluster):
+    from pyagent.dataplanes.ebpf import tc
+
+    node = cluster.nodes[0]
+    want = {node.uplink: {"ingress": tc.PROG_NETDEV_INGRESS, "egress": tc.PROG_EGRESS}}
+    want.update({p: {"ingress": tc.PROG_POD_INGRESS, "egress": tc.PROG_EGRESS}
+                 for p in node.pod_links})
+    want[POD_BRIDGE] = {}
+    names = [node.uplink, *node.pod_links, POD_BRIDGE]
+    assert tc.attached(names, node.ns) == want
+    # Attaching again (an agent restart) replaces, never duplicates.
+    tc.attach(cluster.lbs[0], netdevs=[node.uplink], pods=node.pod_links, netns=node.ns)
+    assert tc.attached(names, node.ns) == want
+    port = next(_ports)
+    put_frontend(cluster, 0, node.ip4, port, "TCP", cluster.pods, TCP_PORT,
+                 F.NODE_PORT | F.MASQUERADE)
+    assert cluster.client(node.ip4, port, "tcp", count=20).errors == {}
+
+
+def test_masquerade_to_local_pods_behind_the_bridge_hook(cluster):
+    node1 = cluster.nodes[1]
+    port = next(_ports)
+    put_frontend(cluster, 1, node1.ip4, port, "TCP", node1.pods, TCP_PORT,
+                 F.NODE_PORT | F.MASQUERADE)
+    t = cluster.client(node1.ip4, port, "tcp", count=40)
+    assert t.errors == {} and set(t.counts) == {p.name for p in node1.pods}
+    assert {d["seen_client"] for d in t.details} == {node1.ip4}
+
+
+def test_trace_runs_the_attached_program_without_side_effects(cluster):
+    from pyagent.dataplanes.ebpf import tc
+
+    node0 = cluster.nodes[0]
+    port = next(_ports)
+    put_frontend(cluster, 0, node0.ip4, port, "UDP", node0.pods[:1], UDP_PORT,
+                 F.NODE_PORT | F.LOCAL_ETP)
+    before = cluster.lbs[0].maps.lb4_ct.count()
+    res = tc.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port, "UDP")
+    assert res["verdict"] == "PASS"
+    assert (res["output"]["dst"], res["output"]["dport"]) == (node0.pods[0].ip4, UDP_PORT)
+    assert cluster.lbs[0].maps.lb4_ct.count() == before
+    res = tc.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port + 1000, "TCP")
+    assert res["verdict"] == "PASS" and res["output"]["dst"] == node0.ip4  # no frontend

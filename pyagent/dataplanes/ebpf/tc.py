@@ -293,6 +293,28 @@ def flush_conntrack(maps: TcMaps) -> int:
     return maps.lb4_ct.clear() + maps.lb6_ct.clear()
 
 
+# ---------------------------------------------------------------- agent entry
+
+
+def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
+          netns: str | None = None, snat_ip4: str | None = None, snat_ip6: str | None = None,
+          capacities: programs.Capacities | None = None,
+          tc_capacities: TcCapacities | None = None) -> TcLB:
+    """Everything an agent start needs, in a hitless order: load (reusing
+    the pinned maps and conntrack), write the node config, pin the programs,
+    then swap the filters in place. The caller keeps the TcLB open while it
+    runs and close()s it on exit (filters and pins stay)."""
+    lb = load(bpffs, capacities, tc_capacities)
+    try:
+        write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6)
+        pin_programs(lb, bpffs)
+        attach(lb, netdevs=netdevs, pods=pods, netns=netns)
+    except BaseException:
+        lb.close()
+        raise
+    return lb
+
+
 # ---------------------------------------------------------------- attach
 
 
@@ -491,6 +513,26 @@ def trace(prog_fd: int, frame: bytes, maps: TcMaps | None = None,
         "output": _packet_dict(after),
         "text": f"{verdict}: {before.describe()}\n  => {changed}",
     }
+
+
+def trace_pinned(bpffs: str, src: str, dst: str, dport: int, proto: str = "TCP",
+                 sport: int = 40000, program: str = PROG_NETDEV_INGRESS,
+                 payload: bytes = b"", keep_state: bool = False) -> dict[str, Any]:
+    """`pyagent trace --bpf`: build a synthetic frame (TCP SYN or a UDP
+    datagram) and run it through the pinned (= attached) program against
+    the live maps; conntrack entries it opens are removed again."""
+    frame = P.build(src, dst, proto, sport, dport, payload)
+    fd = open_pinned_program(bpffs, program)
+    try:
+        maps = open_pinned_tc_maps(bpffs)
+        try:
+            out = trace(fd, frame, maps, keep_state=keep_state)
+        finally:
+            maps.close()
+    finally:
+        os.close(fd)
+    out["program"] = program
+    return out
 
 
 def _packet_dict(p: P.Packet) -> dict[str, Any]:
