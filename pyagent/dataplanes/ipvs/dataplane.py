@@ -64,6 +64,8 @@ class IpvsDataplane(ipt.IptablesDataplane):
         return self.marks[key]
 
     def setup(self) -> None:
+        """Runs in the node's network namespace (the agent's): the sysctls are
+        per namespace, like kube-proxy's."""
         from pyagent.dataplanes.ipvs.kernel import IpvsKernel, VipHolder
 
         for key, value in SYSCTLS.items():
@@ -72,7 +74,17 @@ class IpvsDataplane(ipt.IptablesDataplane):
         self.kernel = self.kernel or IpvsKernel()
         self.holder = self.holder or VipHolder()
         log.info("IPVS VIPs held by %s", self.holder.ensure())
+        self.adopt()
         super().setup()
+
+    def adopt(self) -> None:
+        """Take over what an earlier agent wrote, so the first (full) sync updates
+        in place instead of re-creating services (which drops connections)."""
+        assert self.kernel is not None and self.holder is not None
+        vips = self.holder.current()
+        self.vips = vips
+        self.vs = {vs.key: vs for vs in self.kernel.dump(
+            lambda key: key[4] >= 1 << FWMARK_SHIFT or key[2] in vips)}
 
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
@@ -85,8 +97,6 @@ class IpvsDataplane(ipt.IptablesDataplane):
         for key, vs in want_vs.items():
             old = self.vs.get(key)
             if old is None:
-                if full:  # may exist from an earlier agent: replace it
-                    self.kernel.delete(vs)
                 self.kernel.add(vs)
             elif old != vs:
                 self.kernel.update(old, vs)

@@ -94,6 +94,24 @@ class IpvsKernel:
                         svc.get_attr("IPVS_SVC_ATTR_FWMARK") or 0))
         return out
 
+    def dump(self, keep) -> list[VirtualServer]:
+        """The virtual servers (with real servers) whose key `keep(key)` accepts."""
+        out = []
+        for key in self.dump_keys():
+            if not keep(key):
+                continue
+            fam, proto, ip, port, mark = key
+            vs = VirtualServer(fam, proto, ip, port, mark, "", 0, ())
+            reals = []
+            for msg in self.ipvs.dest("dump", service=self._service(vs, full=False)):
+                d = msg.get_attr("IPVS_CMD_ATTR_DEST")
+                if d is not None:
+                    reals.append(RealServer(d.get_attr("IPVS_DEST_ATTR_ADDR"),
+                                            d.get_attr("IPVS_DEST_ATTR_PORT")))
+            # scheduler/persistence unknown ("" / -1): the first sync "sets" them
+            out.append(VirtualServer(fam, proto, ip, port, mark, "", -1, tuple(sorted(reals))))
+        return out
+
     def close(self) -> None:
         self.ipvs.close()
 

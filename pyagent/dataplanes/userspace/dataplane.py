@@ -23,7 +23,8 @@ from pyagent.dataplanes.userspace.proxy import Proxy
 from pyagent.model import Endpoint, ServiceKey
 from pyagent.state import ServicePortState
 
-ListenerId = tuple[tuple, str]  # (service port key, "cluster" | "local")
+ListenerId = tuple[tuple, str]
+PROXIED = ("TCP", "UDP")  # (service port key, "cluster" | "local")
 
 
 class PortalRenderer(Renderer):
@@ -35,8 +36,6 @@ class PortalRenderer(Renderer):
     def balance(self, sps: ServicePortState, which: str, eps: tuple[Endpoint, ...],
                 frag: Fragment) -> str:
         sp = sps.service
-        if sp.protocol not in ("TCP", "UDP"):
-            raise ValueError(f"userspace mode proxies TCP and UDP, not {sp.protocol}")
         assert self.proxy is not None
         lid = (sp.key, which)
         port = self.proxy.ensure(lid, sp.protocol, sp.family,
@@ -72,7 +71,22 @@ class UserspaceDataplane(ipt.IptablesDataplane):
         for svc, ports in states.items():
             if not ports:
                 self.by_service.pop(svc, None)
-        return super().render_states(states, full)
+        # SCTP cannot be proxied here: those ports get no portal (a ClusterIP's
+        # unserved port is rejected) and the Service reports it; its other
+        # ports work.
+        proxied = {svc: tuple(s for s in ports if s.service.protocol in PROXIED)
+                   for svc, ports in states.items()}
+        status = super().render_states(
+            {svc: ports for svc, ports in proxied.items() if ports or not states[svc]}, full)
+        for svc, ports in states.items():
+            skipped = sorted({str(s.service) for s in ports} - {str(s.service)
+                                                                for s in proxied[svc]})
+            if skipped and not status.get(svc):
+                status[svc] = f"not proxied in userspace mode: {', '.join(skipped)}"
+                if not proxied[svc]:
+                    self.frags.pop(svc, None)
+                    self.by_service.pop(svc, None)
+        return status
 
     def render_service(self, svc: ServiceKey, ports: tuple[ServicePortState, ...]
                        ) -> list[tuple[int, Fragment]]:
