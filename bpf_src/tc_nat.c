@@ -20,11 +20,16 @@
  * lookup or redirect is needed for forwarded traffic: the node needs IP
  * forwarding, as every Kubernetes node does.
  *
- * Left alone on purpose (TC_ACT_OK, counted where useful): non-TCP/UDP
- * traffic including ICMP errors, IPv4 fragments and IPv6 packets with
- * extension headers (no ports to match: a fragmented datagram to a frontend
- * reaches the node itself and gets its ordinary answer), packets to
- * addresses without an EXTERNAL frontend.
+ * ICMP(v6) errors quoting a tracked TCP/UDP packet are translated like the
+ * flow (outer and quoted addresses and ports), so "fragmentation needed" /
+ * "packet too big" and unreachables reach the real peer.
+ *
+ * Left alone on purpose (TC_ACT_OK, counted where useful): other non-TCP/UDP
+ * traffic (ICMP echo to a node IP is answered by the node), IPv4 fragments
+ * and IPv6 packets with extension headers (no ports to match: a fragmented
+ * datagram to a frontend reaches the node itself and gets its ordinary
+ * answer, port unreachable, instead of half of it being translated),
+ * packets to addresses without an EXTERNAL frontend.
  *
  * Compile-time options (-D): PIN_DIR, LB_*_MAP_MAX (see lb_types.h),
  * LB_EXPECTED_LAYOUT_VERSION, as for sock_lb.c.
@@ -190,6 +195,25 @@ static __always_inline int ct4_handle(struct __sk_buff *skb, struct lb_pkt *p, _
 		v->flags |= LB_CT_F_CLOSING;
 	v->expires = now + ct_timeout(cfg, p->proto, v->flags & LB_CT_F_CLOSING);
 	if (ct4_apply(skb, p, v) < 0)
+		return -1;
+	return 1;
+}
+
+/* An ICMP error about a tracked flow: apply the entry without refreshing
+ * it. 1: translated, 0: not ours, -1: error. */
+static __always_inline int ct4_icmp(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
+				    __u64 now)
+{
+	struct lb4_ct_key key = {};
+	struct lb4_ct_val *v;
+
+	ct4_key(&key, p->saddr.p32[0], p->daddr.p32[0], p->sport, p->dport, p->proto, stage);
+	v = lb4_ct.lookup(&key);
+	if (!v || v->expires < now)
+		return 0;
+	if ((v->flags & LB_CT_F_DNAT) && lb4_icmp_xlate(skb, p, 1, v->daddr, v->dport) < 0)
+		return -1;
+	if ((v->flags & LB_CT_F_SNAT) && lb4_icmp_xlate(skb, p, 0, v->saddr, v->sport) < 0)
 		return -1;
 	return 1;
 }
@@ -419,6 +443,23 @@ static __always_inline int ct6_handle(struct __sk_buff *skb, struct lb_pkt *p, _
 	return 1;
 }
 
+static __always_inline int ct6_icmp(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
+				    __u64 now)
+{
+	struct lb6_ct_key key = {};
+	struct lb6_ct_val *v;
+
+	ct6_key(&key, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, stage);
+	v = lb6_ct.lookup(&key);
+	if (!v || v->expires < now)
+		return 0;
+	if ((v->flags & LB_CT_F_DNAT) && lb6_icmp_xlate(skb, p, 1, &v->daddr, v->dport) < 0)
+		return -1;
+	if ((v->flags & LB_CT_F_SNAT) && lb6_icmp_xlate(skb, p, 0, &v->saddr, v->sport) < 0)
+		return -1;
+	return 1;
+}
+
 static __always_inline __be16 snat6_reserve(const struct lb_node_config *cfg,
 					    const struct lb_pkt *p,
 					    const union lb_v6addr *baddr, __be16 bport,
@@ -599,6 +640,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	if (kind == LB_PKT_FRAG) {
 		tc_count(LB_TC_STAT_FRAGMENT);
 		return TC_ACT_OK;
+	}
+	if (kind == LB_PKT_ICMP_ERR) {
+		now = now_sec();
+		if (p.l3_proto == ETH_P_IP)
+			ret = ct4_icmp(skb, &p, stage, now);
+		else
+			ret = ct6_icmp(skb, &p, stage, now);
+		if (ret > 0)
+			tc_count(LB_TC_STAT_ICMP_ERROR);
+		return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	}
 	if (kind != LB_PKT_L4)
 		return TC_ACT_OK;

@@ -255,3 +255,20 @@ def test_trace_runs_the_attached_program_without_side_effects(cluster):
     assert cluster.lbs[0].maps.lb4_ct.count() == before
     res = tc.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port + 1000, "TCP")
     assert res["verdict"] == "PASS" and res["output"]["dst"] == node0.ip4  # no frontend
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_backend_port_unreachable_reaches_the_client_through_the_nat(cluster, v6):
+    """No listener on the target port: the pod's ICMP error is translated
+    back (masqueraded via another node and local without masquerade), so the
+    client's connected UDP socket fails at once instead of timing out."""
+    node0, node1 = cluster.nodes
+    vip = addr(node0, v6)
+    masq, local = next(_ports), next(_ports)
+    put_frontend(cluster, 0, vip, masq, "UDP", node1.pods[:1], 9999,
+                 F.NODE_PORT | F.MASQUERADE)
+    put_frontend(cluster, 0, vip, local, "UDP", node0.pods[:1], 9999,
+                 F.NODE_PORT | F.LOCAL_ETP)
+    for port in (masq, local):
+        r = cluster.client(vip, port, "udp", count=3, timeout=2, connected=True)
+        assert r.errors == {"ECONNREFUSED": 3} and r.seconds < 1.5, port

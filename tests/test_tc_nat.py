@@ -363,3 +363,46 @@ def test_trace_helper_describes_verdict_and_headers(lb):
     # The synthetic flow left no conntrack entry behind.
     keys = list(lb.maps.lb4_ct.keys())
     assert not [k for k in keys if L.be16(40020) in (k.sport, k.dport)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_icmp_errors_of_a_masqueraded_flow_are_translated(lb, v6):
+    """A remote backend's port unreachable (or frag needed) about the
+    masqueraded packet reaches the client about the packet it sent."""
+    node, client, _, remote = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, "UDP", [(remote[1], 5353, False)], F.NODE_PORT | F.MASQUERADE)
+    _, fwd = ingress(lb, P.build(client, node, "UDP", 40021, port, b"q" * 20))
+    _, fwd = egress(lb, fwd)
+    snat_port = parsed(fwd).sport  # fwd is now node:snat -> backend
+
+    quote = 48 if v6 else 28
+    err = P.icmp_error(remote[1], node, fwd, quote=quote + 8)
+    ret, out = ingress(lb, err)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst) == (remote[1], client)
+    q = p.quoted
+    assert (q.src, q.sport, q.dst, q.dport) == (client, 40021, remote[1], 5353)
+    ret, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst) == (node, client)
+    q = p.quoted
+    assert (q.src, q.sport, q.dst, q.dport) == (client, 40021, node, port)
+    assert snat_port != port
+
+    # An error from a router on the way keeps the router's address.
+    router = "fd00:50::1" if v6 else "192.168.50.1"
+    exceeded = 3 if v6 else 11  # time exceeded
+    _, out = ingress(lb, P.icmp_error(router, node, fwd, quote=quote, icmp_type=exceeded,
+                                      code=0))
+    p = parsed(out)
+    assert (p.src, p.dst, p.quoted.src) == (router, client, client)
+    _, out = egress(lb, out)
+    p = parsed(out)
+    assert (p.src, p.quoted.dst, p.quoted.dport) == (router, node, port)
+
+
+def test_icmp_error_of_an_unknown_flow_passes(lb):
+    stray = P.build(NODE4, REMOTE4[0], "UDP", 1234, 5353)
+    err = P.icmp_error(REMOTE4[0], NODE4, stray)
+    assert ingress(lb, err) == (OK, err)

@@ -41,6 +41,7 @@
 #define LB_PKT_OTHER 0  /* not IPv4/IPv6 TCP/UDP: never ours */
 #define LB_PKT_L4    1  /* TCP or UDP with ports */
 #define LB_PKT_FRAG  2  /* a TCP/UDP fragment (or any IPv6 fragment) */
+#define LB_PKT_ICMP_ERR 3  /* an ICMP(v6) error quoting a TCP/UDP packet */
 
 struct lb_pkt {
 	union lb_v6addr saddr;  /* IPv4 in p32[0], the rest zero */
@@ -57,6 +58,14 @@ struct lb_pkt {
 	__u8  tcp_doff;         /* TCP header bytes */
 	__u8  ip_options;       /* IPv4 header longer than 20 bytes */
 	__u8  pad[2];
+	/* LB_PKT_ICMP_ERR: the tuple fields above are the quoted packet's,
+	 * reversed (the direction the error travels, as a reply would); the
+	 * outer addresses are here. */
+	union lb_v6addr outer_saddr;
+	union lb_v6addr outer_daddr;
+	__u32 icmp_off;         /* ICMP header */
+	__u32 inner_off;        /* quoted IP header */
+	__u32 inner_l4_off;     /* quoted TCP/UDP header */
 };
 
 static __always_inline __u16 lb_csum_fold(__u32 csum)
@@ -115,6 +124,70 @@ static __always_inline int lb_parse_l4(struct __sk_buff *skb, struct lb_pkt *p)
 	return LB_PKT_OTHER;
 }
 
+/* ICMP errors about TCP/UDP packets (destination unreachable incl. "frag
+ * needed", time exceeded, parameter problem; ICMPv6 also "packet too big")
+ * are translated like the flow they belong to, so PMTU discovery and
+ * connection errors work through the NAT. Reads the quoted ports. */
+static __always_inline int lb_parse_quoted_ports(struct __sk_buff *skb, struct lb_pkt *p)
+{
+	__be16 ports[2];
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return LB_PKT_OTHER;
+	if (bpf_skb_load_bytes(skb, p->inner_l4_off, ports, sizeof(ports)) < 0)
+		return LB_PKT_OTHER;
+	/* reversed: the error travels back toward the quoted packet's source */
+	p->sport = ports[1];
+	p->dport = ports[0];
+	return LB_PKT_ICMP_ERR;
+}
+
+static __always_inline int lb4_parse_icmp(struct __sk_buff *skb, struct lb_pkt *p)
+{
+	__u8 type;
+	struct iphdr in;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+		return LB_PKT_OTHER;
+	if (type != 3 && type != 11 && type != 12)
+		return LB_PKT_OTHER;
+	p->icmp_off = p->l4_off;
+	p->inner_off = p->l4_off + 8;
+	if (bpf_skb_load_bytes(skb, p->inner_off, &in, sizeof(in)) < 0)
+		return LB_PKT_OTHER;
+	if (in.version != 4 || in.ihl < 5 || (in.frag_off & bpf_htons(LB_IP_MF_OFF & 0x1fff)))
+		return LB_PKT_OTHER;
+	p->outer_saddr = p->saddr;
+	p->outer_daddr = p->daddr;
+	p->saddr.p32[0] = in.daddr;
+	p->daddr.p32[0] = in.saddr;
+	p->proto = in.protocol;
+	p->inner_l4_off = p->inner_off + in.ihl * 4;
+	return lb_parse_quoted_ports(skb, p);
+}
+
+static __always_inline int lb6_parse_icmp(struct __sk_buff *skb, struct lb_pkt *p)
+{
+	__u8 type;
+	struct ipv6hdr in;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0)
+		return LB_PKT_OTHER;
+	if (type < 1 || type > 4)
+		return LB_PKT_OTHER;
+	p->icmp_off = p->l4_off;
+	p->inner_off = p->l4_off + 8;
+	if (bpf_skb_load_bytes(skb, p->inner_off, &in, sizeof(in)) < 0)
+		return LB_PKT_OTHER;
+	p->outer_saddr = p->saddr;
+	p->outer_daddr = p->daddr;
+	__builtin_memcpy(p->saddr.addr, &in.daddr, 16);
+	__builtin_memcpy(p->daddr.addr, &in.saddr, 16);
+	p->proto = in.nexthdr;
+	p->inner_l4_off = p->inner_off + sizeof(in);
+	return lb_parse_quoted_ports(skb, p);
+}
+
 /* Ethernet frames only: the programs attach to veths and NICs. */
 static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
 {
@@ -136,6 +209,8 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
 		p->ip_options = ip.ihl > 5;
 		p->l4_off = ETH_HLEN + ip.ihl * 4;
 		p->l4_len = bpf_ntohs(ip.tot_len) - ip.ihl * 4;
+		if (p->proto == IPPROTO_ICMP && !(ip.frag_off & bpf_htons(LB_IP_MF_OFF)))
+			return lb4_parse_icmp(skb, p);
 		if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 			return LB_PKT_OTHER;
 		if (ip.frag_off & bpf_htons(LB_IP_MF_OFF))
@@ -157,6 +232,8 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
 		 * walked: such packets are left alone. */
 		if (p->proto == LB_NEXTHDR_FRAGMENT)
 			return LB_PKT_FRAG;
+		if (p->proto == IPPROTO_ICMPV6)
+			return lb6_parse_icmp(skb, p);
 		return lb_parse_l4(skb, p);
 	}
 	return LB_PKT_OTHER;
@@ -244,6 +321,80 @@ static __always_inline int lb6_rewrite(struct __sk_buff *skb, struct lb_pkt *p, 
 			p->daddr = new;
 	}
 	return lb_rewrite_port(skb, p, src, port);
+}
+
+/* ---- ICMP errors: apply a conntrack entry's rewrite to an error about the
+ * flow. p's tuple is the quoted packet reversed, so a DNAT entry (rewrite
+ * the destination of that reversed tuple) changes the quoted source and a
+ * SNAT entry the quoted destination; the outer address facing the same
+ * way changes with it when it is that same host (normally it is; a router
+ * in between keeps its own address). The quoted IPv4 header checksum is
+ * kept right, which also leaves the ICMP checksum unchanged for it; the
+ * quoted TCP/UDP checksum is not (receivers do not check it: Linux looks
+ * the socket up by the quoted addresses and ports only). */
+
+static __always_inline int lb4_icmp_xlate(struct __sk_buff *skb, struct lb_pkt *p, int dnat,
+					  __be32 addr, __be16 port)
+{
+	/* dnat: reversed destination = quoted source (+12), outer destination */
+	__be32 old = dnat ? p->daddr.p32[0] : p->saddr.p32[0];
+	__be16 oldp = dnat ? p->dport : p->sport;
+	__be32 outer = dnat ? p->outer_daddr.p32[0] : p->outer_saddr.p32[0];
+	__u32 in_addr = p->inner_off + (dnat ? offsetof(struct iphdr, saddr)
+					     : offsetof(struct iphdr, daddr));
+	__u32 in_port = p->inner_l4_off + (dnat ? 0 : 2);
+	__u32 out_addr = ETH_HLEN + (dnat ? offsetof(struct iphdr, daddr)
+					  : offsetof(struct iphdr, saddr));
+
+	if (old != addr) {
+		if (bpf_l3_csum_replace(skb, p->inner_off + offsetof(struct iphdr, check), old,
+					addr, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, in_addr, &addr, 4, 0) < 0)
+			return -1;
+		if (outer == old &&
+		    (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old, addr,
+					 4) < 0 ||
+		     bpf_skb_store_bytes(skb, out_addr, &addr, 4, 0) < 0))
+			return -1;
+	}
+	if (oldp != port &&
+	    (bpf_l4_csum_replace(skb, p->icmp_off + 2, oldp, port, 2) < 0 ||
+	     bpf_skb_store_bytes(skb, in_port, &port, 2, 0) < 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int lb6_icmp_xlate(struct __sk_buff *skb, struct lb_pkt *p, int dnat,
+					  const union lb_v6addr *addr, __be16 port)
+{
+	union lb_v6addr old = dnat ? p->daddr : p->saddr;
+	union lb_v6addr outer = dnat ? p->outer_daddr : p->outer_saddr;
+	union lb_v6addr new = *addr;
+	__be16 oldp = dnat ? p->dport : p->sport;
+	__u32 in_addr = p->inner_off + (dnat ? offsetof(struct ipv6hdr, saddr)
+					     : offsetof(struct ipv6hdr, daddr));
+	__u32 in_port = p->inner_l4_off + (dnat ? 0 : 2);
+	__u32 out_addr = ETH_HLEN + (dnat ? offsetof(struct ipv6hdr, daddr)
+					  : offsetof(struct ipv6hdr, saddr));
+
+	if (!lb6_addr_eq(&old, &new)) {
+		/* ICMPv6 sums the quoted bytes and, via the pseudo header, the
+		 * outer addresses. */
+		__u32 diff = bpf_csum_diff(old.p32, 16, new.p32, 16, 0);
+
+		if (bpf_l4_csum_replace(skb, p->icmp_off + 2, 0, diff, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, in_addr, new.addr, 16, 0) < 0)
+			return -1;
+		if (lb6_addr_eq(&outer, &old) &&
+		    (bpf_l4_csum_replace(skb, p->icmp_off + 2, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+		     bpf_skb_store_bytes(skb, out_addr, new.addr, 16, 0) < 0))
+			return -1;
+	}
+	if (oldp != port &&
+	    (bpf_l4_csum_replace(skb, p->icmp_off + 2, oldp, port, 2) < 0 ||
+	     bpf_skb_store_bytes(skb, in_port, &port, 2, 0) < 0))
+		return -1;
+	return 0;
 }
 
 /* ---- REJECT: answer in place and send the answer back out the same

@@ -87,6 +87,29 @@ def build(src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0,
     return dst_mac + src_mac + struct.pack("!H", ethertype) + hdr + l4
 
 
+def icmp_error(src: str, dst: str, quoted_frame: bytes, quote: int = 28,
+               icmp_type: int | None = None, code: int | None = None, ttl: int = 64,
+               src_mac: bytes = CLIENT_MAC, dst_mac: bytes = NODE_MAC) -> bytes:
+    """An ICMP(v6) error from src to dst quoting the first `quote` bytes of
+    the IP packet inside quoted_frame (default: port unreachable)."""
+    inner = quoted_frame[14:14 + quote]
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version == 4:
+        t, c = (3 if icmp_type is None else icmp_type), (3 if code is None else code)
+        msg = struct.pack("!BBHI", t, c, 0, 0) + inner
+        msg = msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(msg), 0, 0, ttl, ICMP, 0,
+                          s.packed, d.packed)
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+        return dst_mac + src_mac + struct.pack("!H", ETH_P_IP) + hdr + msg
+    t, c = (1 if icmp_type is None else icmp_type), (4 if code is None else code)
+    msg = struct.pack("!BBHI", t, c, 0, 0) + inner
+    csum = checksum(_pseudo(s.packed, d.packed, ICMPV6, len(msg)) + msg)
+    msg = msg[:2] + struct.pack("!H", csum) + msg[4:]
+    hdr = struct.pack("!IHBB16s16s", 6 << 28, len(msg), ICMPV6, ttl, s.packed, d.packed)
+    return dst_mac + src_mac + struct.pack("!H", ETH_P_IPV6) + hdr + msg
+
+
 @dataclass
 class Packet:
     """A parsed frame. Checksum problems are listed in `errors` (empty when
