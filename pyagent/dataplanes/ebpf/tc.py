@@ -145,11 +145,17 @@ def check_pinned_tc_maps(bpffs: str) -> None:
 
 def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
     """Typed handles (dup()ed fds) on a compiled module's tables: works for
-    pinned and private maps alike."""
+    pinned and private maps alike. The fd comes from libbcc directly, since
+    BCC's Python tables do not know every map type (e.g. sk_storage)."""
+    from bcc.libbcc import lib as libbcc
+
     out: dict[str, Map] = {}
     try:
         for name, spec in specs.items():
-            fd = os.dup(b[name.encode()].map_fd)
+            bcc_fd = libbcc.bpf_table_fd(b.module, name.encode())
+            if bcc_fd < 0:
+                raise LookupError(f"{SOURCE} declares no map {name}")
+            fd = os.dup(bcc_fd)
             try:
                 out[name] = Map(fd, spec.key, spec.value, name=name)
             except BaseException:
