@@ -218,3 +218,64 @@ def test_every_program_loads_on_this_kernel_within_the_baseline():
     base = data["kernels"].get(os.uname().release, {}).get("programs", {})
     for line in verifier.compare(base, programs, verifier.MARGIN):
         warnings.warn(f"verifier baseline: {line}", stacklevel=1)
+
+
+# ---------------------------------------------------------------------------
+# run-all, against fake vagrant and ssh commands
+
+FAKE_VAGRANT = """#!/bin/sh
+echo "vagrant $*" >>"$FAKE_LOG"
+case "$1" in
+    ssh-config) echo "Host $2" ;;
+esac
+"""
+
+FAKE_SSH = """#!/usr/bin/env python3
+import json, os, shlex, subprocess, sys, tempfile
+machine, cmd = sys.argv[3], sys.argv[4]
+argv = shlex.split(cmd)
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps([machine, argv]) + "\\n")
+if "tar" in argv:
+    with tempfile.TemporaryDirectory() as d:
+        rc = "1" if machine == "ubuntu2204" else "0"
+        files = {"release": f"fake-{machine}\\n", "rc": rc + "\\n",
+                 "output.log": "== 3 passed in 1s ==\\n",
+                 "verifier.json": json.dumps({"release": f"fake-{machine}", "entry": {
+                     "programs": {"sock_lb/lb4_connect": {"loaded": True,
+                                                          "verified_insns": 9}}}})}
+        for name, text in files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        sys.stdout.flush()
+        subprocess.run(["tar", "-C", d, "-cf", "-", "."], check=True)
+"""
+
+
+def test_run_all_collects_every_machine_and_fails_if_one_fails(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("vagrant", FAKE_VAGRANT), ("ssh", FAKE_SSH)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log),
+               PYAGENT_VAGRANT_RESULTS=str(tmp_path / "results"))
+    res = subprocess.run([str(VAGRANT_DIR / "run-all"), "debian12", "ubuntu2204", "--",
+                          "-k", "a b", "tests/test_sock_lb.py"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert any(ln.startswith("debian12") and "fake-debian12" in ln and "PASS" in ln
+               for ln in lines), res.stdout
+    assert any(ln.startswith("ubuntu2204") and "FAIL(1)" in ln for ln in lines), res.stdout
+    assert "kernel fake-ubuntu2204" in res.stdout  # the verifier measurements were read
+    calls = log.read_text().splitlines()
+    assert "vagrant up debian12 --provision" in calls
+    assert "vagrant halt ubuntu2204" in calls
+    guest = [json.loads(c)[1] for c in calls if c.startswith("[")]
+    tests = [argv for argv in guest if "/pyagent/vagrant/guest-test" in argv]
+    assert len(tests) == 2
+    assert tests[0][-4:] == ["--", "-k", "a b", "tests/test_sock_lb.py"]
+    collected = sorted(p.parent.name for p in (tmp_path / "results").glob("*/*/rc"))
+    assert collected == ["debian12", "ubuntu2204"]
