@@ -350,17 +350,33 @@ def test_tcp_fin_shortens_the_entry(lb):
     assert entry.expires < long - 1000
 
 
-def test_trace_helper_describes_verdict_and_headers(lb):
+def test_trace_reports_verdicts_in_kube_proxy_terms(lb):
     from pyagent.dataplanes.ebpf import tc
 
+    fds = lb.prog_fds
     port = next(_ports)
     frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
-    frame = P.build(CLIENT4, NODE4, "TCP", 40020, port)
-    res = tc.trace(lb.prog_fds["lb_netdev_ingress"], frame, lb.maps)
-    assert res["verdict"] == "PASS" and res["output"]["dst"] == LOCAL4[0]
-    assert res["output"]["checksum_errors"] == []
-    assert "10.244.0.10:8080" in res["text"]
-    # The synthetic flow left no conntrack entry behind.
+    frontend(lb, NODE4, port + 1, "TCP", [(REMOTE4[0], 8080, False)],
+             F.NODE_PORT | F.MASQUERADE)
+    frontend(lb, NODE4, port + 2, "UDP", [], F.NODE_PORT)
+    frontend(lb, NODE4, port + 3, "UDP", [], F.NODE_PORT | F.DROP_NO_BACKEND)
+
+    def trace(dport, proto="TCP"):
+        return tc.trace(fds["lb_netdev_ingress"], P.build(CLIENT4, NODE4, proto, 40020, dport),
+                        lb.maps, egress_fd=fds["lb_egress"])
+
+    res = trace(port)
+    assert (res["verdict"], res["endpoint"], res["masquerade"]) == (
+        "DNAT", "10.244.0.10:8080", False)
+    assert res["output"]["checksum_errors"] == [] and "10.244.0.10:8080" in res["text"]
+    res = trace(port + 1)
+    assert (res["verdict"], res["endpoint"], res["masquerade"]) == (
+        "DNAT", "10.244.1.10:8080", True)
+    assert res["output"]["src"] == NODE4
+    assert trace(port + 2, "UDP")["verdict"] == "REJECT"
+    assert trace(port + 3, "UDP")["verdict"] == "DROP"
+    assert trace(port + 4)["verdict"] == "NO_MATCH"
+    # The synthetic flows left no conntrack entry behind.
     keys = list(lb.maps.lb4_ct.keys())
     assert not [k for k in keys if L.be16(40020) in (k.sport, k.dport)]
 

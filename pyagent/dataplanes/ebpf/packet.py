@@ -141,7 +141,7 @@ class Packet:
     def describe(self) -> str:
         name = PROTO_NAMES.get(self.proto, str(self.proto))
         if self.proto in (TCP, UDP):
-            s, d = _hostport(self.src, self.sport), _hostport(self.dst, self.dport)
+            s, d = hostport(self.src, self.sport), hostport(self.dst, self.dport)
             text = f"{name} {s} -> {d}"
             if self.proto == TCP:
                 text += f" [{self.flag_names}] seq={self.seq} ack={self.ack}"
@@ -156,7 +156,7 @@ class Packet:
         return text
 
 
-def _hostport(ip: str, port: int) -> str:
+def hostport(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 

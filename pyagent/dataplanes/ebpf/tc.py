@@ -494,49 +494,76 @@ def _forget_flow(maps: TcMaps, pkt: P.Packet) -> None:
 
 
 def trace(prog_fd: int, frame: bytes, maps: TcMaps | None = None,
-          keep_state: bool = False) -> dict[str, Any]:
-    """Run frame through a loaded TC program and describe what it did:
-    {"verdict", "retval", "input", "output" (parsed headers, checksum errors
-    listed), "text"}. With maps and not keep_state, conntrack entries of a
-    flow the run opened are removed again (counters still count it)."""
+          keep_state: bool = False, egress_fd: int | None = None) -> dict[str, Any]:
+    """Run frame through a loaded TC program and describe what it did.
+
+    With egress_fd (lb_egress), a translated frame is also run through the
+    egress program, as the real packet would be after routing, which shows
+    the masquerade. Returns {"verdict" (kube-proxy vocabulary: DNAT, DROP,
+    REJECT, NO_MATCH), "endpoint", "masquerade", "tc_verdict", "retval",
+    "input", "output" (parsed headers; checksum errors listed), "text"}.
+    With maps and not keep_state, the conntrack entries of a flow the run
+    opened are removed again (the counters still count it)."""
     before = P.parse(frame)
-    svc_key_existed = True
     ct = None
+    existed = True
     if maps is not None and before.proto in (P.TCP, P.UDP):
         ct = maps.lb6_ct if before.family == 6 else maps.lb4_ct
-        svc_key_existed = ct.get(_ct_key(before.src, before.dst, before.sport, before.dport,
-                                         before.proto, L.CT_INGRESS)) is not None
+        existed = ct.get(_ct_key(before.src, before.dst, before.sport, before.dport,
+                                 before.proto, L.CT_INGRESS)) is not None
     retval, out = test_packet(prog_fd, frame)
-    after = P.parse(out)
-    if ct is not None and maps is not None and not keep_state and not svc_key_existed:
+    final = out
+    if egress_fd is not None and retval == TC_ACT_OK and out != frame:
+        _, final = test_packet(egress_fd, out)
+    if ct is not None and maps is not None and not keep_state and not existed:
         _forget_flow(maps, before)
-    verdict = verdict_name(retval)
-    changed = "unchanged" if out == frame else after.describe()
+    after = P.parse(final)
+    verdict, endpoint, masq = _kube_verdict(retval, before, P.parse(out), after)
+    changed = "unchanged" if final == frame else after.describe()
     return {
         "verdict": verdict,
+        "endpoint": endpoint,
+        "masquerade": masq,
+        "tc_verdict": verdict_name(retval),
         "retval": retval,
         "input": _packet_dict(before),
         "output": _packet_dict(after),
-        "text": f"{verdict}: {before.describe()}\n  => {changed}",
+        "text": f"{verdict_name(retval)}: {before.describe()}\n  => {changed}",
     }
+
+
+def _kube_verdict(retval: int, before: P.Packet, dnat: P.Packet,
+                  final: P.Packet) -> tuple[str, str | None, bool]:
+    if retval == TC_ACT_SHOT:
+        return "DROP", None, False
+    if retval == TC_ACT_REDIRECT:
+        rst = final.proto == P.TCP and final.flags & P.TCP_FLAGS["R"]
+        unreach = (final.proto, final.icmp_type) in ((P.ICMP, 3), (P.ICMPV6, 1))
+        return ("REJECT" if rst or unreach else "REDIRECT"), None, False
+    if (dnat.dst, dnat.dport) != (before.dst, before.dport):
+        return "DNAT", P.hostport(dnat.dst, dnat.dport), final.src != before.src
+    return "NO_MATCH", None, False
 
 
 def trace_pinned(bpffs: str, src: str, dst: str, dport: int, proto: str = "TCP",
                  sport: int = 40000, program: str = PROG_NETDEV_INGRESS,
                  payload: bytes = b"", keep_state: bool = False) -> dict[str, Any]:
     """`pyagent trace --bpf`: build a synthetic frame (TCP SYN or a UDP
-    datagram) and run it through the pinned (= attached) program against
-    the live maps; conntrack entries it opens are removed again."""
+    datagram), run it through the pinned (= attached) program and then
+    lb_egress, against the live maps; conntrack entries it opens are
+    removed again."""
     frame = P.build(src, dst, proto, sport, dport, payload)
     fd = open_pinned_program(bpffs, program)
+    egress = open_pinned_program(bpffs, PROG_EGRESS)
     try:
         maps = open_pinned_tc_maps(bpffs)
         try:
-            out = trace(fd, frame, maps, keep_state=keep_state)
+            out = trace(fd, frame, maps, keep_state=keep_state, egress_fd=egress)
         finally:
             maps.close()
     finally:
         os.close(fd)
+        os.close(egress)
     out["program"] = program
     return out
 
