@@ -272,3 +272,69 @@ def test_backend_port_unreachable_reaches_the_client_through_the_nat(cluster, v6
     for port in (masq, local):
         r = cluster.client(vip, port, "udp", count=3, timeout=2, connected=True)
         assert r.errors == {"ECONNREFUSED": 3} and r.seconds < 1.5, port
+
+
+HOLD = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+first = s.makefile().readline()
+print("connected", flush=True)
+sys.stdin.readline()
+s.sendall(b"still there?")
+time.sleep(0.2)
+s.setblocking(False)
+try:
+    alive = s.recv(1) != b""
+except BlockingIOError:
+    alive = True  # nothing queued: no RST, no FIN
+except OSError:
+    alive = False
+print("alive" if alive else "broken", first.strip(), flush=True)
+"""
+
+
+def test_agent_restart_keeps_established_flows(cluster):
+    """A new load + setup (what a restarted agent does) reuses the pinned
+    maps and conntrack and swaps the filters in place: a masqueraded TCP
+    connection opened before keeps working."""
+    from pyagent.dataplanes.ebpf import programs, tc
+
+    node0 = cluster.nodes[0]
+    port = next(_ports)
+    put_frontend(cluster, 0, node0.ip4, port, "TCP", cluster.nodes[1].pods, TCP_PORT,
+                 F.NODE_PORT | F.MASQUERADE)
+    held = cluster.popen([sys.executable, "-c", HOLD, node0.ip4, str(port)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "connected"
+    old = cluster.lbs[0]
+    new = tc.setup(str(node0.bpffs), [node0.uplink], cluster.pod_hooks[0], node0.ns,
+                   node0.ip4, node0.ip6, programs.Capacities(1024, 1024, 1024, 64, 256, 1024),
+                   tc.TcCapacities(ct=8192, src_range=64))
+    cluster.lbs[0] = new
+    old.close()
+    out, _ = held.communicate("go\n", timeout=10)
+    assert out.split()[0] == "alive", out
+    assert cluster.client(node0.ip4, port, "tcp", count=10).errors == {}
+
+
+def test_cleanup_removes_filters_qdiscs_and_pins():
+    from ebpf import bpffs
+    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.lab.cluster import Cluster
+
+    with Cluster(nodes=1, pods_per_node=1) as c:
+        node = c.nodes[0]
+        fs = str(node.bpffs)
+        ifaces = [node.uplink, *node.pod_links]
+        lb = tc.setup(fs, [node.uplink], node.pod_links, node.ns, node.ip4, None,
+                      programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
+        lb.close()
+        assert all(tc.attached(ifaces, node.ns).values())
+        qdiscs = c.node_exec(0, "tc", "qdisc", "show", "dev", node.uplink).stdout
+        assert "clsact" in qdiscs
+        assert tc.cleanup(fs, ifaces, node.ns) == 2 * len(ifaces) + len(L.TC_MAPS) + 3
+        assert tc.attached(ifaces, node.ns) == {i: {} for i in ifaces}
+        assert "clsact" not in c.node_exec(0, "tc", "qdisc", "show", "dev", node.uplink).stdout
+        assert not [p for p in bpffs.list_pins(fs) if "/tc/" in p or "_ct_" in p]
+        assert tc.cleanup(fs, ifaces, node.ns) == 0  # second run: no-op
+        programs.cleanup(fs)
