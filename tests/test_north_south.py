@@ -33,6 +33,7 @@ def cluster():
     from pyagent.dataplanes.ebpf import programs, tc
     from pyagent.lab.cluster import Cluster
 
+    Cluster.sweep()  # what a crashed run left, including its processes
     caps = programs.Capacities(1024, 1024, 1024, 64, 256, 1024)
     with Cluster(nodes=2, pods_per_node=2) as c:
         c.lbs = []

@@ -43,6 +43,7 @@ from pyagent.lab.lab import (
     Lab,
     Pod,
     _remove_cgroup,
+    _stale,
     cgroup2_mount,
     join_cgroup,
     sh,
@@ -312,5 +313,14 @@ class Cluster:
 
     @staticmethod
     def sweep() -> None:
-        """Remove what crashed clusters (and labs) left behind; spares live runs."""
+        """Remove what crashed clusters (and labs) left behind; spares live
+        runs. Processes still running in a stale namespace (identity servers,
+        agents) are killed first: deleting the namespace would orphan them."""
+        for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if not _stale(name):
+                continue
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
         Lab.sweep()
