@@ -52,6 +52,7 @@ from pyagent.lab.lab import (
 FABRIC4, FABRIC6 = "192.168.50", "fd00:50::"
 CLIENT_IP4, CLIENT_IP6 = f"{FABRIC4}.100", f"{FABRIC6}100"
 VIP_RANGE4, VIP_RANGE6 = "198.51.100.0/24", "fd00:99::/64"
+CLUSTER_CIDR4, CLUSTER_CIDR6 = "10.244.0.0/16", "fd00:244::/48"  # every node's pod CIDR
 UPLINK = "eth0"  # the node interface facing the fabric
 POD_BRIDGE = "br0"
 
@@ -85,6 +86,7 @@ class Node:
     def agent_args(self) -> list[str]:
         """Flags that point `pyagent run` at this node's own objects."""
         return ["--node-name", self.name, "--node-ip", self.ip4, "--node-ip", self.ip6,
+                "--cluster-cidr", CLUSTER_CIDR4, "--cluster-cidr", CLUSTER_CIDR6,
                 "--bpffs", str(self.bpffs), "--cgroup", str(self.cgroup),
                 "--interface", UPLINK]
 
