@@ -1,0 +1,119 @@
+"""North-south (TC) benchmarks, in a two-node lab (pyagent/lab/cluster.py):
+
+  1. per-packet cost of the TC programs (BPF_PROG_TEST_RUN, repeated):
+     ingress without a frontend, ingress on an established flow, egress
+     without and with a rewrite
+  2. TCP connections per second from the external client: to a server of the
+     node itself (baseline: the programs run but translate nothing), through
+     a NodePort to a local pod (eTP=Local, DNAT only), and through a NodePort
+     to a pod on the other node (eTP=Cluster: DNAT + masquerade + forward)
+
+    .venv/bin/python -m tests.bench.bench_north_south [--connects 2000] [--json]
+
+Reports numbers only; nothing asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import subprocess
+import sys
+
+from ebpf import libbpf
+from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf import packet as P
+from pyagent.dataplanes.ebpf import programs, tc
+from pyagent.lab.cluster import Cluster
+
+CONNECT_SNIPPET = """
+import socket, sys, time
+dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t = time.perf_counter()
+for _ in range(n):
+    with socket.create_connection((dst, port), timeout=3) as s:
+        s.recv(200)
+print(n / (time.perf_counter() - t))
+"""
+CAPS = programs.Capacities(4096, 4096, 4096, 64, 256, 4096)
+
+
+def put(lb: tc.TcLB, vip: str, port: int, backends: list[tuple[str, bool]], flags: int,
+        rev: int) -> None:
+    maps = lb.lb_maps
+    for slot, (ip, local) in enumerate(backends, 1):
+        bid = rev * 100 + slot
+        maps.lb4_backends.set(ctypes.c_uint32(bid), L.backend_value(
+            ip, 8080, "TCP", flags=L.BACKEND_F_LOCAL if local else 0))
+        maps.lb4_services.set(L.service_key(vip, port, "TCP", slot, L.SCOPE_EXTERNAL),
+                              L.LbService(backend_id=bid))
+    maps.lb4_services.set(L.service_key(vip, port, "TCP", scope=L.SCOPE_EXTERNAL),
+                          L.LbService(count=len(backends), rev_nat_id=rev, flags=flags))
+
+
+def per_packet(repeat: int) -> dict[str, float]:
+    with tc.load(None, CAPS, tc.TcCapacities(4096, 64)) as lb:
+        tc.write_node_config(lb.maps, "192.168.50.10")
+        put(lb, "192.168.50.10", 30080, [("10.244.1.10", False)],
+            L.ServiceFlag.NODE_PORT | L.ServiceFlag.MASQUERADE, 1)
+        ing, eg = lb.prog_fds[tc.PROG_NETDEV_INGRESS], lb.prog_fds[tc.PROG_EGRESS]
+        flow = P.build("203.0.113.2", "192.168.50.10", "TCP", 40000, 30080, flags="A")
+        other = P.build("203.0.113.2", "192.168.50.99", "TCP", 40000, 80, flags="A")
+        dnat = libbpf.prog_test_run(ing, flow).data_out
+
+        def ns(fd: int, frame: bytes) -> float:
+            return libbpf.prog_test_run(fd, frame, repeat=repeat).duration_ns
+
+        return {"ingress_no_frontend_ns": ns(ing, other), "ingress_established_ns": ns(ing, flow),
+                "egress_untouched_ns": ns(eg, other), "egress_masquerade_ns": ns(eg, dnat)}
+
+
+def connects(c: Cluster, dst: str, port: int, n: int) -> float:
+    r = c.run([sys.executable, "-c", CONNECT_SNIPPET, dst, str(port), str(n)], timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return round(float(r.stdout), 1)
+
+
+def lab(n: int) -> dict[str, float]:
+    with Cluster(nodes=2, pods_per_node=1) as c:
+        lbs = []
+        try:
+            for node in c.nodes:
+                lbs.append(tc.setup(str(node.bpffs), [node.uplink], node.pod_links, node.ns,
+                                    node.ip4, node.ip6, CAPS, tc.TcCapacities(65536, 64)))
+            node0, node1 = c.nodes
+            put(lbs[0], node0.ip4, 30080, [(node0.pods[0].ip4, True)],
+                L.ServiceFlag.NODE_PORT | L.ServiceFlag.LOCAL_ETP, 1)
+            put(lbs[0], node0.ip4, 30081, [(node1.pods[0].ip4, False)],
+                L.ServiceFlag.NODE_PORT | L.ServiceFlag.MASQUERADE, 2)
+            server = c.popen([sys.executable, "-m", "pyagent.lab.server", "--name", "host",
+                              "--tcp", "7000"], ns=node0.ns, stdout=subprocess.PIPE, text=True)
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            return {"node_server_conn_per_s": connects(c, node0.ip4, 7000, n),
+                    "nodeport_local_conn_per_s": connects(c, node0.ip4, 30080, n),
+                    "nodeport_masq_remote_conn_per_s": connects(c, node0.ip4, 30081, n)}
+        finally:
+            for lb in lbs:
+                lb.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--connects", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=1_000_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    Cluster.sweep()
+    res = {**per_packet(args.repeat), **lab(args.connects)}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k:34} {v}")
+
+
+if __name__ == "__main__":
+    main()
