@@ -393,3 +393,34 @@ def test_bulk_transfer_both_ways_through_the_nat(cluster, v6):
     for port in (masq, local):
         r = cluster.run([sys.executable, "-c", BULK_CLIENT, vip, str(port)], timeout=60)
         assert r.stdout.split() == ["True", "True", str(64 + (4 << 20))], (port, r.stderr)
+
+
+KIND_FLAGS = {"nodeport": F.NODE_PORT, "externalip": F.EXTERNAL_IP, "lb": F.LOADBALANCER}
+_vips = itertools.count(30)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("policy", ["Cluster", "Local"])
+@pytest.mark.parametrize("kind", sorted(KIND_FLAGS))
+def test_flow_matrix(cluster, kind, policy, proto, v6):
+    """Every frontend kind x traffic policy x protocol x family: only the
+    expected pods answer, all of them over many flows, and they see the
+    client exactly when there is no masquerade."""
+    node0 = cluster.nodes[0]  # the client's VIP routes point here too
+    if kind == "nodeport":
+        vip = addr(node0, v6)
+    else:
+        n = next(_vips)
+        vip = f"fd00:99::{n:x}" if v6 else f"198.51.100.{n}"
+    port = next(_ports)
+    local = policy == "Local"
+    pods = node0.pods if local else cluster.pods
+    flags = KIND_FLAGS[kind] | (F.LOCAL_ETP if local else F.MASQUERADE)
+    target = TCP_PORT if proto == "tcp" else UDP_PORT
+    put_frontend(cluster, 0, vip, port, proto.upper(), pods, target, flags)
+
+    r = cluster.client(vip, port, proto, count=80 if proto == "tcp" else 40)
+    assert r.errors == {} and set(r.counts) == {p.name for p in pods}
+    seen = client_ip(cluster, v6) if local else addr(node0, v6)
+    assert {d["seen_client"] for d in r.details} == {seen}
