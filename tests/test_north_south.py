@@ -424,3 +424,53 @@ def test_flow_matrix(cluster, kind, policy, proto, v6):
     assert r.errors == {} and set(r.counts) == {p.name for p in pods}
     seen = client_ip(cluster, v6) if local else addr(node0, v6)
     assert {d["seen_client"] for d in r.details} == {seen}
+
+
+FRAGMENTED = r"""
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"small")
+print(s.recv(4096) != b"", end=" ")
+s.send(b"x" * 3000)  # over the 1500-byte MTU: two IPv4 fragments
+try:
+    s.recv(4096)
+    print("answered")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, "timeout"))
+"""
+
+
+def test_fragmented_datagrams_are_not_half_translated(cluster):
+    """Documented behaviour: fragments carry no ports, so they pass
+    untouched and the node itself answers (port unreachable), instead of a
+    backend getting a first fragment without the rest."""
+    node0 = cluster.nodes[0]
+    port = next(_ports)
+    put_frontend(cluster, 0, node0.ip4, port, "UDP", node0.pods, UDP_PORT,
+                 F.NODE_PORT | F.MASQUERADE)
+    before = tc_stat(cluster, 0, "fragment")
+    r = cluster.run([sys.executable, "-c", FRAGMENTED, node0.ip4, str(port)])
+    assert r.stdout.split() == ["True", "ECONNREFUSED"], r.stderr
+    assert tc_stat(cluster, 0, "fragment") >= before + 2
+
+
+def tc_stat(cluster, node_index: int, name: str) -> int:
+    from pyagent.dataplanes.ebpf import tc
+
+    return tc.tc_stats(cluster.lbs[node_index].maps)[name]
+
+
+def test_vip_routes_can_move_to_another_node(cluster):
+    vip, port = "198.51.100.99", next(_ports)
+    node1 = cluster.nodes[1]
+    put_frontend(cluster, 1, vip, port, "TCP", node1.pods, TCP_PORT,
+                 F.EXTERNAL_IP | F.LOCAL_ETP)
+    cluster.route_vips(1)
+    try:
+        r = cluster.client(vip, port, "tcp", count=20)
+    finally:
+        cluster.route_vips(0)
+    assert r.errors == {} and set(r.counts) == {p.name for p in node1.pods}
+    assert {d["seen_client"] for d in r.details} == {cluster.client_ip4}
