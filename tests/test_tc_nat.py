@@ -422,3 +422,16 @@ def test_icmp_error_of_an_unknown_flow_passes(lb):
     stray = P.build(NODE4, REMOTE4[0], "UDP", 1234, 5353)
     err = P.icmp_error(REMOTE4[0], NODE4, stray)
     assert ingress(lb, err) == (OK, err)
+
+
+def test_sync_source_ranges_diffs_and_prunes(lb):
+    from pyagent.dataplanes.ebpf import tc
+
+    assert tc.sync_source_ranges(lb.maps, {}, prune=True)[0] == 0
+    assert tc.sync_source_ranges(lb.maps, {7: ["10.0.0.0/8", "fd00::/8"],
+                                           8: ["192.0.2.0/24"]}) == (3, 0)
+    assert tc.sync_source_ranges(lb.maps, {7: ["10.0.0.0/8"]}) == (0, 1)  # 8 untouched
+    assert tc.sync_source_ranges(lb.maps, {7: ["10.0.0.0/8"]}, prune=True) == (0, 1)
+    keys = [(k.rev_nat_id, k.prefixlen) for k in list(lb.maps.lb4_srcrange.keys())]
+    assert keys == [(7, 32 + 8)] and list(lb.maps.lb6_srcrange.keys()) == []
+    tc.sync_source_ranges(lb.maps, {}, prune=True)

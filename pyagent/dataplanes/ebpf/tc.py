@@ -21,7 +21,7 @@ import dataclasses
 import errno
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,20 +265,36 @@ def src_range_key(rev_nat_id: int, cidr: str) -> L.Lb4SrcRangeKey | L.Lb6SrcRang
     return L.Lb6SrcRangeKey(plen, rev_nat_id, 0, L.ip6(str(net.network_address)))
 
 
+def sync_source_ranges(maps: TcMaps, desired: Mapping[int, Iterable[str]],
+                       prune: bool = False) -> tuple[int, int]:
+    """Make the allowed source ranges of every service id in desired exactly
+    its CIDRs (both families; CIDRs of a family the frontend lacks are
+    harmless); with prune, ids not in desired lose theirs too (full sync).
+    Reads each trie once. New entries go in before stale ones go out, so a
+    changing list never blocks a client both versions allow. The frontend's
+    master entry must carry LB_F_SOURCE_RANGE for the ranges to count.
+    Returns (written, deleted)."""
+    want: dict[bytes, L.Lb4SrcRangeKey | L.Lb6SrcRangeKey] = {}
+    for rev_nat_id, cidrs in desired.items():
+        for c in cidrs:
+            k = src_range_key(rev_nat_id, c)
+            want[bytes(k)] = k
+    written = deleted = 0
+    for m, kind in ((maps.lb4_srcrange, L.Lb4SrcRangeKey),
+                    (maps.lb6_srcrange, L.Lb6SrcRangeKey)):
+        have = {bytes(k): k for k in list(m.keys())}
+        new = [k for b, k in want.items() if isinstance(k, kind) and b not in have]
+        if new:
+            written += m.update_many((k, ctypes.c_uint8(1)) for k in new)
+        for b, k in have.items():
+            if b not in want and (prune or k.rev_nat_id in desired):
+                deleted += m.delete(k)
+    return written, deleted
+
+
 def set_source_ranges(maps: TcMaps, rev_nat_id: int, cidrs: Iterable[str]) -> None:
-    """Make the allowed source ranges of service id rev_nat_id exactly cidrs
-    (both families; CIDRs of a family the frontend does not have are
-    harmless). New entries are written before stale ones are removed, so a
-    changing list never blocks a client allowed by both versions. The
-    frontend's master entry must carry LB_F_SOURCE_RANGE for them to count."""
-    want = {bytes(src_range_key(rev_nat_id, c)): src_range_key(rev_nat_id, c) for c in cidrs}
-    for k in want.values():
-        m = maps.lb4_srcrange if isinstance(k, L.Lb4SrcRangeKey) else maps.lb6_srcrange
-        m.set(k, ctypes.c_uint8(1))
-    for m in (maps.lb4_srcrange, maps.lb6_srcrange):
-        for k in list(m.keys()):
-            if k.rev_nat_id == rev_nat_id and bytes(k) not in want:
-                m.delete(k)
+    """sync_source_ranges for one service id."""
+    sync_source_ranges(maps, {rev_nat_id: list(cidrs)})
 
 
 def clear_source_ranges(maps: TcMaps, rev_nat_id: int) -> None:
