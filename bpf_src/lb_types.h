@@ -43,6 +43,11 @@
 #define LB_BACKEND_STATS_MAX 65536
 #endif
 
+/* least-conn scans every slot of services this small; larger ones take the
+ * less loaded of two distinct random slots (power of two choices, as Envoy's
+ * least_request does): a scan of every slot would not pass the verifier. */
+#define LB_LC_SCAN_MAX 4
+
 /* Slot 0 of a frontend is its master entry; slots 1..count+qcount hold backend ids. */
 #define LB_MASTER_SLOT 0
 #define LB_MAX_SLOTS 65535
@@ -194,6 +199,15 @@ struct lb_affinity_val {
 	__u64 last_used;         /* bpf_ktime_get_ns() / 1e9 */
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/* affinity membership (hash): is this backend still in this service? An
+ * affinity entry naming a backend that left the service is ignored. */
+struct lb_affinity_match_key {
+	__u32 backend_id;
+	__u16 rev_nat_id;
+	__u8  scope;             /* LB_SCOPE_*: the two scopes may differ in backends */
+	__u8  pad;
 };
 
 /* per-CPU service counters (array indexed by rev_nat_id) */

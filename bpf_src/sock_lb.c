@@ -80,24 +80,171 @@ static __always_inline int lb_no_backend(const struct lb_service *svc)
 	return svc->flags & LB_F_DROP_NO_BACKEND ? -LB_ERR_DROP : -LB_ERR_REJECT;
 }
 
-/* Slot 1..count. TCP: random per connection. UDP: from the socket cookie,
- * so every datagram of one socket goes to the same backend. */
-static __always_inline __u16 lb_pick_slot(__u64 cookie, __u8 proto, __u16 count)
+/* Slot 1..count. UDP: from the socket cookie, so every datagram of one
+ * socket goes to the same backend, whatever the algorithm. TCP: random, or
+ * round-robin (a per-CPU position per service). least-conn is chosen by the
+ * family-specific code, which can look the slots up. */
+static __always_inline __u16 lb_pick_slot(__u64 cookie, __u8 proto,
+					  const struct lb_service *svc, __u16 rev_nat_id)
 {
-	__u32 seed = proto == IPPROTO_UDP ? (__u32)cookie : bpf_get_prandom_u32();
+	__u32 seed;
 
-	return (__u16)(seed % count) + 1;
+	if (proto == IPPROTO_UDP) {
+		seed = (__u32)cookie;
+	} else if (svc->algorithm == LB_ALG_ROUND_ROBIN) {
+		__u32 idx = rev_nat_id;
+		__u32 *pos = lb_rr.lookup(&idx);
+
+		if (!pos)
+			return 1;
+		seed = (*pos)++;
+	} else {
+		seed = bpf_get_prandom_u32();
+	}
+	return (__u16)(seed % svc->count) + 1;
 }
 
-static __always_inline int lb4_xlate(__u64 cookie, __u8 proto, __be32 *addr, __be16 *port)
+static __always_inline __u64 lb_conns(__u32 backend_id)
+{
+	__u64 *n = lb_be_conns.lookup(&backend_id);
+
+	return n ? *n : 0;
+}
+
+/* The affinity entry's backend, if it is recent and still in the service. */
+static __always_inline __u32 lb_affinity_get(struct bpf_sock_addr *ctx,
+					     const struct lb_service *svc,
+					     __u16 rev_nat_id, __u64 now)
+{
+	struct lb_affinity_key akey = {};
+	struct lb_affinity_match_key mkey = {};
+	struct lb_affinity_val *aval;
+
+	akey.client = bpf_get_netns_cookie(ctx);
+	akey.rev_nat_id = rev_nat_id;
+	akey.netns = 1;
+	aval = lb_affinity.lookup(&akey);
+	if (!aval || now - aval->last_used > svc->affinity_timeout)
+		return 0;
+	mkey.backend_id = aval->backend_id;
+	mkey.rev_nat_id = rev_nat_id;
+	mkey.scope = LB_SCOPE_INTERNAL;
+	if (!lb_aff_match.lookup(&mkey))
+		return 0;
+	return aval->backend_id;
+}
+
+static __always_inline void lb_affinity_set(struct bpf_sock_addr *ctx, __u16 rev_nat_id,
+					    __u32 backend_id, __u64 now)
+{
+	struct lb_affinity_key akey = {};
+	struct lb_affinity_val aval = {};
+
+	akey.client = bpf_get_netns_cookie(ctx);
+	akey.rev_nat_id = rev_nat_id;
+	akey.netns = 1;
+	aval.last_used = now;
+	aval.backend_id = backend_id;
+	lb_affinity.update(&akey, &aval);
+}
+
+/* A least-conn TCP socket counts against its backend until sock_release. */
+static __always_inline void lb_conn_open(struct bpf_sock_addr *ctx, __u32 backend_id)
+{
+	__u32 *owner = lb_sk_backend.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u64 one = 1, *n;
+
+	if (!owner)
+		return;
+	if (*owner) {  /* connect() again on the same socket: move its count */
+		n = lb_be_conns.lookup(owner);
+		if (n && *n)
+			__sync_fetch_and_add(n, -1);
+	}
+	*owner = backend_id;
+	n = lb_be_conns.lookup(&backend_id);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		lb_be_conns.update(&backend_id, &one);
+}
+
+int lb_sock_release(struct bpf_sock *sk)
+{
+	__u32 *owner = lb_sk_backend.sk_storage_get(sk, 0, 0);
+	__u64 *n;
+
+	if (owner && *owner) {
+		n = lb_be_conns.lookup(owner);
+		if (n && *n)
+			__sync_fetch_and_add(n, -1);
+	}
+	return 1;
+}
+
+static __always_inline void lb4_lc_step(struct lb4_key *key, __u32 i, __u32 start, __u16 count,
+					   __u32 *best, __u64 *best_n)
+{
+	struct lb_service *slot;
+	__u64 n;
+
+	if (i >= count)
+		return;
+	key->backend_slot = (__u16)((start + i) % count) + 1;
+	slot = lb4_services.lookup(key);
+	if (!slot)
+		return;
+	n = lb_conns(slot->backend_id);
+	if (n < *best_n) {
+		*best_n = n;
+		*best = slot->backend_id;
+	}
+}
+
+/* least-conn: the slot whose backend has the fewest live connections,
+ * scanning from a random slot so that ties spread. */
+static __always_inline __u32 lb4_least_conn(struct lb4_key *key, __u16 count)
+{
+	struct lb_service *slot;
+	__u32 start = bpf_get_prandom_u32(), best = 0;
+	__u64 best_n = ~0ULL;
+
+	if (count > LB_LC_SCAN_MAX) {  /* power of two (distinct) choices */
+		__u32 first = start % count, other;
+
+		key->backend_slot = (__u16)first + 1;
+		slot = lb4_services.lookup(key);
+		if (!slot)
+			return 0;
+		best = slot->backend_id;
+		key->backend_slot = (__u16)((first + 1 + bpf_get_prandom_u32() % (count - 1)) % count) + 1;
+		slot = lb4_services.lookup(key);
+		if (!slot)
+			return best;
+		other = slot->backend_id;
+		return lb_conns(other) < lb_conns(best) ? other : best;
+	}
+	/* Written out, not a loop: clang leaves such a loop rolled in a shape
+	 * whose counter the verifier cannot bound. LB_LC_SCAN_MAX steps. */
+	lb4_lc_step(key, 0, start, count, &best, &best_n);
+	lb4_lc_step(key, 1, start, count, &best, &best_n);
+	lb4_lc_step(key, 2, start, count, &best, &best_n);
+	lb4_lc_step(key, 3, start, count, &best, &best_n);
+	return best;
+}
+
+static __always_inline int lb4_xlate(struct bpf_sock_addr *ctx, __u64 cookie, __u8 proto,
+				     __be32 *addr, __be16 *port)
 {
 	struct lb4_key key = {};
 	struct lb4_sock_key skey = {};
 	struct lb4_sock_val sval = {};
-	struct lb_service *svc;
+	struct lb_service *svc, *slot;
 	struct lb4_backend *be;
-	__u32 backend_id;
-	__u16 rev_nat_id;
+	__u32 backend_id = 0;
+	__u16 rev_nat_id, flags;
+	__u64 now = 0;
+	__u8 alg;
 
 	key.address = *addr;
 	key.dport = *port;
@@ -109,12 +256,24 @@ static __always_inline int lb4_xlate(__u64 cookie, __u8 proto, __be32 *addr, __b
 	if (svc->count == 0)
 		return lb_no_backend(svc);
 	rev_nat_id = svc->rev_nat_id;
+	flags = svc->flags;
+	alg = svc->algorithm;
 
-	key.backend_slot = lb_pick_slot(cookie, proto, svc->count);
-	svc = lb4_services.lookup(&key);
-	if (!svc)
-		goto inconsistent;
-	backend_id = svc->backend_id;
+	if (flags & LB_F_AFFINITY) {
+		now = bpf_ktime_get_ns() / 1000000000ULL;
+		backend_id = lb_affinity_get(ctx, svc, rev_nat_id, now);
+	}
+	if (!backend_id) {
+		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN) {
+			backend_id = lb4_least_conn(&key, svc->count);
+		} else {
+			key.backend_slot = lb_pick_slot(cookie, proto, svc, rev_nat_id);
+			slot = lb4_services.lookup(&key);
+			backend_id = slot ? slot->backend_id : 0;
+		}
+		if (!backend_id)
+			goto inconsistent;
+	}
 	be = lb4_backends.lookup(&backend_id);
 	if (!be)
 		goto inconsistent;
@@ -132,6 +291,10 @@ static __always_inline int lb4_xlate(__u64 cookie, __u8 proto, __be32 *addr, __b
 	*port = be->port;
 	lb_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
+	if (flags & LB_F_AFFINITY)
+		lb_affinity_set(ctx, rev_nat_id, backend_id, now);
+	if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
+		lb_conn_open(ctx, backend_id);
 	return LB_TRANSLATED;
 inconsistent:
 	lb_count(rev_nat_id, LB_STAT_ERROR);
@@ -168,16 +331,69 @@ static __always_inline int lb4_restore(__u64 cookie, __u8 proto, __be32 *addr, _
 	return LB_TRANSLATED;
 }
 
-static __always_inline int lb6_xlate(__u64 cookie, __u8 proto, union lb_v6addr *addr,
-				     __be16 *port)
+static __always_inline void lb6_lc_step(struct lb6_key *key, __u32 i, __u32 start, __u16 count,
+					   __u32 *best, __u64 *best_n)
+{
+	struct lb_service *slot;
+	__u64 n;
+
+	if (i >= count)
+		return;
+	key->backend_slot = (__u16)((start + i) % count) + 1;
+	slot = lb6_services.lookup(key);
+	if (!slot)
+		return;
+	n = lb_conns(slot->backend_id);
+	if (n < *best_n) {
+		*best_n = n;
+		*best = slot->backend_id;
+	}
+}
+
+/* least-conn: the slot whose backend has the fewest live connections,
+ * scanning from a random slot so that ties spread. */
+static __always_inline __u32 lb6_least_conn(struct lb6_key *key, __u16 count)
+{
+	struct lb_service *slot;
+	__u32 start = bpf_get_prandom_u32(), best = 0;
+	__u64 best_n = ~0ULL;
+
+	if (count > LB_LC_SCAN_MAX) {  /* power of two (distinct) choices */
+		__u32 first = start % count, other;
+
+		key->backend_slot = (__u16)first + 1;
+		slot = lb6_services.lookup(key);
+		if (!slot)
+			return 0;
+		best = slot->backend_id;
+		key->backend_slot = (__u16)((first + 1 + bpf_get_prandom_u32() % (count - 1)) % count) + 1;
+		slot = lb6_services.lookup(key);
+		if (!slot)
+			return best;
+		other = slot->backend_id;
+		return lb_conns(other) < lb_conns(best) ? other : best;
+	}
+	/* Written out, not a loop: clang leaves such a loop rolled in a shape
+	 * whose counter the verifier cannot bound. LB_LC_SCAN_MAX steps. */
+	lb6_lc_step(key, 0, start, count, &best, &best_n);
+	lb6_lc_step(key, 1, start, count, &best, &best_n);
+	lb6_lc_step(key, 2, start, count, &best, &best_n);
+	lb6_lc_step(key, 3, start, count, &best, &best_n);
+	return best;
+}
+
+static __always_inline int lb6_xlate(struct bpf_sock_addr *ctx, __u64 cookie, __u8 proto,
+				     union lb_v6addr *addr, __be16 *port)
 {
 	struct lb6_key key = {};
 	struct lb6_sock_key skey = {};
 	struct lb6_sock_val sval = {};
-	struct lb_service *svc;
+	struct lb_service *svc, *slot;
 	struct lb6_backend *be;
-	__u32 backend_id;
-	__u16 rev_nat_id;
+	__u32 backend_id = 0;
+	__u16 rev_nat_id, flags;
+	__u64 now = 0;
+	__u8 alg;
 
 	key.address = *addr;
 	key.dport = *port;
@@ -189,12 +405,24 @@ static __always_inline int lb6_xlate(__u64 cookie, __u8 proto, union lb_v6addr *
 	if (svc->count == 0)
 		return lb_no_backend(svc);
 	rev_nat_id = svc->rev_nat_id;
+	flags = svc->flags;
+	alg = svc->algorithm;
 
-	key.backend_slot = lb_pick_slot(cookie, proto, svc->count);
-	svc = lb6_services.lookup(&key);
-	if (!svc)
-		goto inconsistent;
-	backend_id = svc->backend_id;
+	if (flags & LB_F_AFFINITY) {
+		now = bpf_ktime_get_ns() / 1000000000ULL;
+		backend_id = lb_affinity_get(ctx, svc, rev_nat_id, now);
+	}
+	if (!backend_id) {
+		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN) {
+			backend_id = lb6_least_conn(&key, svc->count);
+		} else {
+			key.backend_slot = lb_pick_slot(cookie, proto, svc, rev_nat_id);
+			slot = lb6_services.lookup(&key);
+			backend_id = slot ? slot->backend_id : 0;
+		}
+		if (!backend_id)
+			goto inconsistent;
+	}
 	be = lb6_backends.lookup(&backend_id);
 	if (!be)
 		goto inconsistent;
@@ -211,6 +439,10 @@ static __always_inline int lb6_xlate(__u64 cookie, __u8 proto, union lb_v6addr *
 	*port = be->port;
 	lb_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
+	if (flags & LB_F_AFFINITY)
+		lb_affinity_set(ctx, rev_nat_id, backend_id, now);
+	if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
+		lb_conn_open(ctx, backend_id);
 	return LB_TRANSLATED;
 inconsistent:
 	lb_count(rev_nat_id, LB_STAT_ERROR);
@@ -271,7 +503,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 	__be16 port = (__be16)ctx->user_port;
 	int ret;
 
-	ret = lb4_xlate(lb_socket_cookie(ctx), (__u8)ctx->protocol, &addr, &port);
+	ret = lb4_xlate(ctx, lb_socket_cookie(ctx), (__u8)ctx->protocol, &addr, &port);
 	if (ret == LB_TRANSLATED) {
 		ctx->user_ip4 = addr;
 		ctx->user_port = port;
@@ -345,14 +577,14 @@ static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx)
 	if (lb6_is_v4mapped(&addr)) {
 		__be32 addr4 = addr.p32[3];
 
-		ret = lb4_xlate(cookie, proto, &addr4, &port);
+		ret = lb4_xlate(ctx, cookie, proto, &addr4, &port);
 		if (ret == LB_TRANSLATED) {
 			ctx->user_ip6[3] = addr4;
 			ctx->user_port = port;
 		}
 		return sys_result(ret);
 	}
-	ret = lb6_xlate(cookie, proto, &addr, &port);
+	ret = lb6_xlate(ctx, cookie, proto, &addr, &port);
 	if (ret == LB_TRANSLATED) {
 		ctx_set_ip6(ctx, &addr);
 		ctx->user_port = port;

@@ -50,6 +50,9 @@ class NodeConfig:
     bpffs: str = "/sys/fs/bpf/pyagent"
     cgroup: str | None = None  # None: the root of the cgroup2 mount
     interfaces: tuple[str, ...] = ()
+    # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
+    lb_algorithm: str = "random"
+    ipvs_scheduler: str = "rr"  # KubeProxyConfiguration ipvs.scheduler
     service_cidrs: tuple[str, ...] = ()
     localhost_node_ports: bool = False
     reject_unknown_cluster_ip_ports: bool = True
@@ -135,8 +138,9 @@ _IGNORED_KEYS = frozenset({
 })
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
-    "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts",
+    "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm",
 })
+LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
                    "h": 3600.0}
@@ -205,9 +209,15 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
     ):
         if data.get(key) not in (None, ""):
             values[attr] = parse(data[key], key)
-    for key, attr in (("bpffs", "bpffs"), ("cgroup", "cgroup")):
+    for key, attr in (("bpffs", "bpffs"), ("cgroup", "cgroup"), ("lbAlgorithm", "lb_algorithm")):
         if py.get(key) not in (None, ""):
             values[attr] = _string_value(py[key], f"pyagent.{key}")
+    if values.get("lb_algorithm", "random") not in LB_ALGORITHMS:
+        raise ValueError(f"pyagent.lbAlgorithm: {values['lb_algorithm']!r} is not one of "
+                         f"{', '.join(LB_ALGORITHMS)}")
+    ipvs = _mapping(data, "ipvs")
+    if ipvs.get("scheduler") not in (None, ""):
+        values["ipvs_scheduler"] = _string_value(ipvs["scheduler"], "ipvs.scheduler")
     for src, prefix, key, attr in (
         (data, "", "localhostNodePorts", "localhost_node_ports"),
         (ipt, "iptables.", "localhostNodePorts", "localhost_node_ports"),

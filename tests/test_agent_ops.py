@@ -77,7 +77,7 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     st = json.loads(alab.pyagent("status", "--bpffs", alab.bpffs, "--json").stdout)
     assert st["mode"] == "ebpf" and st["agentRunning"] is True
     assert st["cgroup"] == str(lab.cgroup)
-    assert len(st["attachments"]) == 8 and all(len(v) == 1 for v in st["attachments"].values())
+    assert len(st["attachments"]) == 9 and all(len(v) == 1 for v in st["attachments"].values())
     assert st["maps"]["lb4_services"]["entries"] == 4  # master + 3 slots
 
     info = statusfile.read(alab.bpffs)

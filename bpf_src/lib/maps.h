@@ -53,5 +53,27 @@ LB_MAP("lru_hash", struct lb_affinity_key, struct lb_affinity_val, lb_affinity,
        LB_AFFINITY_MAP_MAX);
 LB_MAP("percpu_array", __u32, struct lb_svc_stats, lb_svc_stats, LB_STATS_MAP_MAX);
 LB_MAP("percpu_array", __u32, __u64, lb_be_stats, LB_BACKEND_STATS_MAX);
+LB_MAP("hash", struct lb_affinity_match_key, __u8, lb_aff_match, LB_SERVICE_MAP_MAX);
+/* round-robin position per service, per CPU (no atomics needed) */
+LB_MAP("percpu_array", __u32, __u32, lb_rr, LB_STATS_MAP_MAX);
+/* live connections per backend id, for least-conn */
+LB_MAP("hash", __u32, __u64, lb_be_conns, LB_BACKEND_MAP_MAX);
+
+/* Which backend a least-conn socket counts against, so sock_release can
+ * give the connection back. Pinned like the maps: sockets outlive agents. */
+#ifdef LB_NO_PIN
+BPF_SK_STORAGE(lb_sk_backend, __u32);
+#else
+struct lb_sk_backend_table_t {
+	int key;
+	__u32 leaf;
+	void *(*sk_storage_get)(void *, void *, int);
+	int (*sk_storage_delete)(void *);
+	u32 flags;
+};
+__attribute__((section("maps/sk_storage:" LB_PIN_PATH(lb_sk_backend))))
+struct lb_sk_backend_table_t lb_sk_backend = { .flags = BPF_F_NO_PREALLOC };
+BPF_ANNOTATE_KV_PAIR(lb_sk_backend, int, __u32);
+#endif
 
 #endif /* PYAGENT_LIB_MAPS_H */

@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import json
 import socket
+import sys
 import time
 from collections import Counter
 
@@ -55,15 +56,16 @@ def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bo
             "seen_client": seen[0]}
 
 
-def hold_connections(dst: str, port: int, n: int, timeout: float) -> list[socket.socket]:
-    held = []
+def hold_connections(dst: str, port: int, n: int,
+                     timeout: float) -> tuple[list[socket.socket], Counter[str]]:
+    held, pods = [], Counter()
     for _ in range(n):
         s = socket.socket(_family(dst), socket.SOCK_STREAM)
         s.settimeout(timeout)
         s.connect((dst, port))
-        s.makefile().readline()
+        pods[json.loads(s.makefile().readline())["pod"]] += 1
         held.append(s)
-    return held
+    return held, pods
 
 
 def still_open(s: socket.socket) -> bool:
@@ -92,8 +94,12 @@ def main() -> None:
                     help="keep opening connections for this many seconds (COUNT is a cap)")
     ap.add_argument("--hold", type=int, default=0,
                     help="TCP: open this many long-lived connections first, check them at the end")
+    ap.add_argument("--linger", type=float, default=0.0,
+                    help="keep the held connections this many seconds after the loop")
     args = ap.parse_args()
-    held = hold_connections(args.dst, args.port, args.hold, args.timeout) if args.hold else []
+    held, held_pods = hold_connections(args.dst, args.port, args.hold, args.timeout)
+    if args.hold:
+        print("held", file=sys.stderr, flush=True)  # lets a test wait for them
 
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -112,11 +118,12 @@ def main() -> None:
             continue
         counts[d["pod"]] += 1
         details.append(d)
+    time.sleep(args.linger)
     broken = sum(1 for s in held if not still_open(s))
     if broken:
         errors["HELD_BROKEN"] += broken
     print(json.dumps({"counts": counts, "errors": errors, "details": details,
-                      "seconds": time.monotonic() - started}))
+                      "seconds": time.monotonic() - started, "held": held_pods}))
 
 
 if __name__ == "__main__":

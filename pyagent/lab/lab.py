@@ -54,6 +54,7 @@ class ClientResult:
     errors: dict[str, int]
     details: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    held: dict[str, int] = field(default_factory=dict)  # pods of --hold connections
 
     @property
     def total(self) -> int:

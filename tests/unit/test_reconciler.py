@@ -11,6 +11,7 @@ import pytest
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
 from pyagent.dataplanes.ebpf.reconciler import (
+    AFFMATCH,
     BACKENDS,
     REVNAT,
     SERVICES,
@@ -24,6 +25,7 @@ class FakeMaps:
     def __init__(self, capacity: int = 10_000) -> None:
         self.maps: dict[tuple[str, int], dict] = {
             (m, f): {} for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)}
+        self.maps[(AFFMATCH, 0)] = {}
         self.cap = {k: capacity for k in self.maps}
         self.ops = 0
         self.phases: list[list[Op]] = []
@@ -195,3 +197,27 @@ def test_random_churn_matches_desired(seed: int) -> None:
         assert maps.view() == want
         used = {b.key for fes in desired.values() for f in fes for b in f.backends}
         assert len(maps.maps[(BACKENDS, 4)]) == len(used)
+
+
+def test_affinity_membership_follows_the_backends() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+
+    def aff(*backends: str, on: bool = True) -> Frontend:
+        f = fe("10.96.0.1", 80, *backends)
+        flags = f.flags | (L.ServiceFlag.AFFINITY if on else 0)
+        return Frontend(f.ip, f.port, f.proto, f.scope, int(flags), f.backends, 60)
+
+    def members() -> set[str]:
+        by_id = {k[0]: v[0] for k, v in maps.maps[(BACKENDS, 4)].items()}
+        return {by_id[k[0]] for k in maps.maps[(AFFMATCH, 0)]}
+
+    r.apply({("ns", "a"): [aff("10.0.0.1", "10.0.0.2")]})
+    assert members() == {"10.0.0.1", "10.0.0.2"}
+    r.apply({("ns", "a"): [aff("10.0.0.2", "10.0.0.3")]})
+    assert members() == {"10.0.0.2", "10.0.0.3"}  # the one that left is no member
+    r.apply({("ns", "a"): [aff("10.0.0.2", "10.0.0.3", on=False)]})
+    assert members() == set()
+    r.apply({("ns", "a"): [aff("10.0.0.2")]})
+    r.apply({("ns", "a"): []})
+    assert all(not m for m in maps.maps.values())

@@ -16,6 +16,7 @@ FORMATS = {
     ("backends", 6): ("<I", "<16s2sBBBB2x"),           # id -> lb6_backend
     ("revnat", 4): ("<H", "<4s2s2x"),                  # id -> lb4_reverse_nat
     ("revnat", 6): ("<H", "<16s2s2x4x"),               # id -> lb6_reverse_nat
+    ("affmatch", 0): ("<IHBx", "<B"),                  # lb_affinity_match_key -> u8
 }
 STRUCTS = {k: (struct.Struct(kf), struct.Struct(vf)) for k, (kf, vf) in FORMATS.items()}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -43,7 +44,7 @@ def pack_key(m: str, family: int, key: tuple) -> bytes:
 
 def pack_value(m: str, family: int, value: tuple) -> bytes:
     vst = STRUCTS[(m, family)][1]
-    if m == "services":
+    if m in ("services", "affmatch"):
         return vst.pack(*value)
     if m == "backends":
         ip, port, proto, state, flags, zone = value
@@ -63,7 +64,7 @@ def unpack_key(m: str, family: int, raw: bytes) -> tuple:
 def unpack_value(m: str, family: int, raw: bytes) -> tuple:
     vst = STRUCTS[(m, family)][1]
     fields = vst.unpack(raw)
-    if m == "services":
+    if m in ("services", "affmatch"):
         return fields
     if m == "backends":
         addr, port, proto, state, flags, zone = fields

@@ -20,7 +20,6 @@ from pyagent.state import ServicePortState
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 ALGORITHMS = {
-    None: L.Algorithm.RANDOM,
     "random": L.Algorithm.RANDOM,
     "round-robin": L.Algorithm.ROUND_ROBIN,
     "least-conn": L.Algorithm.LEAST_CONN,
@@ -89,7 +88,9 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
         f"{svc.namespace}/{svc.name}"
     common = {
         "affinity_timeout": svc.affinity_timeout or 0,
-        "algorithm": ALGORITHMS.get(svc.lb_algorithm, L.Algorithm.RANDOM),
+        # the annotation, else the node's default (an unknown annotation too)
+        "algorithm": int(ALGORITHMS[svc.lb_algorithm] if svc.lb_algorithm in ALGORITHMS
+                         else ALGORITHMS.get(config.lb_algorithm, L.Algorithm.RANDOM)),
         "service": name,
     }
     base_flags = 0

@@ -12,14 +12,24 @@ from pyagent.dataplanes.ebpf import codec
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
 from pyagent.dataplanes.ebpf.programs import LBMaps
-from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES, KernelState, Op
+from pyagent.dataplanes.ebpf.reconciler import (
+    AFFMATCH,
+    BACKENDS,
+    REVNAT,
+    SERVICES,
+    KernelState,
+    Op,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _map(maps: LBMaps, m: str, family: int):
     return getattr(maps, {SERVICES: f"lb{family}_services", BACKENDS: f"lb{family}_backends",
-                          REVNAT: f"lb{family}_revnat"}[m])
+                          REVNAT: f"lb{family}_revnat", AFFMATCH: "lb_aff_match"}[m])
+
+
+LOGICAL = [(m, f) for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)] + [(AFFMATCH, 0)]
 
 
 class KernelWriter:
@@ -28,8 +38,7 @@ class KernelWriter:
 
     def __init__(self, maps: LBMaps) -> None:
         self.maps = maps
-        self._capacity = {(m, f): _map(maps, m, f).max_entries
-                          for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)}
+        self._capacity = {(m, f): _map(maps, m, f).max_entries for m, f in LOGICAL}
 
     def capacity(self) -> Mapping[tuple[str, int], int]:
         return self._capacity
@@ -67,12 +76,8 @@ class KernelWriter:
 
 def read_entries(maps: LBMaps) -> dict[tuple[str, int], dict[tuple, tuple]]:
     """Every services/backends/revnat entry, decoded to logical tuples."""
-    out: dict[tuple[str, int], dict[tuple, tuple]] = {}
-    for m in (SERVICES, BACKENDS, REVNAT):
-        for f in (4, 6):
-            out[(m, f)] = {codec.unpack_key(m, f, k): codec.unpack_value(m, f, v)
-                           for k, v in _map(maps, m, f).items_raw()}
-    return out
+    return {(m, f): {codec.unpack_key(m, f, k): codec.unpack_value(m, f, v)
+                     for k, v in _map(maps, m, f).items_raw()} for m, f in LOGICAL}
 
 
 def decode(entries: dict[tuple[str, int], dict[tuple, tuple]]) -> KernelState:
@@ -116,4 +121,24 @@ def decode(entries: dict[tuple[str, int], dict[tuple, tuple]]) -> KernelState:
         st.stray.extend(Op(BACKENDS, f, k, None) for k in backends if k[0] not in live_ids)
         st.stray.extend(Op(REVNAT, f, k, None) for k in entries[(REVNAT, f)]
                         if k[0] not in used_revs)
+    _check_affinity_entries(st, entries[(AFFMATCH, 0)])
     return st
+
+
+def _check_affinity_entries(st: KernelState, have: dict[tuple, tuple]) -> None:
+    """Membership entries of adopted ClientIP frontends must all be there;
+    a frontend missing some is not adopted (rewritten whole), and entries no
+    adopted frontend accounts for are stray."""
+    wanted: set[tuple] = set()
+    for key, (fe, rev_id) in list(st.frontends.items()):
+        if not fe.flags & L.ServiceFlag.AFFINITY:
+            continue
+        entries = {(st.backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
+        if entries <= have.keys():
+            wanted |= entries
+        else:
+            del st.frontends[key]
+            fam = 6 if ":" in fe.ip else 4
+            st.stray.extend(Op(SERVICES, fam, key + (i,), None)
+                            for i in range(len(fe.backends) + 1))
+    st.stray.extend(Op(AFFMATCH, 0, k, None) for k in have if k not in wanted)

@@ -28,6 +28,7 @@ SOCK_REVNAT_MAP_MAX = 262144
 AFFINITY_MAP_MAX = 65536
 STATS_MAP_MAX = 65536
 BACKEND_STATS_MAX = 65536
+LC_SCAN_MAX = 4  # least-conn scans this many slots, then samples two
 
 MASTER_SLOT = 0
 MAX_SLOTS = 65535
@@ -117,6 +118,7 @@ C_CONSTANTS: dict[str, int] = {
     "LB_SOCK_REVNAT_MAP_MAX": SOCK_REVNAT_MAP_MAX,
     "LB_AFFINITY_MAP_MAX": AFFINITY_MAP_MAX,
     "LB_STATS_MAP_MAX": STATS_MAP_MAX,
+    "LB_LC_SCAN_MAX": LC_SCAN_MAX,
     "LB_BACKEND_STATS_MAX": BACKEND_STATS_MAX,
     "LB_MASTER_SLOT": MASTER_SLOT,
     "LB_MAX_SLOTS": MAX_SLOTS,
@@ -260,6 +262,11 @@ class LbAffinityVal(ctypes.Structure):
     _fields_ = [("last_used", c_uint64), ("backend_id", c_uint32), ("pad", c_uint32)]
 
 
+class LbAffinityMatchKey(ctypes.Structure):
+    _fields_ = [("backend_id", c_uint32), ("rev_nat_id", c_uint16), ("scope", c_uint8),
+                ("pad", c_uint8)]
+
+
 class LbSvcStats(ctypes.Structure):
     _fields_ = [("selected", c_uint64), ("no_backend", c_uint64), ("errors", c_uint64)]
 
@@ -368,6 +375,7 @@ C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb_affinity_key": LbAffinityKey,
     "lb_affinity_val": LbAffinityVal,
     "lb_svc_stats": LbSvcStats,
+    "lb_affinity_match_key": LbAffinityMatchKey,
     "lb4_ct_key": Lb4CtKey,
     "lb6_ct_key": Lb6CtKey,
     "lb4_ct_val": Lb4CtVal,
@@ -385,6 +393,7 @@ MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_SK_STORAGE = 24
 
 MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
 LINKS_SUBDIR = "links"  # <bpffs>/links/<program name>
@@ -425,6 +434,11 @@ MAPS: dict[str, MapSpec] = {
                 "LB_STATS_MAP_MAX"),
         MapSpec("lb_be_stats", c_uint32, c_uint64, MAP_TYPE_PERCPU_ARRAY,
                 "LB_BACKEND_STATS_MAX"),
+        MapSpec("lb_aff_match", LbAffinityMatchKey, c_uint8, MAP_TYPE_HASH,
+                "LB_SERVICE_MAP_MAX"),
+        MapSpec("lb_rr", c_uint32, c_uint32, MAP_TYPE_PERCPU_ARRAY, "LB_STATS_MAP_MAX"),
+        MapSpec("lb_be_conns", c_uint32, c_uint64, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
+        MapSpec("lb_sk_backend", ctypes.c_int, c_uint32, MAP_TYPE_SK_STORAGE, ""),
     )
 }
 

@@ -39,10 +39,14 @@ SOURCE = os.path.join(BPF_SRC_DIR, "sock_lb.c")
 PROGS_SUBDIR = "progs"
 
 
+PROG_TYPE_CGROUP_SOCK = 9
+
+
 @dataclass(frozen=True)
 class Hook:
     func: str  # function in sock_lb.c, also the kernel program name
     attach_type: cg.AttachType
+    prog_type: int = compiler.PROG_TYPE_CGROUP_SOCK_ADDR
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -54,6 +58,8 @@ HOOKS: tuple[Hook, ...] = (
     Hook("lb6_sendmsg", cg.AttachType.CGROUP_UDP6_SENDMSG),
     Hook("lb6_recvmsg", cg.AttachType.CGROUP_UDP6_RECVMSG),
     Hook("lb6_getpeername", cg.AttachType.CGROUP_INET6_GETPEERNAME),
+    # gives a least-conn connection back to its backend's count
+    Hook("lb_sock_release", cg.AttachType.CGROUP_INET_SOCK_RELEASE, PROG_TYPE_CGROUP_SOCK),
 )
 
 
@@ -96,6 +102,10 @@ class LBMaps:
     lb_affinity: Map[layout.LbAffinityKey, layout.LbAffinityVal]
     lb_svc_stats: Map[ctypes.c_uint32, layout.LbSvcStats]
     lb_be_stats: Map[ctypes.c_uint32, ctypes.c_uint64]
+    lb_aff_match: Map[layout.LbAffinityMatchKey, ctypes.c_uint8]
+    lb_rr: Map[ctypes.c_uint32, ctypes.c_uint32]
+    lb_be_conns: Map[ctypes.c_uint32, ctypes.c_uint64]
+    lb_sk_backend: Map[ctypes.c_int, ctypes.c_uint32]
 
     def all(self) -> dict[str, Map]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -201,7 +211,7 @@ def load(bpffs: str, capacities: Capacities | None = None) -> SockLB:
     try:
         prog_fds = {
             h.func: compiler.load_prog(
-                b, h.func, compiler.PROG_TYPE_CGROUP_SOCK_ADDR, int(h.attach_type)
+                b, h.func, h.prog_type, int(h.attach_type)
             )
             for h in HOOKS
         }

@@ -26,13 +26,14 @@ from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
 ServiceKey = tuple[str, str]
 # Logical map names; the writer picks the v4 or v6 map from the address.
 SERVICES, BACKENDS, REVNAT = "services", "backends", "revnat"
+AFFMATCH = "affmatch"  # family-less (0): backend id, rev-NAT id, scope -> 1
 NPHASES = 7
 MAX_REV_ID = 0xFFFF
 MAX_BACKEND_ID = 0xFFFFFFFF
 
 
 def family(ip: str) -> int:
-    return 6 if ":" in ip else 4
+    return 6 if ":" in ip else 4 if ip else 0
 
 
 class Op(NamedTuple):
@@ -119,6 +120,8 @@ class Reconciler:
                 self.backend_refs[self.backend_ids[b.key]] += 1
         for addr in self.rev_ids:
             self._count(REVNAT, addr[0], 1)
+        for fe in self.kernel.values():
+            self._count(AFFMATCH, "", len(self._affinity_entries(fe)))
         self._next_rev = max(self.rev_refs, default=0) + 1
         self._next_backend = max(self.backend_refs, default=0) + 1
         self._stray = list(st.stray)
@@ -201,6 +204,8 @@ class Reconciler:
         for key, fe in new.items():
             fam = family(fe.ip)
             old = self.kernel.get(key)
+            if fe.flags & L.ServiceFlag.AFFINITY:
+                need[(AFFMATCH, 0)] = need.get((AFFMATCH, 0), 0) + len(fe.backends)
             k = (SERVICES, fam)
             need[k] = need.get(k, 0) + len(fe.backends) + 1 - (1 + len(old.backends) if old else 0)
             if fe.addr not in self.rev_ids:
@@ -226,6 +231,7 @@ class Reconciler:
             return
         fam = family(fe.ip)
         rev_id = self.rev_ids.get(fe.addr)
+        old_match = self._affinity_entries(old) if old else set()
         if rev_id is None:
             rev_id = self._alloc(self._free_rev, "_next_rev", MAX_REV_ID)
             self.rev_ids[fe.addr] = rev_id
@@ -244,11 +250,22 @@ class Reconciler:
             if i > len(old_backends) or old_backends[i - 1] != b:
                 bid = self.backend_ids[b.key]
                 phases[2].append(Op(SERVICES, fam, (ip, port, proto, scope, i), slot_value(bid)))
+        self.kernel[fe.key] = fe  # (rev id known now: _affinity_entries reads it)
+        new_match = self._affinity_entries(fe)
+        phases[2].extend(Op(AFFMATCH, 0, k, (1,)) for k in sorted(new_match - old_match))
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), master_value(fe, rev_id)))
         for i in range(len(fe.backends) + 1, len(old_backends) + 1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
+        phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(old_match - new_match))
+        self._count(AFFMATCH, "", len(new_match) - len(old_match))
         self._count(SERVICES, fe.ip, len(fe.backends) - len(old_backends) + (0 if old else 1))
-        self.kernel[fe.key] = fe
+
+    def _affinity_entries(self, fe: Frontend) -> set[tuple[int, int, int]]:
+        """Membership entries the BPF affinity check needs (ClientIP frontends)."""
+        if not fe.flags & L.ServiceFlag.AFFINITY:
+            return set()
+        rev_id = self.rev_ids[fe.addr]
+        return {(self.backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
 
     def _ref_backend(self, b: Backend, phases: list[list[Op]]) -> None:
         bid = self.backend_ids.get(b.key)
@@ -262,7 +279,11 @@ class Reconciler:
         self.backend_refs[bid] += 1
 
     def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
-        fe = self.kernel.pop(key)
+        fe = self.kernel[key]
+        match = self._affinity_entries(fe)
+        phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(match))
+        self._count(AFFMATCH, "", -len(match))
+        del self.kernel[key]
         self.owner.pop(key, None)
         fam = family(fe.ip)
         ip, port, proto, scope = key

@@ -6,10 +6,11 @@ import ctypes
 from typing import Any
 
 from pyagent.dataplanes.ebpf.programs import LBMaps
-from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
+from pyagent.dataplanes.ebpf.reconciler import AFFMATCH, BACKENDS, REVNAT, SERVICES
 from pyagent.model import join_host_port
 
-_NAMES = {SERVICES: "lb{}_services", BACKENDS: "lb{}_backends", REVNAT: "lb{}_revnat"}
+_NAMES = {SERVICES: "lb{}_services", BACKENDS: "lb{}_backends", REVNAT: "lb{}_revnat",
+          AFFMATCH: "lb_aff_match"}
 
 
 class Stats:

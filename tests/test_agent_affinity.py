@@ -1,0 +1,113 @@
+"""Session affinity and the backend-choice algorithms on the socket path, with
+real connections through the agent (issue [affinity], socket half)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from agentlab import AgentLab, service, slice_
+
+from pyagent.lab import Lab
+
+pytestmark = pytest.mark.root
+
+VIP = "10.96.0.10"
+PORTS = [("http", "TCP", 80)]
+TARGETS = [("http", "TCP", 8080)]
+
+
+@pytest.fixture
+def alab() -> Iterator[AgentLab]:
+    with Lab(pods=3) as lab:
+        a = AgentLab(lab)
+        try:
+            yield a
+        finally:
+            if a.proc is not None:
+                a.stop()
+            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
+
+
+def write(a: AgentLab, pods: list[int], affinity: int | None = None,
+          algorithm: str | None = None) -> None:
+    spec: dict = {}
+    if affinity is not None:
+        spec = {"sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": affinity}}}
+    svc = service("echo", [VIP], PORTS, **spec)
+    if algorithm:
+        svc["metadata"]["annotations"] = {"pyagent.io/lb-algorithm": algorithm}
+    a.write("svc.yaml", svc, slice_("echo", "echo", 4, TARGETS,
+                                    [(a.lab.pods[i].ip4, True) for i in pods]))
+
+
+def flags(a: AgentLab) -> list[str]:
+    return next((s["flags"] + [s["algorithm"]] for s in a.dump()["services"]
+                 if s["frontend"]["address"] == VIP), [])
+
+
+def test_client_ip_affinity_sticks_expires_and_switches_off(alab: AgentLab) -> None:
+    lab = alab.lab
+    write(alab, [0, 1, 2], affinity=2)
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3, "3 backends")
+    res = lab.client(VIP, 80, count=200)
+    assert res.total == 200 and len(res.counts) == 1, res.counts  # one client, one backend
+
+    # after the timeout a new choice is made (and sticks again): over several
+    # expiries more than one backend gets chosen
+    chosen = set()
+    for _ in range(8):
+        time.sleep(2.5)
+        r = lab.client(VIP, 80, count=5)
+        assert len(r.counts) == 1, r.counts
+        chosen |= set(r.counts)
+    assert len(chosen) > 1, chosen
+
+    write(alab, [0, 1, 2])  # affinity off, live
+    alab.wait(lambda f: "AFFINITY" not in flags(alab), "affinity off")
+    assert set(lab.client(VIP, 80, count=200).counts) == {"pod0", "pod1", "pod2"}
+
+
+def test_affinity_to_a_backend_that_left_is_ignored(alab: AgentLab) -> None:
+    lab = alab.lab
+    write(alab, [0, 1, 2], affinity=300)
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3, "3 backends")
+    [first] = lab.client(VIP, 80, count=20).counts
+    rest = [i for i, p in enumerate(lab.pods) if p.name != first]
+    write(alab, rest, affinity=300)
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 2, "2 backends")
+    res = lab.client(VIP, 80, count=50)
+    assert not res.errors and len(res.counts) == 1 and first not in res.counts
+
+
+def test_round_robin_is_even(alab: AgentLab) -> None:
+    lab = alab.lab
+    write(alab, [0, 1, 2], algorithm="round-robin")
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3, "3 backends")
+    assert "round_robin" in flags(alab)
+    counts = lab.client(VIP, 80, count=1000).counts
+    assert set(counts) == {"pod0", "pod1", "pod2"}
+    assert max(counts.values()) <= 1.1 * min(counts.values()), counts
+
+
+def test_least_conn_avoids_the_backend_holding_connections(alab: AgentLab) -> None:
+    lab = alab.lab
+    write(alab, [0], algorithm="least-conn")
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 1, "1 backend")
+    holder = lab.client_start(VIP, 80, count=0, hold=10, linger=60)
+    assert holder.stderr is not None and holder.stderr.readline().strip() == "held"
+    write(alab, [0, 1, 2], algorithm="least-conn")
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3, "3 backends")
+    # short connections close again, so pod1 and pod2 stay below pod0's 10
+    res = lab.client(VIP, 80, count=100)
+    assert set(res.counts) == {"pod1", "pod2"}, res.counts
+    holder.kill()
+    holder.wait()
+    time.sleep(0.5)  # sock_release gives pod0's connections back
+    assert "pod0" in lab.client(VIP, 80, count=100).counts
