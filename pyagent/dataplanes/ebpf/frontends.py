@@ -51,6 +51,9 @@ class Frontend:
     affinity_timeout: int = 0
     algorithm: int = L.Algorithm.RANDOM
     service: str = ""  # "namespace/name:port" for status; not in the maps
+    # loadBalancerSourceRanges (EXTERNAL LB frontends): in the TC tries, keyed
+    # by rev-NAT id, synced beside the services map (not part of kernel_view)
+    source_ranges: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int, int, int]:
@@ -72,12 +75,16 @@ def _backends(eps: Iterable[Endpoint] | None, proto: int, node: str) -> tuple[Ba
 
 
 def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
-    """The INTERNAL-scope frontends of one service port (socket path).
+    """The frontends of one service port.
 
+    INTERNAL scope (socket path: pods and the node):
     - ClusterIP: iTP=Local uses the local set, else the cluster set.
     - NodePort on node IPs, externalIPs, LB IPs: pods and the node are
       short-circuited to the cluster set whatever eTP says (kube-proxy rule).
       LB IPs with source ranges are left to the TC path, which sees sources.
+    EXTERNAL scope (TC path, only when the node has TC interfaces): NodePort
+    on node IPs, externalIPs and LB IPs; eTP=Cluster: the cluster set,
+    masqueraded; eTP=Local: the local set, client address kept.
     A frontend with no backends rejects, unless endpoints exist elsewhere and
     only the policy excludes them, in which case it drops.
     """
@@ -101,25 +108,43 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     if svc.internal_policy_local:
         base_flags |= L.ServiceFlag.LOCAL_ITP
 
-    def make(ip: str, port: int, kind_flag: int, eps: Iterable[Endpoint] | None) -> Frontend:
+    def make(ip: str, port: int, kind_flag: int, eps: Iterable[Endpoint] | None,
+             scope: int = L.SCOPE_INTERNAL, ranges: tuple[str, ...] = ()) -> Frontend:
         backends = _backends(eps, proto, node)
         flags = base_flags | kind_flag
         if not backends and sps.has_any_endpoints:
             flags |= L.ServiceFlag.DROP_NO_BACKEND
-        return Frontend(ip, port, proto, L.SCOPE_INTERNAL,
-                        int(flags), backends, **common)
+        return Frontend(ip, port, proto, scope, int(flags), backends, **common,
+                        source_ranges=ranges)
 
     out: list[Frontend] = []
     if svc.cluster_ip:
         eps = sps.local_endpoints if svc.internal_policy_local else sps.cluster_endpoints
         out.append(make(svc.cluster_ip, svc.port, L.ServiceFlag.CLUSTER_IP, eps))
     cluster = sps.cluster_endpoints
+    node_ports = config.node_port_ips(svc.family) if svc.node_port else ()
     for ip in svc.external_ips:
         out.append(make(ip, svc.port, L.ServiceFlag.EXTERNAL_IP, cluster))
     if not svc.lb_source_ranges:
         for ip in svc.lb_ips:
             out.append(make(ip, svc.port, L.ServiceFlag.LOADBALANCER, cluster))
-    if svc.node_port:
-        for ip in config.node_port_ips(svc.family):
-            out.append(make(ip, svc.node_port, L.ServiceFlag.NODE_PORT, cluster))
+    for ip in node_ports:
+        out.append(make(ip, svc.node_port, L.ServiceFlag.NODE_PORT, cluster))
+    if not config.interfaces:
+        return out
+
+    if svc.external_policy_local:
+        ext_eps, ext_flag = sps.local_endpoints, 0
+    else:
+        ext_eps, ext_flag = cluster, L.ServiceFlag.MASQUERADE
+    ext = L.SCOPE_EXTERNAL
+    for ip in svc.external_ips:
+        out.append(make(ip, svc.port, L.ServiceFlag.EXTERNAL_IP | ext_flag, ext_eps, ext))
+    ranges = sps.lb_source_allow if svc.lb_source_ranges else ()
+    range_flag = L.ServiceFlag.SOURCE_RANGE if ranges else 0
+    for ip in svc.lb_ips:
+        out.append(make(ip, svc.port, L.ServiceFlag.LOADBALANCER | ext_flag | range_flag,
+                        ext_eps, ext, ranges))
+    for ip in node_ports:
+        out.append(make(ip, svc.node_port, L.ServiceFlag.NODE_PORT | ext_flag, ext_eps, ext))
     return out
