@@ -346,6 +346,7 @@ class FakeIpvs:  # the development kernel has no IPVS: record what would be writ
     def update(self, old, new): self.vs[new.key] = new
     def delete(self, vs): self.vs.pop(vs.key, None)
     def dump_keys(self): return list(self.vs)
+    def dump(self, keep): return [v for k, v in self.vs.items() if keep(k)]
     def close(self): pass
 
 def routes():
@@ -383,7 +384,8 @@ def test_ipvs_helpers_and_vip_fallback_without_ipvs() -> None:
     from pyagent.lab import Lab
 
     with Lab(pods=0) as lab:
-        res = lab.node_exec(sys.executable, "-c", IPVS_SCRIPT)
+        res = lab.node_exec(sys.executable, "-c", IPVS_SCRIPT, check=False)
+        assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
     assert out["status"] == "{('t', 'a'): None}"
     assert "-A -t 10.96.0.10:80 -s rr" in out["ipvsadm"]

@@ -317,3 +317,20 @@ def test_conformance_flows_through_the_iptables_rules(scn: dict) -> None:
         if got != want:
             bad.append((flow["name"], got, want))
     assert not bad, bad
+
+
+def test_periodic_full_sync_writes_only_differences_until_a_restore_fails() -> None:
+    _, dp, ex = rules_for(sps())
+    n = len(ex.restores)
+    dp.sync({("ns", "a"): (sps(),)}, full=True)
+    assert len(ex.restores) == n  # unchanged: nothing written
+
+    def failing(argv, stdin=None, check=True) -> str:
+        raise RuntimeError("iptables-restore: resource busy")
+    ok_run, ex.run = ex.run, failing
+    with pytest.raises(RuntimeError):
+        dp.sync({("ns", "a"): (sps(eps=(EP1,)),)}, full=False)
+    ex.run = ok_run
+    dp.sync({("ns", "a"): (sps(eps=(EP1,)),)}, full=True)
+    text = ex.restores[-1]
+    assert ":PYAGENT-POSTROUTING - [0:0]" in text  # unchanged chains rewritten too

@@ -66,9 +66,9 @@ def test_cluster_ip_is_one_map_element_and_numgen_over_endpoints() -> None:
     cip = verdict.removeprefix("goto ")
     assert d.chains[cip][0] == "ip saddr != @pod-cidrs4 jump mark-for-masquerade"
     svc = d.chains[cip][1].removeprefix("goto ")
-    assert re.fullmatch(r"numgen random mod 2 vmap \{ 0 : goto sep-\w+, 1 : goto sep-\w+ \}",
-                        d.chains[svc][0])
-    seps = re.findall(r"goto (sep-\w+)", d.chains[svc][0])
+    assert re.fullmatch(r"numgen random mod 2 == 0 goto sep-\w+", d.chains[svc][0])
+    assert re.fullmatch(r"goto sep-\w+", d.chains[svc][1])
+    seps = [re.findall(r"goto (sep-\w+)", r)[0] for r in d.chains[svc]]
     assert [d.chains[s][-1] for s in seps] == ["meta l4proto tcp dnat ip to 10.0.0.1:8080",
                                               "meta l4proto tcp dnat ip to 10.0.0.2:8080"]
     # the services chain looks the map up once per family: no per-service rules
@@ -213,10 +213,10 @@ class Walker:
             if hit == bool(m[3]):
                 return None
             return self.verdict(m[5], mark)
-        m = re.fullmatch(r"numgen random mod \d+ vmap \{ (.*) \}", rule)
-        if m:
-            arms = [self.verdict(arm.split(" : ")[1], mark) for arm in m[1].split(", ")]
-            return [o for out, _ in arms for o in out], True
+        m = re.fullmatch(r"numgen random mod (\d+) == 0 (goto \S+)", rule)
+        if m:  # random: both the match and the fall-through are possible
+            out, _ = self.verdict(m[2], mark)
+            return out + [("CONTINUE", None, mark)], False
         m = re.fullmatch(r"meta l4proto (\w+) dnat ip6? to (\S+)", rule)
         if m:
             return ([("DNAT", m[2], mark)], False) if m[1] == self.proto else None

@@ -5,8 +5,11 @@ Every service port renders to a Fragment (rules.py), kept per Service. A sync
 re-renders only the Services it is given, assembles the dispatch chains from
 the kept fragments and writes just the chains whose rules differ from what
 the last successful restore wrote, plus `-X` for chains that went away. A
-full sync rewrites every chain (repairing drift) and removes chains with our
-prefix left by an earlier agent.
+full sync re-renders every Service; it rewrites every chain (repairing
+drift) only when the kernel may differ from what we believe: the first sync
+after start, which also removes chains with our prefix left by an earlier
+agent, and the first after a failed restore. Rewriting 10,000 Services'
+chains on every periodic resync would cost seconds for nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pyagent.state import ServicePortState
 log = logging.getLogger(__name__)
 
 TABLES = ("nat", "filter")
+BACKENDS = ("nft", "legacy")  # cleanup and mode detection look at both
 Chains = dict[tuple[str, str], tuple[str, ...]]  # (table, chain) -> rules
 
 
@@ -41,6 +45,7 @@ class IptablesDataplane:
         self.frags: dict[ServiceKey, list[tuple[int, Fragment]]] = {}
         self.written: dict[int, Chains] = {f: {} for f in families}
         self.leftover: dict[int, set[tuple[str, str]]] = {f: set() for f in families}
+        self.repair = True  # the next full sync rewrites everything
 
     # --- lifecycle ---------------------------------------------------------------
     def setup(self) -> None:
@@ -71,10 +76,20 @@ class IptablesDataplane:
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
         status = self.render_states(states, full)
-        for fam in self.families:
-            self._write(fam, self.desired(fam), full)
+        self.write_all(full)
         self.after_write()
         return status
+
+    def write_all(self, full: bool) -> None:
+        rewrite = full and self.repair
+        try:
+            for fam in self.families:
+                self._write(fam, self.desired(fam), rewrite)
+        except Exception:
+            self.repair = True  # our bookkeeping may not match the kernel any more
+            raise
+        if rewrite:
+            self.repair = False
 
     def render_states(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
                       full: bool) -> SyncStatus:
@@ -154,9 +169,16 @@ def remove_all(ipt: Iptables, r: Renderer) -> int:
 # --- mode detection and cleanup (pyagent cleanup, mode switches) ---------------
 
 def present(config: NodeConfig, renderer: type[Renderer] = Renderer) -> bool:
-    return any(Iptables(f).chains(t, renderer.prefix) for f in (4, 6) for t in TABLES)
+    """Whether chains of `renderer`'s prefix exist, in either iptables backend."""
+    return any(Iptables(f, backend=b).chains(t, renderer.prefix)
+               for b in BACKENDS for f in (4, 6) for t in TABLES)
 
 
 def remove(config: NodeConfig, renderer: type[Renderer] = Renderer) -> str:
-    n = sum(remove_all(Iptables(f), renderer(config, f)) for f in (4, 6))
+    n = 0
+    for b in BACKENDS:
+        for f in (4, 6):
+            ipt = Iptables(f, backend=b)
+            if any(ipt.chains(t, renderer.prefix) for t in TABLES):
+                n += remove_all(ipt, renderer(config, f))
     return f"removed {n} {renderer.prefix}* chains and their hooks"

@@ -1,17 +1,28 @@
 """The only code of the iptables-based modes that runs iptables binaries.
 
 Behind a small interface so unit tests swap in a fake. The binaries are the
-ones on PATH (`iptables` is iptables-nft on current distributions); the
-agent runs inside the node's network namespace, so they act on it.
+ones on PATH (`iptables` is iptables-nft on current distributions), or the
+`-legacy` / `-nft` variants when $PYAGENT_IPTABLES_BACKEND says so (use the
+backend the rest of the node uses: the two do not see each other's rules).
+The agent runs inside the node's network namespace, so they act on it.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Sequence
 
-BINARIES = {4: ("iptables", "iptables-restore", "iptables-save"),
-            6: ("ip6tables", "ip6tables-restore", "ip6tables-save")}
+
+def binaries(family: int, backend: str | None = None) -> tuple[str, str, str]:
+    """(iptables, iptables-restore, iptables-save) for a family and backend."""
+    base = "ip6tables" if family == 6 else "iptables"
+    backend = backend if backend is not None else os.environ.get("PYAGENT_IPTABLES_BACKEND", "")
+    if backend not in ("", "nft", "legacy"):
+        raise ValueError(f"PYAGENT_IPTABLES_BACKEND: expected nft or legacy, got {backend!r}")
+    cmd = f"{base}-{backend}" if backend else base
+    return cmd, f"{cmd}-restore", f"{cmd}-save"
 
 
 class IptablesError(RuntimeError):
@@ -22,6 +33,8 @@ class Exec:
     """Runs iptables commands for real."""
 
     def run(self, argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
+        if not check and not shutil.which(argv[0]):
+            return ""  # e.g. no iptables-legacy on this node: nothing of ours there
         proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
                               check=False)
         if check and proc.returncode != 0:
@@ -29,16 +42,18 @@ class Exec:
         return proc.stdout if proc.returncode == 0 else ""
 
     def ok(self, argv: Sequence[str]) -> bool:
+        if not shutil.which(argv[0]):
+            return False
         return subprocess.run(list(argv), capture_output=True, check=False).returncode == 0
 
 
 class Iptables:
     """One IP family's iptables, through `Exec`."""
 
-    def __init__(self, family: int, ex: Exec | None = None) -> None:
+    def __init__(self, family: int, ex: Exec | None = None, backend: str | None = None) -> None:
         self.family = family
         self.ex = ex or Exec()
-        self.cmd, self.restore_cmd, self.save_cmd = BINARIES[family]
+        self.cmd, self.restore_cmd, self.save_cmd = binaries(family, backend)
 
     def chains(self, table: str, prefix: str) -> set[str]:
         """Our chains (by prefix) that exist in `table`."""

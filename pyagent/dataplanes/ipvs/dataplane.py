@@ -100,8 +100,7 @@ class IpvsDataplane(ipt.IptablesDataplane):
                 self.kernel.add(vs)
             elif old != vs:
                 self.kernel.update(old, vs)
-        for fam in self.families:
-            self._write(fam, self.desired(fam), full)
+        self.write_all(full)
         stale = {k: v for k, v in self.vs.items() if k not in want_vs}
         if full:
             for key in self.kernel.dump_keys():
