@@ -44,6 +44,7 @@ MODES = ("ebpf", "iptables", "nftables", "userspace",
          *([pytest.param("ipvs", marks=pytest.mark.vm)] if _ipvs_available() else []))
 NODE_IP, CLIENT_IP = "10.244.0.1", "10.244.1.2"
 WEB, EMPTY, STICKY, LOCAL = "10.96.0.10", "10.96.0.20", "10.96.0.30", "10.96.0.40"
+WEB6 = "fd00:96::10"
 NP_WEB, NP_EMPTY, NP_LOCAL = 30080, 30081, 30082
 READY = {"pod0", "pod1"}  # pod2 is not ready in the web slice
 
@@ -55,11 +56,12 @@ def service(name: str, ip: str, ports: list[dict], **spec: object) -> dict:
                      "ports": ports, **spec}}
 
 
-def slice_(name: str, eps: list[tuple[str, bool, str]], ports: list[dict]) -> dict:
+def slice_(name: str, eps: list[tuple[str, bool, str]], ports: list[dict],
+           family: str = "IPv4") -> dict:
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-1", "namespace": "t",
+            "metadata": {"name": f"{name}-{family[-1]}", "namespace": "t",
                          "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": ports,
+            "addressType": family, "ports": ports,
             "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}, "nodeName": node}
                           for ip, ready, node in eps]}
 
@@ -92,6 +94,11 @@ def manifests() -> list[dict]:
                 type="NodePort", externalTrafficPolicy="Local"),
         slice_("local", [("10.244.0.10", True, "node-1"), ("10.244.0.11", True, "node-2")],
                [HTTP]),
+        {**service("web6", WEB6, [{"name": "http", "protocol": "TCP", "port": 80}]),
+         "spec": {"clusterIP": WEB6, "clusterIPs": [WEB6], "ipFamilies": ["IPv6"],
+                  "ports": [{"name": "http", "protocol": "TCP", "port": 80}]}},
+        slice_("web6", [("fd00:244::a", True, "node-1"), ("fd00:244::b", True, "node-1"),
+                        ("fd00:244::c", False, "node-1")], [HTTP], family="IPv6"),
     ]
 
 
@@ -158,6 +165,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     with Lab(pods=3) as lab:
         client_pod = lab.add_routed_pod("client", CLIENT_IP)
         lab.enable_routing()
+        lab.node_exec("ip", "-6", "route", "add", "fd00:96::/112", "dev", "br0")
         mdir = lab.tmp / "manifests"
         mdir.mkdir()
         (mdir / "all.yaml").write_text(yaml.safe_dump_all(manifests()))
@@ -207,6 +215,13 @@ def test_cluster_ip_udp_reaches_exactly_the_ready_backends(env: Env) -> None:
     res = env.node(WEB, 53, proto="udp", count=60)
     assert not res.errors
     assert set(res.counts) == READY
+
+
+def test_cluster_ip_ipv6(env: Env) -> None:
+    res = env.node(WEB6, 80, count=40)
+    assert not res.errors
+    assert set(res.counts) == READY
+    assert {d["seen_client"] for d in res.details} == {"fd00:244::1"}
 
 
 @serves("from_pod")
@@ -272,13 +287,13 @@ def test_node_port_from_node(env: Env) -> None:
 def test_changes_are_applied_incrementally(env: Env) -> None:
     objs = manifests()
     for o in objs:
-        if o["kind"] == "EndpointSlice" and o["metadata"]["name"] == "web-1":
+        if o["kind"] == "EndpointSlice" and o["metadata"]["name"] == "web-4":
             for ep in o["endpoints"]:
                 ep["conditions"]["ready"] = True  # pod2 becomes ready
         if o["kind"] == "Service" and o["metadata"]["name"] == "empty":
             o["spec"]["ports"][0]["targetPort"] = 8080
     objs.append(slice_("empty", [("10.244.0.12", True, "node-1")], [HTTP]))
-    objs = [o for o in objs if o["metadata"]["name"] not in ("sticky", "sticky-1")]
+    objs = [o for o in objs if o["metadata"]["name"] not in ("sticky", "sticky-4")]
     mdir = env.lab.tmp / "manifests"
     (mdir / "all.yaml").write_text(yaml.safe_dump_all(objs))
     wait_for(lambda: env.node(EMPTY, 80, count=1, timeout=0.5).counts == {"pod2": 1},
