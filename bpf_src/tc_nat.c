@@ -359,6 +359,11 @@ static __always_inline int new_flow4(struct __sk_buff *skb, struct lb_pkt *p,
 		val.rev_nat_id = rev_nat_id;
 		val.expires = expires;
 		lb4_ct.update(&key, &val);
+	} else {
+		/* A masquerade entry of an earlier flow with the same client
+		 * port and backend must not apply to this one. */
+		ct4_key(&key, p->saddr.p32[0], baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
+		lb4_ct.delete(&key);
 	}
 	/* reply (B,b -> C,c) at egress: leaves with the frontend as source */
 	ct4_key(&key, baddr, p->saddr.p32[0], bport, p->sport, p->proto, LB_CT_EGRESS);
@@ -597,6 +602,9 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct lb_pkt *p,
 		val.rev_nat_id = rev_nat_id;
 		val.expires = expires;
 		lb6_ct.update(&key, &val);
+	} else {
+		ct6_key(&key, &p->saddr, &baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
+		lb6_ct.delete(&key);
 	}
 	ct6_key(&key, &baddr, &p->saddr, bport, p->sport, p->proto, LB_CT_EGRESS);
 	__builtin_memset(&val, 0, sizeof(val));

@@ -55,8 +55,9 @@ def cluster():
 
 
 def put_frontend(cluster, node_index: int, vip: str, port: int, proto: str,
-                 pods: list, target: int, flags: int) -> int:
-    """One EXTERNAL-scope frontend on a node: backends, slots, master."""
+                 pods: list, target: int, flags: int, local: list | None = None) -> int:
+    """One EXTERNAL-scope frontend on a node: backends, slots, master.
+    Backends in `local` (default: the node's pods) are marked local."""
     node = cluster.nodes[node_index]
     maps = cluster.lbs[node_index].lb_maps
     v6 = ":" in vip
@@ -65,10 +66,10 @@ def put_frontend(cluster, node_index: int, vip: str, port: int, proto: str,
     smap = maps.lb6_services if v6 else maps.lb4_services
     for slot, pod in enumerate(pods, 1):
         bid = next(_ids)
-        local = pod in node.pods
+        is_local = any(pod is p for p in (node.pods if local is None else local))
         bmap.set(ctypes.c_uint32(bid), L.backend_value(
             pod.ip6 if v6 else pod.ip4, target, proto,
-            flags=L.BACKEND_F_LOCAL if local else 0))
+            flags=L.BACKEND_F_LOCAL if is_local else 0))
         smap.set(L.service_key(vip, port, proto, slot=slot, scope=L.SCOPE_EXTERNAL),
                  L.LbService(backend_id=bid))
     smap.set(L.service_key(vip, port, proto, scope=L.SCOPE_EXTERNAL),
@@ -474,3 +475,37 @@ def test_vip_routes_can_move_to_another_node(cluster):
         cluster.route_vips(0)
     assert r.errors == {} and set(r.counts) == {p.name for p in node1.pods}
     assert {d["seen_client"] for d in r.details} == {cluster.client_ip4}
+
+
+@pytest.mark.parametrize("policy", ["Cluster", "Local"])
+def test_host_network_backends(cluster, policy):
+    """Endpoints on node addresses (hostNetwork pods): the local one is
+    delivered to the node's own stack, the remote one forwarded; replies
+    leave with the frontend address either way."""
+    from types import SimpleNamespace
+
+    node0 = cluster.nodes[0]
+    hport = 7100 if policy == "Cluster" else 7101
+    for i, node in enumerate(cluster.nodes):
+        srv = cluster.popen([sys.executable, "-m", "pyagent.lab.server", "--name",
+                             f"host{i}", "--tcp", str(hport)], ns=node.ns,
+                            stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "ready"
+    # Backends that are node addresses, node0's being local.
+    hosts = [SimpleNamespace(ip4=n.ip4, ip6=n.ip6) for n in cluster.nodes]
+    port = next(_ports)
+    if policy == "Cluster":
+        put_frontend(cluster, 0, node0.ip4, port, "TCP", hosts, hport,
+                     F.NODE_PORT | F.MASQUERADE, local=hosts[:1])
+    else:
+        put_frontend(cluster, 0, node0.ip4, port, "TCP", hosts[:1], hport,
+                     F.NODE_PORT | F.LOCAL_ETP, local=hosts[:1])
+    r = cluster.client(node0.ip4, port, "tcp", count=40)
+    want = {"host0", "host1"} if policy == "Cluster" else {"host0"}
+    assert r.errors == {} and set(r.counts) == want
+    assert {d["peer"] for d in r.details} == {node0.ip4}
+    if policy == "Local":
+        assert {d["seen_client"] for d in r.details} == {cluster.client_ip4}
+    else:  # the remote one is masqueraded, the local one never leaves the node
+        seen = {d["pod"]: d["seen_client"] for d in r.details}
+        assert seen["host1"] == node0.ip4

@@ -435,3 +435,15 @@ def test_sync_source_ranges_diffs_and_prunes(lb):
     keys = [(k.rev_nat_id, k.prefixlen) for k in list(lb.maps.lb4_srcrange.keys())]
     assert keys == [(7, 32 + 8)] and list(lb.maps.lb6_srcrange.keys()) == []
     tc.sync_source_ranges(lb.maps, {}, prune=True)
+
+
+def test_a_new_unmasqueraded_flow_drops_an_old_masquerade_entry(lb):
+    """Same client port and backend, first through a masquerading frontend,
+    then (ports reused) through a local-policy one: no stale SNAT."""
+    masq, local = next(_ports), next(_ports)
+    frontend(lb, NODE4, masq, "TCP", [(LOCAL4[2], 8080, True)], F.NODE_PORT | F.MASQUERADE)
+    frontend(lb, NODE4, local, "TCP", [(LOCAL4[2], 8080, True)], F.NODE_PORT | F.LOCAL_ETP)
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40030, masq))
+    assert parsed(egress(lb, out)[1]).src == NODE4
+    _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40030, local))
+    assert parsed(egress(lb, out)[1]).src == CLIENT4
