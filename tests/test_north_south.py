@@ -233,14 +233,21 @@ def test_filters_are_ours_and_replaced_in_place(cluster):
     assert cluster.client(node.ip4, port, "tcp", count=20).errors == {}
 
 
-def test_masquerade_to_local_pods_behind_the_bridge_hook(cluster):
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_masquerade_to_local_pods_behind_the_bridge_hook(cluster, v6):
     node1 = cluster.nodes[1]
+    vip = addr(node1, v6)
     port = next(_ports)
-    put_frontend(cluster, 1, node1.ip4, port, "TCP", node1.pods, TCP_PORT,
+    put_frontend(cluster, 1, vip, port, "TCP", node1.pods, TCP_PORT,
                  F.NODE_PORT | F.MASQUERADE)
-    t = cluster.client(node1.ip4, port, "tcp", count=40)
+    t = cluster.client(vip, port, "tcp", count=40)
     assert t.errors == {} and set(t.counts) == {p.name for p in node1.pods}
-    assert {d["seen_client"] for d in t.details} == {node1.ip4}
+    assert {d["seen_client"] for d in t.details} == {vip}
+    # The bridge hook also carries ICMP errors back (no listener on 9999).
+    put_frontend(cluster, 1, vip, port + 500, "UDP", node1.pods, 9999,
+                 F.NODE_PORT | F.MASQUERADE)
+    r = cluster.client(vip, port + 500, "udp", count=2, timeout=2, connected=True)
+    assert r.errors == {"ECONNREFUSED": 2}
 
 
 def test_trace_runs_the_attached_program_without_side_effects(cluster):
