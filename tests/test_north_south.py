@@ -251,18 +251,19 @@ def test_masquerade_to_local_pods_behind_the_bridge_hook(cluster, v6):
 
 
 def test_trace_runs_the_attached_program_without_side_effects(cluster):
-    from pyagent.dataplanes.ebpf import tc
+    from pyagent.dataplanes.ebpf import tc_trace
 
     node0 = cluster.nodes[0]
     port = next(_ports)
     put_frontend(cluster, 0, node0.ip4, port, "UDP", node0.pods[:1], UDP_PORT,
                  F.NODE_PORT | F.LOCAL_ETP)
     before = cluster.lbs[0].maps.lb4_ct.count()
-    res = tc.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port, "UDP")
+    res = tc_trace.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port, "UDP")
     assert (res["verdict"], res["masquerade"]) == ("DNAT", False)
     assert res["endpoint"] == f"{node0.pods[0].ip4}:{UDP_PORT}"
     assert cluster.lbs[0].maps.lb4_ct.count() == before
-    res = tc.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port + 1000, "TCP")
+    res = tc_trace.trace_pinned(str(node0.bpffs), "203.0.113.9", node0.ip4, port + 1000,
+                                "TCP")
     assert res["verdict"] == "NO_MATCH" and res["output"]["dst"] == node0.ip4
 
 

@@ -351,7 +351,7 @@ def test_tcp_fin_shortens_the_entry(lb):
 
 
 def test_trace_reports_verdicts_in_kube_proxy_terms(lb):
-    from pyagent.dataplanes.ebpf import tc
+    from pyagent.dataplanes.ebpf import tc_trace
 
     fds = lb.prog_fds
     port = next(_ports)
@@ -362,8 +362,9 @@ def test_trace_reports_verdicts_in_kube_proxy_terms(lb):
     frontend(lb, NODE4, port + 3, "UDP", [], F.NODE_PORT | F.DROP_NO_BACKEND)
 
     def trace(dport, proto="TCP"):
-        return tc.trace(fds["lb_netdev_ingress"], P.build(CLIENT4, NODE4, proto, 40020, dport),
-                        lb.maps, egress_fd=fds["lb_egress"])
+        frame = P.build(CLIENT4, NODE4, proto, 40020, dport)
+        return tc_trace.trace(fds["lb_netdev_ingress"], frame, lb.maps,
+                              egress_fd=fds["lb_egress"])
 
     res = trace(port)
     assert (res["verdict"], res["endpoint"], res["masquerade"]) == (
