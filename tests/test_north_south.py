@@ -224,6 +224,7 @@ def test_filters_are_ours_and_replaced_in_place(cluster):
     want[POD_BRIDGE] = {}
     names = [node.uplink, *node.pod_links, POD_BRIDGE]
     assert tc.attached(names, node.ns) == want
+    assert tc.interfaces(node.ns, ["p"]) == sorted(node.pod_links)
     # Attaching again (an agent restart) replaces, never duplicates.
     tc.attach(cluster.lbs[0], netdevs=[node.uplink], pods=node.pod_links, netns=node.ns)
     assert tc.attached(names, node.ns) == want

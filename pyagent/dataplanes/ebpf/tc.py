@@ -350,6 +350,17 @@ def _iproute(netns: str | None) -> Iterator[Any]:
         ipr.close()
 
 
+def interfaces(netns: str | None = None, prefixes: Iterable[str] = ()) -> list[str]:
+    """Names of the links in netns starting with one of prefixes (all when
+    none given): how an agent finds pod veths of a routed CNI ("veth",
+    "cali", "lxc") to pass to attach() again when pods come and go. Bridge
+    CNIs need only their bridge (cni0, cbr0) hooked."""
+    want = tuple(prefixes)
+    with _iproute(netns) as ipr:
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    return sorted(n for n in names if n and (not want or n.startswith(want)))
+
+
 def _ifindex(ipr: Any, ifname: str) -> int:
     idx = ipr.link_lookup(ifname=ifname)
     if not idx:
