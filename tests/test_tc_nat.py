@@ -448,3 +448,16 @@ def test_a_new_unmasqueraded_flow_drops_an_old_masquerade_entry(lb):
     assert parsed(egress(lb, out)[1]).src == NODE4
     _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40030, local))
     assert parsed(egress(lb, out)[1]).src == CLIENT4
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_delete_flows_to_a_backend(lb, v6):
+    from pyagent.dataplanes.ebpf import tc
+
+    node, client, local, remote = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, "UDP", [(remote[0], 7777, False)], F.NODE_PORT | F.MASQUERADE)
+    _, out = ingress(lb, P.build(client, node, "UDP", 40040, port))
+    egress(lb, out)
+    assert tc.delete_flows_to(lb.maps, remote[0], 7777, "UDP") == 4
+    assert tc.delete_flows_to(lb.maps, remote[0], 7777, "UDP") == 0

@@ -309,6 +309,28 @@ def tc_stats(maps: TcMaps) -> dict[str, int]:
     return out
 
 
+def delete_flows_to(maps: TcMaps, backend_ip: str, port: int, proto: int | str) -> int:
+    """Forget the tracked flows of one backend (all four entries of each),
+    as kube-proxy clears UDP conntrack of an endpoint that went away: the
+    next datagram is balanced afresh instead of following a backend that
+    another service still keeps alive. One walk of the map; returns how
+    many entries went."""
+    v6 = ":" in backend_ip
+    ct = maps.lb6_ct if v6 else maps.lb4_ct
+    addr = bytes(L.ip6(backend_ip)) if v6 else L.ip4(backend_ip)
+    enc = (lambda a: bytes(a)) if v6 else (lambda a: a)
+    bport = L.be16(port)
+    proto = L.PROTO[proto.upper()] if isinstance(proto, str) else proto
+    doomed = []
+    for k, v in ct.items():
+        if k.proto != proto:
+            continue
+        if ((enc(k.saddr), k.sport) == (addr, bport) or (enc(k.daddr), k.dport) == (addr, bport)
+                or (v.flags & L.CtFlag.SERVICE and (enc(v.daddr), v.dport) == (addr, bport))):
+            doomed.append(k)
+    return ct.delete_many(doomed)
+
+
 def flush_conntrack(maps: TcMaps) -> int:
     """Forget every tracked flow (established connections break)."""
     return maps.lb4_ct.clear() + maps.lb6_ct.clear()
