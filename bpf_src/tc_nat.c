@@ -37,11 +37,11 @@
 #include "lib/pkt.h"
 #include "lib/tc_maps.h"
 
-#define SNAT_PORT_TRIES 16
+#define SNAT_PORT_TRIES 16  /* masquerade ports probed per new flow */
+#define LB_NSEC_PER_SEC 1000000000ULL
 
 /* Private per-CPU scratch for building REJECT answers (not pinned). */
 BPF_PERCPU_ARRAY(lb_tc_scratch, struct lb_reject_buf, 1);
-#define LB_NSEC_PER_SEC 1000000000ULL
 
 static __always_inline void tc_count(__u32 what)
 {
