@@ -36,8 +36,13 @@ def _ebpf_remove(config: NodeConfig) -> str:
     statusfile.remove(config.bpffs)
     if not os.path.isdir(config.bpffs):
         return f"nothing to clean under {config.bpffs}"
+    filters = 0
+    if config.interfaces:
+        from pyagent.dataplanes.ebpf import tc
+
+        filters = tc.cleanup(config.bpffs, config.interfaces)
     links = programs.detach_all(config.bpffs, config.cgroup)
-    pins = programs.cleanup(config.bpffs)
+    pins = programs.cleanup(config.bpffs) + filters
     _remove_dir_or_mount(config.bpffs)
     if not links and not pins:
         return f"nothing to clean under {config.bpffs}"

@@ -33,7 +33,10 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgroup", help="cgroup v2 path for the socket hooks "
                    "(default: the root of the cgroup2 mount)")
     p.add_argument("--bpffs", help="bpffs directory for pins (default /sys/fs/bpf/pyagent)")
-    p.add_argument("--interface", action="append", help="TC attach point (repeatable)")
+    p.add_argument("--interface", action="append",
+                   help="node interface for NodePort/externalIP/LB traffic (TC, repeatable)")
+    p.add_argument("--pod-interface", action="append",
+                   help="pod-side TC hook: the pod bridge or a pod's host veth (repeatable)")
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
@@ -45,7 +48,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         if getattr(args, flag, None):
             changes[attr] = getattr(args, flag)
     for flag, attr in (("node_ip", "node_ips"), ("cluster_cidr", "cluster_cidrs"),
-                       ("interface", "interfaces")):
+                       ("interface", "interfaces"), ("pod_interface", "pod_interfaces")):
         if getattr(args, flag, None):
             changes[attr] = tuple(getattr(args, flag))
     for flag in ("healthz_bind_address", "metrics_bind_address"):

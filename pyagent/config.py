@@ -50,6 +50,8 @@ class NodeConfig:
     bpffs: str = "/sys/fs/bpf/pyagent"
     cgroup: str | None = None  # None: the root of the cgroup2 mount
     interfaces: tuple[str, ...] = ()
+    # TC hooks on the pod side (the pod bridge, or each pod's host veth)
+    pod_interfaces: tuple[str, ...] = ()
     # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
     lb_algorithm: str = "random"
     ipvs_scheduler: str = "rr"  # KubeProxyConfiguration ipvs.scheduler
@@ -138,7 +140,7 @@ _IGNORED_KEYS = frozenset({
 })
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
-    "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm",
+    "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
 })
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -199,6 +201,7 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
         "service_cidrs": (_cidrs(data, "serviceCIDR") + _cidrs(data, "serviceCIDRs")
                           + _cidrs(py, "serviceCIDRs", "pyagent.")),
         "interfaces": tuple(_strings(py, "interfaces", "pyagent.")),
+        "pod_interfaces": tuple(_strings(py, "podInterfaces", "pyagent.")),
     }
     for key, attr, parse in (
         ("syncPeriod", "sync_period", _duration),

@@ -37,6 +37,7 @@ class EbpfDataplane:
         self.reconciler: Reconciler | None = None
         self.stats: Stats | None = None
         self._attached = False
+        self.tc = None  # tc.TcLB when the node has TC interfaces
 
     def setup(self) -> None:
         """Load (reusing pinned maps) and adopt. The programs are attached at
@@ -46,6 +47,15 @@ class EbpfDataplane:
         self._adopt()
         self.stats = Stats(self.lb.maps, self)
         self._attached = False
+        if self.config.interfaces:
+            from pyagent.dataplanes.ebpf import tc
+
+            ips = self.config.node_ips
+            self.tc = tc.setup(self.bpffs, self.config.interfaces, self.config.pod_interfaces,
+                               snat_ip4=next((ip for ip in ips if ":" not in ip), None),
+                               snat_ip6=next((ip for ip in ips if ":" in ip), None))
+            log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
+                     ",".join(self.config.pod_interfaces) or "-")
 
     def _attach(self) -> None:
         assert self.lb is not None
@@ -82,6 +92,8 @@ class EbpfDataplane:
             # may not match them: rebuild it from the kernel before retrying.
             self._adopt()
             raise
+        if self.tc is not None:
+            self._sync_source_ranges(changes, full)
         if full and not self._attached:
             self._attach()
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
@@ -89,12 +101,35 @@ class EbpfDataplane:
                 len(changes), self.reconciler.last_ops)
         return status
 
+    def _sync_source_ranges(self, changes: Mapping[ServiceKey, list[Frontend]],
+                            full: bool) -> None:
+        """loadBalancerSourceRanges of the frontends just written (after their
+        master entries: until then a new LB frontend denies every source)."""
+        from pyagent.dataplanes.ebpf import tc
+
+        assert self.reconciler is not None and self.tc is not None
+        desired = {}
+        for fes in changes.values():
+            for fe in fes:
+                rev_id = self.reconciler.rev_id(fe)
+                if fe.source_ranges and rev_id is not None:
+                    desired[rev_id] = fe.source_ranges
+        tc.sync_source_ranges(self.tc.maps, desired, prune=full)
+
     def close(self) -> None:
+        if self.tc is not None:
+            self.tc.close()
+            self.tc = None
         if self.lb:
             self.lb.close()
             self.lb = None
 
     def cleanup(self) -> None:
         self.close()
+        ifaces = self.config.interfaces + self.config.pod_interfaces
+        if ifaces:
+            from pyagent.dataplanes.ebpf import tc
+
+            tc.cleanup(self.bpffs, ifaces)
         programs.detach_all(self.bpffs, self.cgroup)
         programs.cleanup(self.bpffs)
