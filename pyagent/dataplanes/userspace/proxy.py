@@ -69,27 +69,41 @@ class Listener:
         self._server: asyncio.AbstractServer | None = None
         self._udp: socket.socket | None = None
         self._sessions: dict[tuple, tuple[socket.socket, float]] = {}
+        self._sock: socket.socket | None = None
 
     # --- TCP ---------------------------------------------------------------------
-    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self) -> None:
+        """Bind the socket in the caller's thread, so the port is known at
+        once; serving starts later on the loop (see serve)."""
         af = socket.AF_INET6 if self.family == 6 else socket.AF_INET
         host = "::" if self.family == 6 else "0.0.0.0"
-        if self.proto == "TCP":
-            self._server = await asyncio.start_server(self._client, host, 0, family=af,
-                                                      reuse_address=True, backlog=1024)
-            self.port = self._server.sockets[0].getsockname()[1]
-            return
-        s = socket.socket(af, socket.SOCK_DGRAM)
-        if self.family == 6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        else:
-            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        s.setblocking(False)
-        s.bind((host, 0))
+        kind = socket.SOCK_STREAM if self.proto == "TCP" else socket.SOCK_DGRAM
+        s = socket.socket(af, kind)
+        try:
+            if self.family == 6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.proto == "TCP":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            elif self.family == 6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            s.setblocking(False)
+            s.bind((host, 0))
+            if self.proto == "TCP":
+                s.listen(1024)
+        except OSError:
+            s.close()
+            raise
         self.port = s.getsockname()[1]
-        self._udp = s
-        loop.add_reader(s.fileno(), self._udp_in, loop)
+        self._sock = s
+
+    async def serve(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.proto == "TCP":
+            self._server = await asyncio.start_server(self._client, sock=self._sock)
+        else:
+            self._udp = self._sock
+            loop.add_reader(self._udp.fileno(), self._udp_in, loop)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = writer.get_extra_info("peername")[0]
@@ -158,6 +172,8 @@ class Listener:
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._server:
             self._server.close()
+        elif self.proto == "TCP" and self._sock is not None:
+            self._sock.close()  # bound but never served
         if self._udp:
             loop.remove_reader(self._udp.fileno())
             self._udp.close()
@@ -209,12 +225,10 @@ class Proxy:
                                         daemon=True)
         self._thread.start()
 
-    def _call(self, coro):  # run on the loop, wait for the result
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
-
     def ensure(self, lid: Hashable, proto: str, family: int,
                endpoints: list[tuple[str, int]], affinity: int) -> int:
-        """The port of listener `lid`, created or updated; thread-safe."""
+        """The port of listener `lid`, created or updated; thread-safe and
+        non-blocking (10,000 listeners must not cost 10,000 loop round trips)."""
         lst = self.listeners.get(lid)
         if lst is not None and (lst.proto, lst.family) == (proto, family):
             self.loop.call_soon_threadsafe(lst.balancer.update, endpoints, affinity)
@@ -222,10 +236,8 @@ class Proxy:
         if lst is not None:
             self.drop(lid)
         lst = Listener(proto, family, Balancer(endpoints, affinity))
-
-        async def start() -> None:
-            await lst.start(self.loop)
-        self._call(start())
+        lst.bind()
+        asyncio.run_coroutine_threadsafe(lst.serve(self.loop), self.loop)
         self.listeners[lid] = lst
         return lst.port
 
