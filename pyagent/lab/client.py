@@ -25,9 +25,18 @@ def _err(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc))
 
 
+SOURCE: str | None = None  # --source: bind every socket to this address first
+
+
+def _bind(s: socket.socket) -> None:
+    if SOURCE:
+        s.bind((SOURCE, 0))
+
+
 def tcp_once(dst: str, port: int, timeout: float) -> dict:
     with socket.socket(_family(dst), socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
+        _bind(s)
         s.connect((dst, port))
         peer = s.getpeername()[0]
         line = s.makefile().readline()
@@ -38,6 +47,7 @@ def tcp_once(dst: str, port: int, timeout: float) -> dict:
 def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bool) -> dict:
     with socket.socket(_family(dst), socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
+        _bind(s)
         if connected:
             s.connect((dst, port))
         pods, sources, seen = [], [], []
@@ -96,7 +106,10 @@ def main() -> None:
                     help="TCP: open this many long-lived connections first, check them at the end")
     ap.add_argument("--linger", type=float, default=0.0,
                     help="keep the held connections this many seconds after the loop")
+    ap.add_argument("--source", help="bind to this local address (another client identity)")
     args = ap.parse_args()
+    global SOURCE
+    SOURCE = args.source
     held, held_pods = hold_connections(args.dst, args.port, args.hold, args.timeout)
     if args.hold:
         print("held", file=sys.stderr, flush=True)  # lets a test wait for them
