@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
@@ -27,7 +28,6 @@ from pyagent.state import ServicePortState
 log = logging.getLogger(__name__)
 
 TABLES = ("nat", "filter")
-BACKENDS = ("nft", "legacy")  # cleanup and mode detection look at both
 Chains = dict[tuple[str, str], tuple[str, ...]]  # (table, chain) -> rules
 
 
@@ -152,7 +152,8 @@ class IptablesDataplane:
         self.written[fam] = dict(want)
         if full:
             self.leftover[fam] = set()
-        log.debug("iptables v%d: wrote %d chains, removed %d", fam, len(write), len(gone))
+        (log.info if full else log.debug)("iptables v%d: wrote %d chains, removed %d%s", fam,
+                                          len(write), len(gone), " (full rewrite)" if full else "")
 
 
 def remove_all(ipt: Iptables, r: Renderer) -> int:
@@ -168,16 +169,31 @@ def remove_all(ipt: Iptables, r: Renderer) -> int:
 
 # --- mode detection and cleanup (pyagent cleanup, mode switches) ---------------
 
+def backends(family: int) -> list[str]:
+    """The iptables backends that may hold our rules in this namespace.
+
+    Legacy only when legacy tables exist here (/proc/net is per namespace):
+    merely running iptables-legacy-save instantiates the legacy tables, and
+    registering their NAT hooks let a few new connections through un-NATed
+    (measured: refused connections during an agent restart)."""
+    names = Path("/proc/net/ip6_tables_names" if family == 6 else "/proc/net/ip_tables_names")
+    try:
+        legacy = bool(names.read_text().strip())
+    except OSError:
+        legacy = False
+    return ["nft", "legacy"] if legacy else ["nft"]
+
+
 def present(config: NodeConfig, renderer: type[Renderer] = Renderer) -> bool:
     """Whether chains of `renderer`'s prefix exist, in either iptables backend."""
     return any(Iptables(f, backend=b).chains(t, renderer.prefix)
-               for b in BACKENDS for f in (4, 6) for t in TABLES)
+               for f in (4, 6) for b in backends(f) for t in TABLES)
 
 
 def remove(config: NodeConfig, renderer: type[Renderer] = Renderer) -> str:
     n = 0
-    for b in BACKENDS:
-        for f in (4, 6):
+    for f in (4, 6):
+        for b in backends(f):
             ipt = Iptables(f, backend=b)
             if any(ipt.chains(t, renderer.prefix) for t in TABLES):
                 n += remove_all(ipt, renderer(config, f))
