@@ -38,7 +38,11 @@ class IpvsKernel:
     def __init__(self) -> None:
         from pyroute2 import IPVS  # imported here: pure users never need it
 
-        self.ipvs = IPVS()
+        try:
+            self.ipvs = IPVS()
+        except Exception as exc:  # the generic netlink family is missing
+            raise RuntimeError("IPVS is not available in this kernel (CONFIG_IP_VS, "
+                               f"module ip_vs): {exc}") from exc
 
     def _service(self, vs: VirtualServer, full: bool = True) -> Any:
         from pyroute2 import IPVSService
