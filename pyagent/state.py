@@ -28,6 +28,10 @@ class ServicePortState:
     # are included when a range holds the node IP (node traffic may be SNATed
     # to the LB IP on its way back in).
     lb_source_allow: tuple[str, ...] = ()
+    # Serving-and-terminating endpoints (any node): the eBPF dataplane keeps
+    # them in its maps after the active ones, so established flows to them
+    # keep working while they drain, without receiving new ones.
+    terminating: tuple[Endpoint, ...] = ()
 
     @property
     def key(self) -> ServicePortKey:
@@ -82,6 +86,7 @@ def compute_service_state(ports: Iterable[ServicePort], slices: Iterable[ParsedS
             has_any_endpoints=sel.has_any,
             local_ready_count=sum(1 for e in eps if e.is_local and e.ready),
             lb_source_allow=_lb_source_allow(sp, config),
+            terminating=tuple(e for e in eps if e.terminating and e.serving),
         ))
     return tuple(sorted(out, key=lambda s: s.key))
 

@@ -111,3 +111,33 @@ def test_least_conn_avoids_the_backend_holding_connections(alab: AgentLab) -> No
     holder.wait()
     time.sleep(0.5)  # sock_release gives pod0's connections back
     assert "pod0" in lab.client(VIP, 80, count=100).counts
+
+
+def test_connected_udp_client_recovers_at_once_when_its_backend_is_deleted(
+        alab: AgentLab) -> None:
+    """The deleted backend's connected UDP sockets are destroyed (ECONNABORTED),
+    so a resolver-style client reconnects through the VIP instead of timing out."""
+    lab = alab.lab
+    dns = [("dns", "UDP", 53)]
+    a = alab
+
+    def endpoints(pods: list[int]) -> None:
+        a.write("svc.yaml", service("dns", [VIP], dns),
+                slice_("dns", "dns", 4, [("dns", "UDP", 5353)],
+                       [(lab.pods[i].ip4, True) for i in pods]))
+
+    endpoints([0])
+    a.start()
+    a.wait(lambda f: len(f.get((VIP, 53, "UDP"), ())) == 1, "1 backend")
+    client = lab.client_start(VIP, 53, proto="udp", follow=8, timeout=2)
+    time.sleep(2)
+    endpoints([1, 2])
+    lab.delete_pod(lab.pods[0])
+    res = lab.client_result(client)
+    events = res.details
+    assert events[0].get("pod") == "pod0"
+    first_new = next(i for i, e in enumerate(events) if e.get("pod") in ("pod1", "pod2"))
+    gap = events[:first_new]
+    assert "ECONNABORTED" in res.errors, res.errors  # destroyed, not left hanging
+    assert not any(e.get("error") == "ETIMEDOUT" for e in gap), gap[-5:]
+    assert all(e.get("pod") in ("pod1", "pod2") for e in events[first_new:])

@@ -66,6 +66,33 @@ def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bo
             "seen_client": seen[0]}
 
 
+def udp_follow(dst: str, port: int, timeout: float, seconds: float) -> list[dict]:
+    """A DNS-like client: one connected UDP socket, a query every 20 ms; on
+    any error it reconnects through the VIP (as resolvers do)."""
+    events: list[dict] = []
+    start = time.monotonic()
+    s = None
+    while time.monotonic() - start < seconds:
+        try:
+            if s is None:
+                s = socket.socket(_family(dst), socket.SOCK_DGRAM)
+                s.settimeout(timeout)
+                _bind(s)
+                s.connect((dst, port))
+            s.send(b"q")
+            pod = json.loads(s.recv(4096))["pod"]
+            events.append({"t": time.monotonic() - start, "pod": pod})
+        except OSError as exc:
+            events.append({"t": time.monotonic() - start, "error": _err(exc)})
+            if s is not None:
+                s.close()
+            s = None
+        time.sleep(0.02)
+    if s is not None:
+        s.close()
+    return events
+
+
 def hold_connections(dst: str, port: int, n: int,
                      timeout: float) -> tuple[list[socket.socket], Counter[str]]:
     held, pods = [], Counter()
@@ -107,9 +134,18 @@ def main() -> None:
     ap.add_argument("--linger", type=float, default=0.0,
                     help="keep the held connections this many seconds after the loop")
     ap.add_argument("--source", help="bind to this local address (another client identity)")
+    ap.add_argument("--follow", type=float, default=0.0,
+                    help="UDP: one connected socket queried for this many seconds, "
+                         "reconnecting on errors; events in details")
     args = ap.parse_args()
     global SOURCE
     SOURCE = args.source
+    if args.follow:
+        events = udp_follow(args.dst, args.port, args.timeout, args.follow)
+        print(json.dumps({"counts": Counter(e["pod"] for e in events if "pod" in e),
+                          "errors": Counter(e["error"] for e in events if "error" in e),
+                          "details": events}))
+        return
     held, held_pods = hold_connections(args.dst, args.port, args.hold, args.timeout)
     if args.hold:
         print("held", file=sys.stderr, flush=True)  # lets a test wait for them

@@ -128,6 +128,14 @@ class Lab:
             raise RuntimeError(f"identity server in {pod.ns} did not start")
         return proc
 
+    def delete_pod(self, pod: Pod) -> None:
+        """The pod goes away for real and silently (no ICMP from a closing
+        server): its link first, then its server and namespace."""
+        i = self.pods.index(pod)
+        sh("ip", "-n", self.node_ns, "link", "del", f"v{self.id}{i}"[:15], check=False)
+        self.stop_pod_server(pod)
+        sh("ip", "netns", "del", pod.ns, check=False)
+
     def stop_pod_server(self, pod: Pod) -> None:
         if pod.server:
             pod.server.kill()

@@ -51,7 +51,7 @@ class FakeMaps:
             for key, val in svcs.items():
                 if key[4] != 0:
                     continue
-                count, rev_id = val[2], val[4]
+                count, rev_id = val[2] + val[3], val[4]  # active + terminating slots
                 assert (rev_id,) in self.maps[(REVNAT, fam)], f"no rev-NAT for {key}"
                 for slot in range(1, count + 1):
                     skey = key[:4] + (slot,)
@@ -221,3 +221,18 @@ def test_affinity_membership_follows_the_backends() -> None:
     r.apply({("ns", "a"): [aff("10.0.0.2")]})
     r.apply({("ns", "a"): []})
     assert all(not m for m in maps.maps.values())
+
+
+def test_terminating_backends_drain_in_slots_after_the_active_ones() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    f = fe("10.96.0.1", 80, "10.0.0.1", "10.0.0.2", "10.0.0.3")
+    r.apply({("ns", "a"): [f]})
+    draining = Frontend(f.ip, f.port, f.proto, f.scope, f.flags, f.backends[::2],
+                        terminating=f.backends[1:2])
+    r.apply({("ns", "a"): [draining]})
+    master = maps.maps[(SERVICES, 4)][("10.96.0.1", 80, 6, 1, 0)]
+    assert (master[2], master[3]) == (2, 1)  # count, qcount
+    assert len(maps.maps[(BACKENDS, 4)]) == 3  # the draining backend stays known
+    r.apply({("ns", "a"): [Frontend(f.ip, f.port, f.proto, f.scope, f.flags, f.backends[::2])]})
+    assert len(maps.maps[(BACKENDS, 4)]) == 2  # gone once it stops serving

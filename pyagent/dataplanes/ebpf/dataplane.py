@@ -19,6 +19,7 @@ from pyagent.dataplanes.ebpf import programs
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
+from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
@@ -38,6 +39,7 @@ class EbpfDataplane:
         self.stats: Stats | None = None
         self._attached = False
         self.tc = None  # tc.TcLB when the node has TC interfaces
+        self.janitor: BackendJanitor | None = None
 
     def setup(self) -> None:
         """Load (reusing pinned maps) and adopt. The programs are attached at
@@ -46,6 +48,7 @@ class EbpfDataplane:
         self.lb = programs.load_out_of_process(self.bpffs)
         self._adopt()
         self.stats = Stats(self.lb.maps, self)
+        self.janitor = BackendJanitor(self.lb.maps)
         self._attached = False
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc
@@ -92,6 +95,8 @@ class EbpfDataplane:
             # may not match them: rebuild it from the kernel before retrying.
             self._adopt()
             raise
+        if self.janitor is not None:
+            self.janitor.removed(self.reconciler.last_released)
         if self.tc is not None:
             self._sync_source_ranges(changes, full)
         if full and not self._attached:
@@ -117,6 +122,8 @@ class EbpfDataplane:
         tc.sync_source_ranges(self.tc.maps, desired, prune=full)
 
     def close(self) -> None:
+        if self.janitor is not None:
+            self.janitor.wait()
         if self.tc is not None:
             self.tc.close()
             self.tc = None

@@ -54,6 +54,9 @@ class Frontend:
     # loadBalancerSourceRanges (EXTERNAL LB frontends): in the TC tries, keyed
     # by rev-NAT id, synced beside the services map (not part of kernel_view)
     source_ranges: tuple[str, ...] = ()
+    # draining backends, in slots after the active ones (the master's qcount):
+    # never picked for a new connection, still known for established ones
+    terminating: tuple[Backend, ...] = ()
 
     @property
     def key(self) -> tuple[str, int, int, int]:
@@ -66,7 +69,12 @@ class Frontend:
 
     def kernel_view(self) -> tuple:
         """Everything the maps record about this frontend (not `service`)."""
-        return (self.key, self.flags, self.backends, self.affinity_timeout, self.algorithm)
+        return (self.key, self.flags, self.backends, self.terminating, self.affinity_timeout,
+                self.algorithm)
+
+    @property
+    def slots(self) -> tuple[Backend, ...]:
+        return self.backends + self.terminating
 
 
 def _backends(eps: Iterable[Endpoint] | None, proto: int, node: str) -> tuple[Backend, ...]:
@@ -111,11 +119,16 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     def make(ip: str, port: int, kind_flag: int, eps: Iterable[Endpoint] | None,
              scope: int = L.SCOPE_INTERNAL, ranges: tuple[str, ...] = ()) -> Frontend:
         backends = _backends(eps, proto, node)
+        active = {b.key for b in backends}
+        local_only = eps is not None and eps is sps.local_endpoints
+        draining = tuple(b for b in _backends(
+            (e for e in sps.terminating if not local_only or e.node_name == node), proto, node)
+            if b.key not in active)
         flags = base_flags | kind_flag
         if not backends and sps.has_any_endpoints:
             flags |= L.ServiceFlag.DROP_NO_BACKEND
         return Frontend(ip, port, proto, scope, int(flags), backends, **common,
-                        source_ranges=ranges)
+                        source_ranges=ranges, terminating=draining)
 
     out: list[Frontend] = []
     if svc.cluster_ip:

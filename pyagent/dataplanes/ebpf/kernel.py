@@ -94,9 +94,9 @@ def decode(entries: dict[tuple[str, int], dict[tuple, tuple]]) -> KernelState:
             ip, port, proto, scope, slot = key
             if slot != 0:
                 continue
-            _, aff, count, _qcount, rev_id, flags, alg = val
+            _, aff, count, qcount, rev_id, flags, alg = val
             bes = []
-            for i in range(1, count + 1):
+            for i in range(1, count + qcount + 1):
                 skey = (ip, port, proto, scope, i)
                 slot_val = svcs.get(skey)
                 b = backends.get((slot_val[0],)) if slot_val else None
@@ -109,7 +109,8 @@ def decode(entries: dict[tuple[str, int], dict[tuple, tuple]]) -> KernelState:
                 bes.append(be)
                 st.backend_ids[be.key] = slot_val[0]
             else:
-                fe = Frontend(ip, port, proto, scope, flags, tuple(bes), aff, alg)
+                fe = Frontend(ip, port, proto, scope, flags, tuple(bes[:count]), aff, alg,
+                              terminating=tuple(bes[count:]))
                 st.frontends[fe.key] = (fe, rev_id)
                 used_slots.add(key)
                 used_revs.add(rev_id)
@@ -140,5 +141,5 @@ def _check_affinity_entries(st: KernelState, have: dict[tuple, tuple]) -> None:
             del st.frontends[key]
             fam = 6 if ":" in fe.ip else 4
             st.stray.extend(Op(SERVICES, fam, key + (i,), None)
-                            for i in range(len(fe.backends) + 1))
+                            for i in range(len(fe.slots) + 1))
     st.stray.extend(Op(AFFMATCH, 0, k, None) for k in have if k not in wanted)

@@ -65,7 +65,8 @@ class KernelState:
 
 def master_value(fe: Frontend, rev_id: int) -> tuple:
     # (backend_id, affinity_timeout, count, qcount, rev_nat_id, flags, algorithm)
-    return (0, fe.affinity_timeout, len(fe.backends), 0, rev_id, fe.flags, fe.algorithm)
+    return (0, fe.affinity_timeout, len(fe.backends), len(fe.terminating), rev_id, fe.flags,
+            fe.algorithm)
 
 
 def slot_value(backend_id: int) -> tuple:
@@ -98,6 +99,7 @@ class Reconciler:
         self._free_backend: list[int] = []
         self._freed_rev: list[int] = []
         self.last_ops = 0  # map writes and deletes of the last apply()
+        self.last_released: list[Backend] = []  # backends the last apply() removed
         self._stray: list[Op] = []
         if adopted:
             self._adopt(adopted)
@@ -109,14 +111,14 @@ class Reconciler:
             self.owner[key] = None  # claimed by the first Service that wants it
             self.rev_ids.setdefault(fe.addr, rev_id)
             self.rev_refs[rev_id] = self.rev_refs.get(rev_id, 0) + 1
-            self._count(SERVICES, fe.ip, 1 + len(fe.backends))
+            self._count(SERVICES, fe.ip, 1 + len(fe.slots))
         for bkey, bid in st.backend_ids.items():
             self.backend_ids[bkey] = bid
             self.backend_refs.setdefault(bid, 0)
             self.backends[bid] = Backend(*bkey)
             self._count(BACKENDS, bkey[0], 1)
         for fe in self.kernel.values():
-            for b in fe.backends:
+            for b in fe.slots:
                 self.backend_refs[self.backend_ids[b.key]] += 1
         for addr in self.rev_ids:
             self._count(REVNAT, addr[0], 1)
@@ -182,8 +184,8 @@ class Reconciler:
                 raise CapacityError(
                     f"frontend {fe.ip}:{fe.port}/{fe.proto} is already used by "
                     f"{'/'.join(holder or svc)}")
-            if len(fe.backends) > L.MAX_SLOTS:
-                raise CapacityError(f"{len(fe.backends)} backends exceed {L.MAX_SLOTS}")
+            if len(fe.slots) > L.MAX_SLOTS:
+                raise CapacityError(f"{len(fe.slots)} backends exceed {L.MAX_SLOTS}")
             new[fe.key] = fe
         old_keys = self.by_service.get(svc, set())
         self._check_capacity(old_keys, new)
@@ -207,16 +209,16 @@ class Reconciler:
             if fe.flags & L.ServiceFlag.AFFINITY:
                 need[(AFFMATCH, 0)] = need.get((AFFMATCH, 0), 0) + len(fe.backends)
             k = (SERVICES, fam)
-            need[k] = need.get(k, 0) + len(fe.backends) + 1 - (1 + len(old.backends) if old else 0)
+            need[k] = need.get(k, 0) + len(fe.slots) + 1 - (1 + len(old.slots) if old else 0)
             if fe.addr not in self.rev_ids:
                 need[(REVNAT, fam)] = need.get((REVNAT, fam), 0) + 1
-            new_backends.update(b.key for b in fe.backends if b.key not in ids)
+            new_backends.update(b.key for b in fe.slots if b.key not in ids)
         for bkey in new_backends:
             k = (BACKENDS, family(bkey[0]))
             need[k] = need.get(k, 0) + 1
         for key in old_keys - new.keys():
             k = (SERVICES, family(key[0]))
-            need[k] = need.get(k, 0) - (1 + len(self.kernel[key].backends))
+            need[k] = need.get(k, 0) - (1 + len(self.kernel[key].slots))
         cap = self.writer.capacity()
         for k, n in need.items():
             if n > 0 and self.used.get(k, 0) + n > cap.get(k, 0):
@@ -241,12 +243,12 @@ class Reconciler:
         if old is None:
             self.rev_refs[rev_id] += 1
         ip, port, proto, scope = fe.key
-        old_backends = old.backends if old else ()
-        for b in fe.backends:
+        old_backends = old.slots if old else ()
+        for b in fe.slots:
             self._ref_backend(b, phases)
         for b in old_backends:
             self.backend_refs[self.backend_ids[b.key]] -= 1
-        for i, b in enumerate(fe.backends, start=1):
+        for i, b in enumerate(fe.slots, start=1):
             if i > len(old_backends) or old_backends[i - 1] != b:
                 bid = self.backend_ids[b.key]
                 phases[2].append(Op(SERVICES, fam, (ip, port, proto, scope, i), slot_value(bid)))
@@ -254,11 +256,11 @@ class Reconciler:
         new_match = self._affinity_entries(fe)
         phases[2].extend(Op(AFFMATCH, 0, k, (1,)) for k in sorted(new_match - old_match))
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), master_value(fe, rev_id)))
-        for i in range(len(fe.backends) + 1, len(old_backends) + 1):
+        for i in range(len(fe.slots) + 1, len(old_backends) + 1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
         phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(old_match - new_match))
         self._count(AFFMATCH, "", len(new_match) - len(old_match))
-        self._count(SERVICES, fe.ip, len(fe.backends) - len(old_backends) + (0 if old else 1))
+        self._count(SERVICES, fe.ip, len(fe.slots) - len(old_backends) + (0 if old else 1))
 
     def _affinity_entries(self, fe: Frontend) -> set[tuple[int, int, int]]:
         """Membership entries the BPF affinity check needs (ClientIP frontends)."""
@@ -288,10 +290,10 @@ class Reconciler:
         fam = family(fe.ip)
         ip, port, proto, scope = key
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), None))
-        for i, b in enumerate(fe.backends, start=1):
+        for i, b in enumerate(fe.slots, start=1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
             self.backend_refs[self.backend_ids[b.key]] -= 1
-        self._count(SERVICES, fe.ip, -(1 + len(fe.backends)))
+        self._count(SERVICES, fe.ip, -(1 + len(fe.slots)))
         rev_id = self.rev_ids[fe.addr]
         self.rev_refs[rev_id] -= 1
         if self.rev_refs[rev_id] == 0:
@@ -305,8 +307,10 @@ class Reconciler:
     def _release(self, phases: list[list[Op]]) -> None:
         self._free_rev.extend(self._freed_rev)
         self._freed_rev = []
+        self.last_released = []
         for bid in [i for i, n in self.backend_refs.items() if n == 0]:
             b = self.backends.pop(bid)
+            self.last_released.append(b)
             del self.backend_refs[bid], self.backend_ids[b.key]
             self._free_backend.append(bid)
             phases[6].append(Op(BACKENDS, family(b.ip), (bid,), None))
