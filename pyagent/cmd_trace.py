@@ -31,7 +31,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "trace", help="show what the node does with a flow",
         description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+    p.add_argument("--manifests", type=Path, metavar="DIR",
                    help="directory of Service, EndpointSlice and Node YAML/JSON files")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="node config: nodeName, nodeIPs, clusterCIDRs, nodePortAddresses, ...")
@@ -42,6 +42,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--proto", default="TCP", type=str.upper, choices=PROTOCOLS)
     p.add_argument("--flows", type=Path, metavar="FILE", help="trace every flow in a JSON list")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--bpf", action="store_true",
+                   help="ask the loaded TC program instead of the model: a synthetic packet "
+                        "through BPF_PROG_TEST_RUN against the live maps (no --manifests)")
+    p.add_argument("--bpffs", default="/sys/fs/bpf/pyagent", help="with --bpf: the agent's bpffs")
     p.set_defaults(func=run)
     return p
 
@@ -61,7 +65,31 @@ def read_flows(path: Path) -> list[tuple[str, str, int, str]]:
     return flows
 
 
+def run_bpf(args: argparse.Namespace) -> int:
+    from pyagent.dataplanes.ebpf.tc_trace import trace_pinned
+
+    if None in (args.src, args.dst, args.dport):
+        print("pyagent trace --bpf: give --src, --dst and --dport", file=sys.stderr)
+        return 2
+    try:
+        res = trace_pinned(args.bpffs, args.src, args.dst, args.dport, args.proto)
+    except (OSError, ValueError) as exc:
+        print(f"pyagent trace --bpf: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(res, sys.stdout, default=str)
+        print()
+    else:
+        print(res.get("text") or format_result(res))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bpf:
+        return run_bpf(args)
+    if args.manifests is None:
+        print("pyagent trace: --manifests DIR is required (or --bpf)", file=sys.stderr)
+        return 2
     if args.flows is None and None in (args.src, args.dst, args.dport):
         print("pyagent trace: give --src, --dst and --dport, or --flows FILE", file=sys.stderr)
         return 2

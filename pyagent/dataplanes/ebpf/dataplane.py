@@ -48,7 +48,6 @@ class EbpfDataplane:
         self.lb = programs.load_out_of_process(self.bpffs)
         self._adopt()
         self.stats = Stats(self.lb.maps, self)
-        self.janitor = BackendJanitor(self.lb.maps)
         self._attached = False
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc
@@ -59,6 +58,7 @@ class EbpfDataplane:
                                snat_ip6=next((ip for ip in ips if ":" in ip), None))
             log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
                      ",".join(self.config.pod_interfaces) or "-")
+        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None)
 
     def _attach(self) -> None:
         assert self.lb is not None

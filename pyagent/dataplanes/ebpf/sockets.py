@@ -18,6 +18,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from pyagent.dataplanes.ebpf.frontends import Backend
 from pyagent.dataplanes.ebpf.programs import LBMaps
@@ -72,8 +73,9 @@ def purge_socket_revnat(maps: LBMaps, backends: Iterable[Backend]) -> int:
 class BackendJanitor:
     """Serialises clean-ups of removed backends in one background thread."""
 
-    def __init__(self, maps: LBMaps) -> None:
+    def __init__(self, maps: LBMaps, tc_maps: Any = None) -> None:
         self.maps = maps
+        self.tc_maps = tc_maps  # tc.TcMaps when the TC path runs
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -90,8 +92,15 @@ class BackendJanitor:
             try:
                 destroyed_in = destroy_udp_sockets(backends)
                 purged = purge_socket_revnat(self.maps, backends)
+                if self.tc_maps is not None:
+                    from pyagent.dataplanes.ebpf import tc
+
+                    # kube-proxy clears the UDP conntrack of a departed endpoint
+                    for b in backends:
+                        if b.proto == UDP:
+                            purged += tc.delete_flows_to(self.tc_maps, b.ip, b.port, b.proto)
                 log.info("removed backends %s: UDP sockets destroyed in %d namespaces, "
-                         "%d socket rev-NAT entries purged",
+                         "%d rev-NAT/conntrack entries purged",
                          ",".join(join_host_port(b.ip, b.port) for b in backends),
                          destroyed_in, purged)
             except Exception:  # never let a clean-up take the agent down

@@ -1,0 +1,135 @@
+"""The agent's north-south extras in the two-node lab: health-check node
+ports for externalTrafficPolicy Local, and `pyagent trace --bpf` asking the
+loaded TC program."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from pyagent import statusfile
+from pyagent.lab.cluster import Cluster
+
+pytestmark = pytest.mark.root
+
+HC_PORT = 32100
+
+
+def service(name: str, ip: str, **spec: object) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "d"},
+            "spec": {"clusterIP": ip, "type": "NodePort",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP",
+                                "nodePort": 30000 + int(ip.rsplit(".", 1)[1])}], **spec}}
+
+
+def eps(name: str, pods: list) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": name, "namespace": "d",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [p.ip4], "nodeName": node} for p, node in pods]}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster(nodes=2, pods_per_node=2) as c:
+        yield c
+
+
+class Agent:
+    def __init__(self, c: Cluster) -> None:
+        self.c, self.node = c, c.nodes[0]
+        self.dir = c.tmp / "agent-ns"
+        self.dir.mkdir()
+        self.log = c.tmp / "agent-ns.log"
+        self.proc = c.agent(0, ["run", "--manifests", str(self.dir), *self.node.agent_args(),
+                                "--pod-interface", "br0", "--healthz-bind-address",
+                                "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0"],
+                            stderr=self.log.open("w"))
+
+    def apply(self, *objects: dict) -> None:
+        tmp = self.dir / ".m.tmp"
+        tmp.write_text(yaml.safe_dump_all(objects))
+        written = time.time()
+        tmp.rename(self.dir / "m.yaml")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            st = statusfile.read(str(self.node.bpffs))
+            if st and st["lastSync"] > written + 0.6:
+                return
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.1)
+        raise AssertionError(self.log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def agent(cluster: Cluster) -> Iterator[Agent]:
+    a = Agent(cluster)
+    try:
+        yield a
+    finally:
+        a.proc.terminate()
+        a.proc.wait(timeout=20)
+        subprocess.run([sys.executable, "-m", "pyagent", "cleanup", "--bpffs",
+                        str(cluster.nodes[0].bpffs)], capture_output=True, check=False)
+
+
+def health(c: Cluster, ip: str) -> tuple[int, dict]:
+    code = ("import json, urllib.request, urllib.error\n"
+            f"try:\n r = urllib.request.urlopen('http://{ip}:{HC_PORT}/healthz', timeout=5)\n"
+            " print(r.status, r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code, e.read().decode())\n")
+    out = c.run([sys.executable, "-c", code]).stdout
+    status, _, body = out.partition(" ")
+    return int(status), json.loads(body)
+
+
+def test_health_check_node_port_follows_the_local_endpoints(cluster: Cluster,
+                                                            agent: Agent) -> None:
+    n0, n1 = cluster.nodes
+    svc = service("hc", "10.96.0.7", externalTrafficPolicy="Local",
+                  healthCheckNodePort=HC_PORT)
+    svc["spec"]["type"] = "LoadBalancer"
+    local_and_remote = eps("hc", [(n0.pods[0], n0.name), (n1.pods[0], n1.name)])
+    agent.apply(svc, local_and_remote)
+    code, body = health(cluster, n0.ip4)
+    assert code == 200 and body["localEndpoints"] == 1, body
+    assert body["service"] == {"namespace": "d", "name": "hc"}
+
+    agent.apply(svc, eps("hc", [(n1.pods[0], n1.name)]))  # the last local endpoint goes
+    code, body = health(cluster, n0.ip4)
+    assert code == 503 and body["localEndpoints"] == 0, body
+
+    agent.apply(svc, local_and_remote)  # and comes back
+    assert health(cluster, n0.ip4)[0] == 200
+
+
+def test_trace_bpf_asks_the_loaded_program(cluster: Cluster, agent: Agent) -> None:
+    n0, n1 = cluster.nodes
+    agent.apply(service("web", "10.96.0.8"),
+                eps("web", [(n0.pods[1], n0.name), (n1.pods[1], n1.name)]),
+                service("empty", "10.96.0.9"))
+
+    def trace(dport: int) -> dict:
+        res = subprocess.run([sys.executable, "-m", "pyagent", "trace", "--bpf", "--bpffs",
+                              str(n0.bpffs), "--src", cluster.client_ip4, "--dst", n0.ip4,
+                              "--dport", str(dport), "--json"],
+                             capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+    want = {f"{n0.pods[1].ip4}:8080", f"{n1.pods[1].ip4}:8080"}
+    seen = set()
+    for _ in range(3):  # synthetic flows leave no conntrack behind: same answer each time
+        r = trace(30008)
+        assert r["verdict"] == "DNAT" and r["masquerade"] is True, r
+        seen.add(r["endpoint"])
+    assert seen <= want
+    assert trace(30009)["verdict"] == "REJECT"
+    assert trace(30999)["verdict"] == "NO_MATCH"
