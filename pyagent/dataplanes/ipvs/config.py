@@ -1,7 +1,8 @@
 """IPVS virtual servers as plain values, and the scheduler mapping (pure).
 
 Schedulers: the global default comes from the IpvsDataplane's `scheduler`
-argument (the CLI takes it from $PYAGENT_IPVS_SCHEDULER, default rr); a
+argument (the CLI takes it from the config's ipvs.scheduler, default rr, or
+$PYAGENT_IPVS_SCHEDULER); a
 Service overrides it with the annotation `pyagent.io/lb-algorithm`, whose
 value is either an IPVS scheduler name or one of pyagent's algorithm names:
 

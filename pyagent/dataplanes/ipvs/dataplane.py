@@ -45,7 +45,9 @@ class IpvsDataplane(ipt.IptablesDataplane):
                  families: tuple[int, ...] = (4, 6), scheduler: str | None = None,
                  kernel=None, holder=None) -> None:
         super().__init__(config, ex, families)
-        self.scheduler = scheduler or os.environ.get("PYAGENT_IPVS_SCHEDULER", "rr")
+        # the config's ipvs.scheduler; $PYAGENT_IPVS_SCHEDULER still overrides it
+        self.scheduler = (scheduler or os.environ.get("PYAGENT_IPVS_SCHEDULER")
+                          or config.ipvs_scheduler)
         self.marks: dict[tuple, int] = {}
         for r in self.renderers.values():
             assert isinstance(r, IpvsRenderer)
