@@ -138,3 +138,28 @@ def pods_for(lab: Lab, ips: Iterable[str]) -> set[str]:
 
 def here() -> Path:
     return Path(__file__).resolve().parent
+
+
+def sync_marker(generation: int) -> dict:
+    """A Service unique to one write of a manifests directory: once the agent
+    has programmed it, it has programmed everything written with it."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"zz-sync-{generation}", "namespace": "pyagent-test"},
+            "spec": {"clusterIP": f"10.255.{generation // 250 % 250}.{generation % 250 + 1}",
+                     "ports": [{"name": "m", "port": 1, "protocol": "TCP"}]}}
+
+
+def wait_for_marker(bpffs: str, marker: dict, proc: subprocess.Popen | None, log: Path,
+                    timeout: float = 90) -> None:
+    from pyagent import statusfile
+
+    name = f"pyagent-test/{marker['metadata']['name']}:m"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = statusfile.read(bpffs)
+        if st and name in st.get("frontendNames", {}).values():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"agent exited:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"agent did not program {name}:\n{log.read_text()[-3000:]}")

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 import yaml
+from agentlab import sync_marker, wait_for_marker
 
-from pyagent import statusfile
 from pyagent.lab.cluster import Cluster
 
 pytestmark = pytest.mark.root
@@ -52,20 +51,15 @@ class Agent:
                                 "--pod-interface", "br0", "--healthz-bind-address",
                                 "127.0.0.1:0", "--metrics-bind-address", "127.0.0.1:0"],
                             stderr=self.log.open("w"))
+        self.generation = 0
 
     def apply(self, *objects: dict) -> None:
+        self.generation += 1
+        marker = sync_marker(self.generation)
         tmp = self.dir / ".m.tmp"
-        tmp.write_text(yaml.safe_dump_all(objects))
-        written = time.time()
+        tmp.write_text(yaml.safe_dump_all([*objects, marker]))
         tmp.rename(self.dir / "m.yaml")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            st = statusfile.read(str(self.node.bpffs))
-            if st and st["lastSync"] > written + 0.6:
-                return
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.1)
-        raise AssertionError(self.log.read_text()[-3000:])
+        wait_for_marker(str(self.node.bpffs), marker, self.proc, self.log)
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,14 @@ import ipaddress
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from agentlab import sync_marker, wait_for_marker
 from unit.conformance_adapter import SHARED, effective, load, scenario_config, scenario_objects
 
-from pyagent import statusfile
 from pyagent.lab.cluster import Cluster
 from pyagent.parse import parse_cidr, parse_ip
 
@@ -184,6 +183,7 @@ class Agent:
         self.proc: subprocess.Popen | None = None
         self.config: dict | None = None
         self.log = cluster.tmp / "ns-agent.log"
+        self.generation = 0
 
     def ensure(self, config: dict) -> None:
         if config == self.config and self.proc and self.proc.poll() is None:
@@ -198,18 +198,14 @@ class Agent:
         self.config = config
 
     def apply(self, objects: list[dict]) -> None:
+        """Write the scenario and wait until the agent has programmed it: a
+        marker Service unique to this write shows up among its frontends."""
+        self.generation += 1
+        marker = sync_marker(self.generation)
         tmp = self.dir / ".all.tmp"
-        tmp.write_text(yaml.safe_dump_all(objects))
-        written = time.time()
+        tmp.write_text(yaml.safe_dump_all([*objects, marker]))
         tmp.rename(self.dir / "all.yaml")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            st = statusfile.read(str(self.node.bpffs))
-            if st and st["lastSync"] > written + 0.6:  # a sync after the re-read
-                return
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.1)
-        raise AssertionError(f"agent did not sync:\n{self.log.read_text()[-3000:]}")
+        wait_for_marker(str(self.node.bpffs), marker, self.proc, self.log)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
