@@ -11,6 +11,8 @@ slices or this node's zone change.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,7 +42,10 @@ class ServiceStore:
     def __init__(self, config: NodeConfig, *, log_invalid: bool = True) -> None:
         self.config = config
         self._log_invalid = log_invalid  # off when the caller reports `errors` itself
-        self._raw: dict[str, dict[ObjectKey, Mapping[str, Any]]] = {k: {} for k in KINDS}
+        # Per object only a fingerprint (resourceVersion, else a content hash):
+        # raw objects would double the agent's memory at 100k endpoints.
+        self._raw: dict[str, dict[ObjectKey, str]] = {k: {} for k in KINDS}
+        self._node_raw: Mapping[str, Any] | None = None  # this node's object, for health
         self._services: dict[ServiceKey, ParsedService] = {}
         self._slices: dict[ObjectKey, ParsedSlice] = {}
         self._by_service: dict[ServiceKey, dict[str, ParsedSlice]] = {}
@@ -146,7 +151,7 @@ class ServiceStore:
 
     def node(self) -> Mapping[str, Any] | None:
         """This node's Node object as last received (taints, deletion, labels)."""
-        return self._raw["Node"].get(("", self.config.node_name))
+        return self._node_raw
 
     def node_addresses(self) -> tuple[str, ...]:
         """InternalIP/ExternalIP addresses of this node's Node object, if known."""
@@ -161,7 +166,8 @@ class ServiceStore:
             log.warning("ignoring a %s without a usable name: %s", kind, exc)
             return None
         old = self._raw[kind].get(key)
-        if old is not None and _same(old, obj):
+        fingerprint = _fingerprint(obj)
+        if old is not None and old == fingerprint:
             self.errors.pop((kind, *key), None)  # back to the good version
             return key
         parser: Callable[[Mapping[str, Any]], Any] = {
@@ -178,7 +184,9 @@ class ServiceStore:
             self.errors[(kind, *key)] = str(exc)
             return key
         self.errors.pop((kind, *key), None)
-        self._raw[kind][key] = obj
+        self._raw[kind][key] = fingerprint
+        if kind == "Node" and key[1] == self.config.node_name:
+            self._node_raw = obj
         getattr(self, f"_set_{kind.lower()}")(key, parsed)
         return key
 
@@ -213,6 +221,8 @@ class ServiceStore:
     def _set_node(self, key: ObjectKey, parsed: ParsedNode | None) -> None:
         if key[1] != self.config.node_name:
             return
+        if parsed is None:
+            self._node_raw = None
         before = self.zone
         self._node = parsed
         if self.zone != before:  # topology hints now select differently everywhere
@@ -228,9 +238,11 @@ class ServiceStore:
         self._pending_endpoints.add(key)
 
 
-def _same(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    old_rv = (old.get("metadata") or {}).get("resourceVersion")
-    new_rv = (new.get("metadata") or {}).get("resourceVersion")
-    if old_rv and new_rv:
-        return old_rv == new_rv
-    return old == new
+def _fingerprint(obj: Mapping[str, Any]) -> str:
+    """What tells two versions of an object apart: the API server's
+    resourceVersion, or (manifests) a hash of the content."""
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    if rv:
+        return f"rv:{rv}"
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()

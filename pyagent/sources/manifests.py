@@ -8,8 +8,10 @@ when it was last good, so a half-written edit never removes a Service.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import zlib
 from pathlib import Path
 
 from pyagent.manifests import gc_paused, manifest_files, read_file
@@ -23,7 +25,10 @@ class ManifestDirectory:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._good: dict[Path, list[dict]] = {}
+        # Last good objects per file, kept serialised and compressed: only a
+        # broken file ever needs them back, and as live dicts they would cost
+        # as much memory as the rest of the agent.
+        self._good: dict[Path, bytes] = {}
         self._signature: tuple = ()
         self.errors: list[str] = []
 
@@ -44,23 +49,24 @@ class ManifestDirectory:
         self._signature = self.signature()
         errors: list[str] = []
         files = manifest_files(self.directory)
+        out: dict[Kind, list[dict]] = {k: [] for k in KINDS}
         with gc_paused():
             for path in files:
                 res = read_file(path)
                 errors.extend(res.errors)
+                objects = res.objects
                 if res.broken and path in self._good:
                     errors.append(f"{path.name}: keeping its last good objects")
+                    objects = json.loads(zlib.decompress(self._good[path]))
                 else:
-                    self._good[path] = res.objects
+                    self._good[path] = zlib.compress(json.dumps(objects).encode(), 1)
+                for obj in objects:
+                    out[obj["kind"]].append(obj)
         for gone in set(self._good) - set(files):
             del self._good[gone]
         self.errors = errors
         for e in errors:
             log.error("%s", e)
-        out: dict[Kind, list[dict]] = {k: [] for k in KINDS}
-        for path in files:
-            for obj in self._good.get(path, ()):
-                out[obj["kind"]].append(obj)
         return out
 
 

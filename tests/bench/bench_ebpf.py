@@ -136,15 +136,47 @@ def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
     return out
 
 
-def bench_agent_memory(lab: Lab, services: int, endpoints: int) -> dict:
-    """RSS of a real `pyagent run` holding S x E endpoints from manifests."""
-    manifests = lab.tmp / "mem-manifests"
-    manifests.mkdir()
+def fake_api_in(lab: Lab, objs: list[dict]):
+    """The test API server (tests/kubeapi.py), listening inside the lab's node
+    namespace: its socket is made by a thread that entered that namespace."""
+    import threading
+
+    from pyroute2 import netns
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from kubeapi import FakeKubeAPI
+
+    api = FakeKubeAPI()
+    for obj in objs:
+        api.create(obj)
+
+    def start() -> None:
+        netns.setns(lab.node_ns)  # this thread only
+        api.start()
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    return api
+
+
+def bench_agent_memory(lab: Lab, services: int, endpoints: int, source: str) -> dict:
+    """RSS of a real `pyagent run` holding S x E endpoints, fed from a
+    manifests file or from the (test) API server with paged lists."""
     objs = list(objects(services, endpoints))
-    (manifests / "all.json").write_text(json.dumps({"kind": "List", "items": objs}))
-    bpffs = str(lab.bpffs / "mem")
+    bpffs = str(lab.bpffs / f"mem-{source}")
+    api = None
+    if source == "manifests":
+        manifests = lab.tmp / "mem-manifests"
+        manifests.mkdir()
+        (manifests / "all.json").write_text(json.dumps({"kind": "List", "items": objs}))
+        src_args = ["--manifests", str(manifests)]
+    else:
+        api = fake_api_in(lab, objs)
+        src_args = ["--kubeconfig", str(api.write_kubeconfig(lab.tmp / "kubeconfig"))]
+    del objs
     t = time.perf_counter()
-    agent = lab.agent(["run", "--manifests", str(manifests), "--node-name", "node-0",
+    agent = lab.agent(["run", *src_args, "--node-name", "node-0",
                        "--cgroup", str(lab.cgroup), "--bpffs", bpffs,
                        "--healthz-bind-address", "127.0.0.1:0",
                        "--metrics-bind-address", "127.0.0.1:0"],
@@ -166,7 +198,9 @@ def bench_agent_memory(lab: Lab, services: int, endpoints: int) -> dict:
         agent.wait(timeout=30)
         subprocess.run([sys.executable, "-m", "pyagent", "cleanup", "--bpffs", bpffs],
                        capture_output=True, check=False)
-    return {"endpoints": services * endpoints, "rss_mb": round(rss, 1),
+        if api is not None:
+            api.stop()
+    return {"source": source, "endpoints": services * endpoints, "rss_mb": round(rss, 1),
             "peak_rss_mb": round(hwm, 1), "start_to_first_sync_s": round(first_sync, 2)}
 
 
@@ -185,7 +219,8 @@ def main() -> int:
     with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
         sync = bench_sync(lab, args.services, args.endpoints, args.changes)
         conn = bench_connect(lab, args.loaded, args.connects)
-        mem = bench_agent_memory(lab, args.memory_services, args.endpoints)
+        mem = [bench_agent_memory(lab, args.memory_services, args.endpoints, src)
+               for src in ("kube-api", "manifests")]
     result = {"sync": sync, "connect": conn, "agent_memory": mem}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -195,9 +230,10 @@ def main() -> int:
               f"state {s['state_build_s']} s, kernel {s['full_sync_s']} s ({s['map_ops']} map ops)")
         print(f"one endpoint change: median {s['change_median_ms']} ms, "
               f"p99 {s['change_p99_ms']} ms")
-        print(f"agent with {mem['endpoints']} endpoints: RSS {mem['rss_mb']} MB "
-              f"(peak {mem['peak_rss_mb']} MB), first sync {mem['start_to_first_sync_s']} s "
-              "after start")
+        for m in mem:
+            print(f"agent with {m['endpoints']} endpoints from {m['source']}: RSS {m['rss_mb']} "
+                  f"MB (peak {m['peak_rss_mb']} MB), first sync {m['start_to_first_sync_s']} s "
+                  "after start")
         for count, c in conn.items():
             print(f"connect with {count} services loaded: direct {c['direct_us']} us, "
                   f"ClusterIP {c['clusterip_us']} us, ratio {c['ratio']}")

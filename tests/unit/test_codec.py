@@ -52,3 +52,16 @@ def test_service_key_bytes_match_the_ctypes_struct() -> None:
 def test_round_trip(m, fam, key, value) -> None:
     assert codec.unpack_key(m, fam, codec.pack_key(m, fam, key)) == key
     assert codec.unpack_value(m, fam, codec.pack_value(m, fam, value)) == value
+
+
+def test_bulk_packing_equals_one_by_one() -> None:
+    cases = {("services", 4): ([("10.96.0.1", 80, 6, 1, 0), ("10.96.0.1", 80, 6, 1, 1)],
+                               [(0, 0, 1, 0, 3, 1, 0), (5, 0, 0, 0, 0, 0, 0)]),
+             ("backends", 6): ([(1,), (2,)], [("fd00::1", 80, 6, 0, 0, 0),
+                                              ("fd00::2", 81, 17, 1, 1, 0)]),
+             ("revnat", 4): ([(1,)], [("10.96.0.1", 80)]),
+             ("affmatch", 0): ([(1, 2, 1)], [(1,)])}
+    for (m, f), (keys, values) in cases.items():
+        assert codec.pack_keys(m, f, keys) == b"".join(codec.pack_key(m, f, k) for k in keys)
+        assert codec.pack_values(m, f, values) == b"".join(
+            codec.pack_value(m, f, v) for v in values)

@@ -5,6 +5,7 @@ checks every format against the compiled object's sizes and offsets."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 
@@ -22,7 +23,9 @@ STRUCTS = {k: (struct.Struct(kf), struct.Struct(vf)) for k, (kf, vf) in FORMATS.
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def ip_bytes(ip: str, family: int) -> bytes:
+    # cached: a full sync packs each VIP once per slot and each backend twice
     return socket.inet_pton(_AF[family], ip)
 
 
@@ -30,6 +33,7 @@ def ip_str(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def port_bytes(port: int) -> bytes:
     return port.to_bytes(2, "big")
 
@@ -71,3 +75,25 @@ def unpack_value(m: str, family: int, raw: bytes) -> tuple:
         return (ip_str(addr), int.from_bytes(port, "big"), proto, state, flags, zone)
     addr, port = fields
     return (ip_str(addr), int.from_bytes(port, "big"))
+
+
+def pack_keys(m: str, family: int, keys: list[tuple]) -> bytes:
+    """pack_key over many keys, as one buffer for a batch call (hot path)."""
+    pack = STRUCTS[(m, family)][0].pack
+    if m == "services":
+        ipb, pb = ip_bytes, port_bytes
+        return b"".join([pack(ipb(ip, family), pb(port), slot, proto, scope)
+                         for ip, port, proto, scope, slot in keys])
+    return b"".join([pack(*k) for k in keys])
+
+
+def pack_values(m: str, family: int, values: list[tuple]) -> bytes:
+    """pack_value over many values, as one buffer for a batch call (hot path)."""
+    pack = STRUCTS[(m, family)][1].pack
+    if m in ("services", "affmatch"):
+        return b"".join([pack(*v) for v in values])
+    ipb, pb = ip_bytes, port_bytes
+    if m == "backends":
+        return b"".join([pack(ipb(ip, family), pb(port), proto, state, flags, zone)
+                         for ip, port, proto, state, flags, zone in values])
+    return b"".join([pack(ipb(ip, family), pb(port)) for ip, port in values])

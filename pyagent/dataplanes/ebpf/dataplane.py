@@ -21,6 +21,7 @@ from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
+from pyagent.manifests import gc_paused
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 
@@ -81,6 +82,12 @@ class EbpfDataplane:
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
         assert self.reconciler is not None, "setup() first"
+        with gc_paused():  # a full sync makes ~10 objects per endpoint: no GC rescans
+            return self._sync(states, full)
+
+    def _sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+              full: bool) -> SyncStatus:
+        assert self.reconciler is not None
         changes: dict[ServiceKey, list[Frontend]] = {}
         for svc, ports in states.items():
             changes[svc] = [fe for sps in ports for fe in frontends_for(sps, self.config)]

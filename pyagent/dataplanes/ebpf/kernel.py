@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from pyagent.dataplanes.ebpf import codec
@@ -45,25 +44,22 @@ class KernelWriter:
 
     def run(self, phases: list[list[Op]]) -> None:
         for phase in phases:
-            puts: dict[tuple[str, int], tuple[list[bytes], list[bytes]]] = defaultdict(
-                lambda: ([], []))
-            dels: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+            puts: dict[tuple[str, int], tuple[list[tuple], list[tuple]]] = {}
+            dels: dict[tuple[str, int], list[tuple]] = {}
             for op in phase:
-                key = codec.pack_key(op.map, op.family, op.key)
                 if op.value is None:
-                    dels[(op.map, op.family)].append(key)
+                    dels.setdefault((op.map, op.family), []).append(op.key)
                 else:
-                    ks, vs = puts[(op.map, op.family)]
-                    ks.append(key)
-                    vs.append(codec.pack_value(op.map, op.family, op.value))
+                    ks, vs = puts.setdefault((op.map, op.family), ([], []))
+                    ks.append(op.key)
+                    vs.append(op.value)
             for (m, f), (ks, vs) in puts.items():
-                _map(self.maps, m, f).update_many_raw(b"".join(ks), b"".join(vs))
+                _map(self.maps, m, f).update_many_raw(codec.pack_keys(m, f, ks),
+                                                      codec.pack_values(m, f, vs))
                 if m == BACKENDS:
-                    self._reset_backend_counters(op.key[0] for op in phase
-                                                 if op.map == BACKENDS and op.value)
+                    self._reset_backend_counters(k[0] for k in ks)
             for (m, f), ks in dels.items():
-                _map(self.maps, m, f).delete_many_raw(b"".join(ks))
-
+                _map(self.maps, m, f).delete_many_raw(codec.pack_keys(m, f, ks))
 
     def _reset_backend_counters(self, ids: Iterable[int]) -> None:
         """A backend id may be reused: its counters start again from zero."""

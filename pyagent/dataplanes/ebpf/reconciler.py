@@ -69,10 +69,6 @@ def master_value(fe: Frontend, rev_id: int) -> tuple:
             fe.algorithm)
 
 
-def slot_value(backend_id: int) -> tuple:
-    return (backend_id, 0, 0, 0, 0, 0, 0)
-
-
 def backend_value(b: Backend) -> tuple:
     # (ip, port, proto, state, flags, zone)
     return (b.ip, b.port, b.proto, L.BackendState.ACTIVE, L.BACKEND_F_LOCAL if b.local else 0, 0)
@@ -100,6 +96,7 @@ class Reconciler:
         self._freed_rev: list[int] = []
         self.last_ops = 0  # map writes and deletes of the last apply()
         self.last_released: list[Backend] = []  # backends the last apply() removed
+        self._unused: set[int] = set()  # backend ids whose count fell to zero
         self._stray: list[Op] = []
         if adopted:
             self._adopt(adopted)
@@ -126,6 +123,7 @@ class Reconciler:
             self._count(AFFMATCH, "", len(self._affinity_entries(fe)))
         self._next_rev = max(self.rev_refs, default=0) + 1
         self._next_backend = max(self.backend_refs, default=0) + 1
+        self._unused = {i for i, n in self.backend_refs.items() if n == 0}  # orphans go
         self._stray = list(st.stray)
 
     # -- bookkeeping --------------------------------------------------------
@@ -244,14 +242,20 @@ class Reconciler:
             self.rev_refs[rev_id] += 1
         ip, port, proto, scope = fe.key
         old_backends = old.slots if old else ()
-        for b in fe.slots:
-            self._ref_backend(b, phases)
+        slots = fe.slots
+        # The hot loop of a full sync (one pass per endpoint): locals only.
+        ids, refs, put_slot = self.backend_ids, self.backend_refs, phases[2].append
+        n_old = len(old_backends)
+        for i, b in enumerate(slots, start=1):
+            bkey = (b.ip, b.port, b.proto)
+            bid = ids.get(bkey)
+            if bid is None:
+                bid = self._new_backend(b, phases)
+            refs[bid] += 1
+            if i > n_old or old_backends[i - 1] != b:
+                put_slot(Op(SERVICES, fam, (ip, port, proto, scope, i), (bid, 0, 0, 0, 0, 0, 0)))
         for b in old_backends:
-            self.backend_refs[self.backend_ids[b.key]] -= 1
-        for i, b in enumerate(fe.slots, start=1):
-            if i > len(old_backends) or old_backends[i - 1] != b:
-                bid = self.backend_ids[b.key]
-                phases[2].append(Op(SERVICES, fam, (ip, port, proto, scope, i), slot_value(bid)))
+            self._unref(ids[b.key])
         self.kernel[fe.key] = fe  # (rev id known now: _affinity_entries reads it)
         new_match = self._affinity_entries(fe)
         phases[2].extend(Op(AFFMATCH, 0, k, (1,)) for k in sorted(new_match - old_match))
@@ -269,16 +273,15 @@ class Reconciler:
         rev_id = self.rev_ids[fe.addr]
         return {(self.backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
 
-    def _ref_backend(self, b: Backend, phases: list[list[Op]]) -> None:
-        bid = self.backend_ids.get(b.key)
-        if bid is None:
-            bid = self._alloc(self._free_backend, "_next_backend", MAX_BACKEND_ID)
-            self.backend_ids[b.key] = bid
-            self.backend_refs[bid] = 0
-            self.backends[bid] = b
-            phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
-            self._count(BACKENDS, b.ip, 1)
-        self.backend_refs[bid] += 1
+    def _new_backend(self, b: Backend, phases: list[list[Op]]) -> int:
+        bid = self._alloc(self._free_backend, "_next_backend", MAX_BACKEND_ID)
+        self.backend_ids[b.key] = bid
+        self.backend_refs[bid] = 0
+        self._unused.add(bid)  # until referenced
+        self.backends[bid] = b
+        phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
+        self._count(BACKENDS, b.ip, 1)
+        return bid
 
     def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
         fe = self.kernel[key]
@@ -292,7 +295,7 @@ class Reconciler:
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), None))
         for i, b in enumerate(fe.slots, start=1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
-            self.backend_refs[self.backend_ids[b.key]] -= 1
+            self._unref(self.backend_ids[b.key])
         self._count(SERVICES, fe.ip, -(1 + len(fe.slots)))
         rev_id = self.rev_ids[fe.addr]
         self.rev_refs[rev_id] -= 1
@@ -304,11 +307,19 @@ class Reconciler:
             phases[5].append(Op(REVNAT, fam, (rev_id,), None))
             self._count(REVNAT, fe.ip, -1)
 
+    def _unref(self, bid: int) -> None:
+        self.backend_refs[bid] -= 1
+        if self.backend_refs[bid] == 0:
+            self._unused.add(bid)
+
     def _release(self, phases: list[list[Op]]) -> None:
         self._free_rev.extend(self._freed_rev)
         self._freed_rev = []
         self.last_released = []
-        for bid in [i for i, n in self.backend_refs.items() if n == 0]:
+        # Only ids whose count reached zero are candidates: no scan of every
+        # backend, so one endpoint change costs O(that service).
+        unused, self._unused = self._unused, set()
+        for bid in sorted(i for i in unused if self.backend_refs.get(i) == 0):
             b = self.backends.pop(bid)
             self.last_released.append(b)
             del self.backend_refs[bid], self.backend_ids[b.key]
