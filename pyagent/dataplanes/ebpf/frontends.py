@@ -24,6 +24,11 @@ ALGORITHMS = {
     "round-robin": L.Algorithm.ROUND_ROBIN,
     "least-conn": L.Algorithm.LEAST_CONN,
     "maglev": L.Algorithm.MAGLEV,
+    # IPVS scheduler names, for Services annotated for the IPVS mode
+    "rr": L.Algorithm.ROUND_ROBIN, "wrr": L.Algorithm.ROUND_ROBIN,
+    "lc": L.Algorithm.LEAST_CONN, "wlc": L.Algorithm.LEAST_CONN,
+    "sed": L.Algorithm.LEAST_CONN, "nq": L.Algorithm.LEAST_CONN,
+    "mh": L.Algorithm.MAGLEV, "sh": L.Algorithm.MAGLEV, "dh": L.Algorithm.MAGLEV,
 }
 
 
