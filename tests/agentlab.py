@@ -3,12 +3,14 @@ directory the test rewrites, observed through `pyagent maps dump`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,8 @@ class AgentLab:
         return out
 
     def wait(self, cond: Callable[[dict], bool], what: str, timeout: float = 30) -> dict:
+        # under qemu without KVM (vagrant/qemu-run) everything is ~10x slower
+        timeout *= float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
         deadline = time.monotonic() + timeout
         while True:
             fes = self.frontends()
@@ -129,6 +133,20 @@ class AgentLab:
                 raise AssertionError(f"timed out waiting for {what}; maps: {fes}\n"
                                      f"{self.last_error}\n{self.logs()}")
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def agent_lab(pods: int, stop_signal: int = signal.SIGTERM) -> Iterator[AgentLab]:
+    """A Lab with an AgentLab on it; the agent stopped and its state cleaned
+    up afterwards, also when the test failed."""
+    with Lab(pods=pods) as lab:
+        a = AgentLab(lab)
+        try:
+            yield a
+        finally:
+            if a.proc is not None:
+                a.stop(stop_signal)
+            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
 
 
 def pods_for(lab: Lab, ips: Iterable[str]) -> set[str]:

@@ -7,9 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from agentlab import AgentLab, service, slice_
-
-from pyagent.lab import Lab
+from agentlab import AgentLab, agent_lab, service, slice_
 
 pytestmark = pytest.mark.root
 
@@ -20,14 +18,8 @@ TARGETS = [("http", "TCP", 8080)]
 
 @pytest.fixture
 def alab() -> Iterator[AgentLab]:
-    with Lab(pods=3) as lab:
-        a = AgentLab(lab)
-        try:
-            yield a
-        finally:
-            if a.proc is not None:
-                a.stop()
-            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
+    with agent_lab(3) as a:
+        yield a
 
 
 def write(a: AgentLab, pods: list[int], affinity: int | None = None,

@@ -7,9 +7,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from agentlab import AgentLab, pods_for, service, slice_
-
-from pyagent.lab import Lab
+from agentlab import AgentLab, agent_lab, pods_for, service, slice_
 
 pytestmark = pytest.mark.root
 
@@ -20,14 +18,8 @@ TARGETS = [("http", "TCP", 8080), ("alt", "TCP", 9090), ("dns", "UDP", 5353)]
 
 @pytest.fixture
 def alab() -> Iterator[AgentLab]:
-    with Lab(pods=4) as lab:
-        a = AgentLab(lab)
-        try:
-            yield a
-        finally:
-            if a.proc is not None:
-                a.stop()
-            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
+    with agent_lab(4) as a:
+        yield a
 
 
 def echo_manifests(a: AgentLab, ready: dict[int, bool]) -> None:

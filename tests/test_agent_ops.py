@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from agentlab import AgentLab, service, slice_
+from agentlab import AgentLab, agent_lab, service, slice_
 
 from pyagent import statusfile
 from pyagent.lab import Lab
@@ -29,14 +29,8 @@ METRICS = (
 
 @pytest.fixture
 def alab() -> Iterator[AgentLab]:
-    with Lab(pods=3) as lab:
-        a = AgentLab(lab)
-        try:
-            yield a
-        finally:
-            if a.proc is not None:
-                a.stop()
-            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
+    with agent_lab(3) as a:
+        yield a
 
 
 def http_get(lab: Lab, port: int, path: str) -> tuple[int, str]:

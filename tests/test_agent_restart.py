@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from agentlab import AgentLab, service, slice_
-
-from pyagent.lab import Lab
+from agentlab import AgentLab, agent_lab, service, slice_
 
 pytestmark = pytest.mark.root
 
@@ -23,14 +21,8 @@ TARGETS = [("http", "TCP", 8080), ("dns", "UDP", 5353)]
 
 @pytest.fixture
 def alab() -> Iterator[AgentLab]:
-    with Lab(pods=4) as lab:
-        a = AgentLab(lab)
-        try:
-            yield a
-        finally:
-            if a.proc is not None:
-                a.stop(signal.SIGKILL)
-            a.pyagent("cleanup", "--bpffs", a.bpffs, "--cgroup", str(lab.cgroup))
+    with agent_lab(4, signal.SIGKILL) as a:
+        yield a
 
 
 def write(a: AgentLab, pods: list[int]) -> None:

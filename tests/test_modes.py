@@ -20,6 +20,7 @@ Known, documented differences (README, "Modes"):
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -132,6 +133,8 @@ class Env:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    # under qemu without KVM (vagrant/qemu-run) everything is ~10x slower
+    timeout *= float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
