@@ -4,7 +4,8 @@
      ingress without a frontend, ingress on an established flow, egress
      without and with a rewrite
   2. TCP connections per second from the external client: to a server of the
-     node itself (baseline: the programs run but translate nothing), through
+     node itself and directly to a pod routed through the node (baselines:
+     the programs run but translate nothing), through
      a NodePort to a local pod (eTP=Local, DNAT only), and through a NodePort
      to a pod on the other node (eTP=Cluster: DNAT + masquerade + forward)
 
@@ -91,7 +92,10 @@ def lab(n: int) -> dict[str, float]:
             server = c.popen([sys.executable, "-m", "pyagent.lab.server", "--name", "host",
                               "--tcp", "7000"], ns=node0.ns, stdout=subprocess.PIPE, text=True)
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            # the pod itself, routed through node0 without any translation
+            c.run(["ip", "route", "add", f"{node0.pods[0].ip4}/32", "via", node0.ip4])
             return {"node_server_conn_per_s": connects(c, node0.ip4, 7000, n),
+                    "direct_to_pod_conn_per_s": connects(c, node0.pods[0].ip4, 8080, n),
                     "nodeport_local_conn_per_s": connects(c, node0.ip4, 30080, n),
                     "nodeport_masq_remote_conn_per_s": connects(c, node0.ip4, 30081, n)}
         finally:
