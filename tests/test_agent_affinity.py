@@ -133,3 +133,44 @@ def test_connected_udp_client_recovers_at_once_when_its_backend_is_deleted(
     assert "ECONNABORTED" in res.errors, res.errors  # destroyed, not left hanging
     assert not any(e.get("error") == "ETIMEDOUT" for e in gap), gap[-5:]
     assert all(e.get("pod") in ("pod1", "pod2") for e in events[first_new:])
+
+
+def test_rolling_update_drops_no_connection(alab: AgentLab) -> None:
+    """Pods are replaced one by one (new pod ready, old pod terminating, then
+    gone from the slice) while clients keep connecting and hold connections:
+    no connection fails, terminating pods get no new ones while ready ones exist."""
+    from agentlab import endpoint
+
+    lab = alab.lab
+    for i in range(3, 6):
+        lab.add_pod(f"pod{i}")
+    state = {0: "ready", 1: "ready", 2: "ready"}
+
+    def write_state() -> None:
+        eps = [endpoint(lab.pods[i].ip4, ready=s == "ready", serving=True,
+                        terminating=s == "terminating") for i, s in sorted(state.items())]
+        alab.write("svc.yaml", service("echo", [VIP], PORTS),
+                   slice_("echo", "echo", 4, TARGETS, eps))
+
+    write_state()
+    alab.start()
+    alab.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3, "3 backends")
+    clients = [lab.client_start(VIP, 80, count=100_000, duration=14, hold=10, timeout=3)
+               for _ in range(2)]
+    for old, new in ((0, 3), (1, 4), (2, 5)):
+        time.sleep(1)
+        state[new] = "ready"
+        state[old] = "terminating"
+        write_state()
+        alab.wait(lambda f, n=new: f"{lab.pods[n].ip4}:8080" in f.get((VIP, 80, "TCP"), ()),
+                  f"pod{new} active")
+        probe = lab.client(VIP, 80, count=30)
+        assert f"pod{old}" not in probe.counts, probe.counts  # draining: no new connections
+        time.sleep(1)
+        del state[old]  # terminated: gone from the slice
+        write_state()
+    results = [lab.client_result(c, timeout=60) for c in clients]
+    for r in results:
+        assert r.errors == {}, r.errors  # no failed connect, no broken held connection
+        assert sum(r.held.values()) == 10
+    assert set(lab.client(VIP, 80, count=60).counts) == {"pod3", "pod4", "pod5"}
