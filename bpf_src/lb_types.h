@@ -308,6 +308,19 @@ struct lb6_src_range_key {
 	union lb_v6addr address;
 };
 
+/* Maglev consistent hashing (LB_ALG_MAGLEV frontends on the TC path): per
+ * service id a lookup table of LB_MAGLEV_M backend ids, an inner array map
+ * held by the hash-of-maps lb_maglev (key: rev_nat_id as __u32). A new
+ * flow takes table[flow hash % LB_MAGLEV_M]. M is prime (the permutation
+ * needs it) and much larger than any service's backend count, so shares
+ * stay within ~1% for up to ~100 backends: 16381 entries = 64 KiB per
+ * Maglev service. User space builds a new table in a fresh inner map and
+ * swaps it in with one update of lb_maglev (atomic for readers). */
+#ifndef LB_MAGLEV_MAP_MAX
+#define LB_MAGLEV_MAP_MAX 65536
+#endif
+#define LB_MAGLEV_M 16381
+
 /* Per-node settings of the TC programs (array, one entry at index 0),
  * written by user space so a node IP change needs no recompile. */
 #define LB_CONFIG_KEY 0

@@ -31,6 +31,11 @@
  * answer, port unreachable, instead of half of it being translated),
  * packets to addresses without an EXTERNAL frontend.
  *
+ * Backend choice for a new flow: a live session-affinity entry whose
+ * backend is still a member (lb_aff_match, scope EXTERNAL); else, for
+ * LB_ALG_MAGLEV frontends, the service's Maglev table (lb_maglev); else
+ * slot hash % count + 1 of the frontend.
+ *
  * Compile-time options (-D): PIN_DIR, LB_*_MAP_MAX (see lb_types.h),
  * LB_EXPECTED_LAYOUT_VERSION, as for sock_lb.c.
  */
@@ -127,6 +132,45 @@ static __always_inline __u64 affinity_client(const struct lb_pkt *p)
 	if (p->l3_proto == ETH_P_IP)
 		return p->saddr.p32[0];
 	return p->saddr.p64[0] ^ p->saddr.p64[1];
+}
+
+/* The backend id a live session-affinity entry of this client names, or 0.
+ * As on the socket path (sock_lb.c lb_affinity_get), the entry counts only
+ * while the backend is still a member of the service's EXTERNAL view
+ * (lb_aff_match): a backend that left the service is not reused. */
+static __always_inline __u32 affinity_get(const struct lb_pkt *p, __u16 rev_nat_id,
+					  __u32 timeout, __u64 now)
+{
+	struct lb_affinity_key ak = {};
+	struct lb_affinity_match_key mk = {};
+	struct lb_affinity_val *av;
+
+	ak.client = affinity_client(p);
+	ak.rev_nat_id = rev_nat_id;
+	av = lb_affinity.lookup(&ak);
+	if (!av || av->last_used + timeout < now)
+		return 0;
+	mk.backend_id = av->backend_id;
+	mk.rev_nat_id = rev_nat_id;
+	mk.scope = LB_SCOPE_EXTERNAL;
+	if (!lb_aff_match.lookup(&mk))
+		return 0;
+	return mk.backend_id;
+}
+
+/* LB_ALG_MAGLEV: the backend id at table[hash % LB_MAGLEV_M] of the
+ * service's Maglev table, or 0 when it has none (not synced yet, or an
+ * empty entry): the caller then takes the hash % count slot. */
+static __always_inline __u32 maglev_pick(__u16 rev_nat_id, __u32 hash)
+{
+	__u32 k = rev_nat_id, idx = hash % LB_MAGLEV_M;
+	__u32 *id;
+	void *table = lb_maglev.lookup(&k);
+
+	if (!table)
+		return 0;
+	id = bpf_map_lookup_elem(table, &idx);
+	return id ? *id : 0;
 }
 
 static __always_inline int reject4(struct __sk_buff *skb, const struct lb_pkt *p)
@@ -297,17 +341,15 @@ static __always_inline int new_flow4(struct __sk_buff *skb, struct lb_pkt *p,
 
 	hash = lb_flow_hash(p);
 	if (flags & LB_F_AFFINITY) {
-		struct lb_affinity_key ak = {};
-		struct lb_affinity_val *av;
-
-		ak.client = affinity_client(p);
-		ak.rev_nat_id = rev_nat_id;
-		av = lb_affinity.lookup(&ak);
-		if (av && av->last_used + svc->affinity_timeout >= now) {
-			backend_id = av->backend_id;
-			if (!lb4_backends.lookup(&backend_id))
-				backend_id = 0;
-		}
+		backend_id = affinity_get(p, rev_nat_id, svc->affinity_timeout, now);
+		if (backend_id && !lb4_backends.lookup(&backend_id))
+			backend_id = 0;
+	}
+	/* A table naming a backend that is gone (mid-update): use the slot. */
+	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
+		backend_id = maglev_pick(rev_nat_id, hash);
+		if (backend_id && !lb4_backends.lookup(&backend_id))
+			backend_id = 0;
 	}
 	if (!backend_id) {
 		skey.backend_slot = pick_slot(hash, count);
@@ -543,17 +585,15 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct lb_pkt *p,
 
 	hash = lb_flow_hash(p);
 	if (flags & LB_F_AFFINITY) {
-		struct lb_affinity_key ak = {};
-		struct lb_affinity_val *av;
-
-		ak.client = affinity_client(p);
-		ak.rev_nat_id = rev_nat_id;
-		av = lb_affinity.lookup(&ak);
-		if (av && av->last_used + svc->affinity_timeout >= now) {
-			backend_id = av->backend_id;
-			if (!lb6_backends.lookup(&backend_id))
-				backend_id = 0;
-		}
+		backend_id = affinity_get(p, rev_nat_id, svc->affinity_timeout, now);
+		if (backend_id && !lb6_backends.lookup(&backend_id))
+			backend_id = 0;
+	}
+	/* A table naming a backend that is gone (mid-update): use the slot. */
+	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
+		backend_id = maglev_pick(rev_nat_id, hash);
+		if (backend_id && !lb6_backends.lookup(&backend_id))
+			backend_id = 0;
 	}
 	if (!backend_id) {
 		skey.backend_slot = pick_slot(hash, count);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import time
 
 import pytest
 
@@ -323,18 +324,63 @@ def test_no_masquerade_address_drops_instead_of_leaking(lb):
         tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
 
 
-def test_session_affinity_pins_a_client(lb):
-    port = next(_ports)
+def affinity_frontend(lb, port: int, members: bool = True) -> tuple[int, dict[str, int]]:
+    """An EXTERNAL affinity frontend over LOCAL4 with a 600 s timeout and,
+    with members, the lb_aff_match entries (scope EXTERNAL) the control
+    plane writes. Returns (service id, {backend address: id})."""
     rev = frontend(lb, NODE4, port, "TCP", [(b, 8080, True) for b in LOCAL4],
                    F.NODE_PORT | F.AFFINITY)
     m = lb.lb_maps.lb4_services
-    master = m.get(L.service_key(NODE4, port, "TCP", scope=L.SCOPE_EXTERNAL))
+    key = L.service_key(NODE4, port, "TCP", scope=L.SCOPE_EXTERNAL)
+    master = m.get(key)
     master.affinity_timeout = 600
-    m.set(L.service_key(NODE4, port, "TCP", scope=L.SCOPE_EXTERNAL), master)
+    m.set(key, master)
+    ids = {}
+    for slot in range(1, master.count + 1):
+        bid = m.get(L.service_key(NODE4, port, "TCP", slot=slot,
+                                  scope=L.SCOPE_EXTERNAL)).backend_id
+        ids[L.from_ip4(lb.lb_maps.lb4_backends.get(ctypes.c_uint32(bid)).address)] = bid
+        if members:
+            set_member(lb, bid, rev)
+    return rev, ids
+
+
+def set_member(lb, bid: int, rev: int) -> None:
+    lb.lb_maps.lb_aff_match.set(
+        L.LbAffinityMatchKey(backend_id=bid, rev_nat_id=rev, scope=L.SCOPE_EXTERNAL),
+        ctypes.c_uint8(1))
+
+
+def test_session_affinity_pins_a_client(lb):
+    port = next(_ports)
+    rev, _ = affinity_frontend(lb, port)
     dsts = {parsed(ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))[1]).dst
             for cport in range(43000, 43040)}
     assert len(dsts) == 1
     assert rev  # the id keys the affinity entry
+
+
+def test_affinity_to_a_backend_that_left_the_service_is_ignored(lb):
+    """As on the socket path: an affinity entry counts only while
+    lb_aff_match says its backend is still in the service (scope EXTERNAL)."""
+    port = next(_ports)
+    rev, ids = affinity_frontend(lb, port, members=False)
+    # An affinity entry of this client to LOCAL4[2], whose membership is
+    # gone (or, here, was never written).
+    pinned = ids[LOCAL4[2]]
+    akey = L.LbAffinityKey(client=L.ip4(CLIENT4), rev_nat_id=rev)
+    last_used = int(time.clock_gettime(time.CLOCK_MONOTONIC))  # bpf_ktime_get_ns()
+    lb.lb_maps.lb_affinity.set(akey, L.LbAffinityVal(last_used=last_used, backend_id=pinned))
+    dsts = {parsed(ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))[1]).dst
+            for cport in range(43100, 43160)}
+    assert dsts == set(LOCAL4)  # ignored: flows spread as without affinity
+    # With the membership entry, the same affinity entry is followed.
+    for bid in ids.values():
+        set_member(lb, bid, rev)
+    lb.lb_maps.lb_affinity.set(akey, L.LbAffinityVal(last_used=last_used, backend_id=pinned))
+    dsts = {parsed(ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))[1]).dst
+            for cport in range(43200, 43240)}
+    assert dsts == {LOCAL4[2]}
 
 
 def test_tcp_fin_shortens_the_entry(lb):

@@ -28,4 +28,12 @@ LB_MAP_F("lpm_trie", struct lb6_src_range_key, __u8, lb6_srcrange, LB_SRC_RANGE_
 LB_MAP("array", __u32, struct lb_node_config, lb_node_config, 1);
 LB_MAP("percpu_array", __u32, struct lb_tc_stat, lb_tc_stats, LB_TC_STAT_MAX);
 
+/* Maglev tables: lb_maglev_inner is the inner-map template (BCC wants a
+ * declared map; pinned like the others so open_pinned_tc_maps finds every
+ * TC map, never filled); lb_maglev maps rev_nat_id -> a fresh array of the
+ * same shape per Maglev service (see lb_types.h). BCC writes the section
+ * "hash_of_maps$lb_maglev_inner" into the pinned table type. */
+LB_MAP("array", __u32, __u32, lb_maglev_inner, LB_MAGLEV_M);
+LB_MAP("hash_of_maps$lb_maglev_inner", __u32, int, lb_maglev, LB_MAGLEV_MAP_MAX);
+
 #endif /* PYAGENT_LIB_TC_MAPS_H */

@@ -82,6 +82,10 @@ class CtFlag(enum.IntFlag):
 SRC_RANGE_PREFIX_BITS = 32
 CONFIG_KEY = 0
 
+# Maglev tables (lb_maglev: rev_nat_id -> inner array of MAGLEV_M backend ids)
+MAGLEV_MAP_MAX = 65536
+MAGLEV_M = 16381
+
 
 class ConfigFlag(enum.IntFlag):
     SNAT4 = 1 << 0
@@ -135,6 +139,8 @@ C_CONSTANTS: dict[str, int] = {
     **{f"LB_CT_F_{f.name}": int(f) for f in CtFlag},
     "LB_SRC_RANGE_PREFIX_BITS": SRC_RANGE_PREFIX_BITS,
     "LB_CONFIG_KEY": CONFIG_KEY,
+    "LB_MAGLEV_MAP_MAX": MAGLEV_MAP_MAX,
+    "LB_MAGLEV_M": MAGLEV_M,
     **{f"LB_CFG_F_{f.name}": int(f) for f in ConfigFlag},
     "LB_SNAT_PORT_MIN_DEFAULT": SNAT_PORT_MIN_DEFAULT,
     "LB_SNAT_PORT_MAX_DEFAULT": SNAT_PORT_MAX_DEFAULT,
@@ -393,6 +399,7 @@ MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_SK_STORAGE = 24
 
 MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
@@ -455,6 +462,10 @@ TC_MAPS: dict[str, MapSpec] = {
                 "LB_SRC_RANGE_MAP_MAX"),
         MapSpec("lb_node_config", c_uint32, LbNodeConfig, MAP_TYPE_ARRAY, ""),
         MapSpec("lb_tc_stats", c_uint32, LbTcStat, MAP_TYPE_PERCPU_ARRAY, ""),
+        # Maglev: the inner-map template (never filled) and rev_nat_id ->
+        # inner map (value: an fd on update, the map id on lookup).
+        MapSpec("lb_maglev_inner", c_uint32, c_uint32, MAP_TYPE_ARRAY, ""),
+        MapSpec("lb_maglev", c_uint32, c_uint32, MAP_TYPE_HASH_OF_MAPS, "LB_MAGLEV_MAP_MAX"),
     )
 }
 

@@ -59,9 +59,11 @@ class TcCapacities:
 
     ct: int = L.CT_MAP_MAX
     src_range: int = L.SRC_RANGE_MAP_MAX
+    maglev: int = L.MAGLEV_MAP_MAX  # services with a Maglev table
 
     def defines(self) -> dict[str, int]:
-        return {"LB_CT_MAP_MAX": self.ct, "LB_SRC_RANGE_MAP_MAX": self.src_range}
+        return {"LB_CT_MAP_MAX": self.ct, "LB_SRC_RANGE_MAP_MAX": self.src_range,
+                "LB_MAGLEV_MAP_MAX": self.maglev}
 
 
 @dataclass
@@ -74,6 +76,8 @@ class TcMaps:
     lb6_srcrange: Map[L.Lb6SrcRangeKey, ctypes.c_uint8]
     lb_node_config: Map[ctypes.c_uint32, L.LbNodeConfig]
     lb_tc_stats: Map[ctypes.c_uint32, L.LbTcStat]
+    lb_maglev_inner: Map[ctypes.c_uint32, ctypes.c_uint32]
+    lb_maglev: Map[ctypes.c_uint32, ctypes.c_uint32]  # maglev.sync_tables writes it
 
     def all(self) -> dict[str, Map]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
