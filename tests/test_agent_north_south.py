@@ -127,3 +127,32 @@ def test_trace_bpf_asks_the_loaded_program(cluster: Cluster, agent: Agent) -> No
     assert seen <= want
     assert trace(30009)["verdict"] == "REJECT"
     assert trace(30999)["verdict"] == "NO_MATCH"
+
+
+def test_maglev_service_gets_a_table_and_serves_every_backend(cluster: Cluster,
+                                                              agent: Agent) -> None:
+    from pyagent.dataplanes.ebpf import maglev, tc
+
+    n0, n1 = cluster.nodes
+    svc = service("mag", "10.96.0.11")
+    svc["metadata"]["annotations"] = {"pyagent.io/lb-algorithm": "maglev"}
+    backends = [(n0.pods[0], n0.name), (n0.pods[1], n0.name), (n1.pods[0], n1.name)]
+    agent.apply(svc, eps("mag", backends))
+    res = cluster.client(n0.ip4, 30011, count=60, timeout=3)
+    assert not res.errors and len(res.counts) == 3, res.counts
+
+    dump = json.loads(subprocess.run(
+        [sys.executable, "-m", "pyagent", "maps", "dump", "--bpffs", str(n0.bpffs), "--json"],
+        capture_output=True, text=True, check=True).stdout)
+    [ext] = [s for s in dump["services"] if s["frontend"]["port"] == 30011
+             and s["frontend"]["scope"] == "external"]
+    assert ext["algorithm"] == "maglev"
+    maps = tc.open_pinned_tc_maps(str(n0.bpffs))
+    try:
+        table = maglev.read_table(maps, ext["revNatId"])
+        ids = {b["backendId"] for b in ext["backends"]}
+        assert table is not None and set(table) == ids  # every backend owns entries
+        agent.apply(service("mag", "10.96.0.11"), eps("mag", backends))  # annotation gone
+        assert maglev.read_table(maps, ext["revNatId"]) is None
+    finally:
+        maps.close()

@@ -22,7 +22,7 @@ from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
 from pyagent.manifests import gc_paused
-from pyagent.model import ServiceKey
+from pyagent.model import ServiceKey, join_host_port
 from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class EbpfDataplane:
         self._attached = False
         self.tc = None  # tc.TcLB when the node has TC interfaces
         self.janitor: BackendJanitor | None = None
+        self._maglev_revs: dict[ServiceKey, set[int]] = {}  # Services with Maglev tables
 
     def setup(self) -> None:
         """Load (reusing pinned maps) and adopt. The programs are attached at
@@ -106,6 +107,7 @@ class EbpfDataplane:
             self.janitor.removed(self.reconciler.last_released)
         if self.tc is not None:
             self._sync_source_ranges(changes, full)
+            self._sync_maglev(changes, full)
         if full and not self._attached:
             self._attach()
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
@@ -127,6 +129,33 @@ class EbpfDataplane:
                 if fe.source_ranges and rev_id is not None:
                     desired[rev_id] = fe.source_ranges
         tc.sync_source_ranges(self.tc.maps, desired, prune=full)
+
+    def _sync_maglev(self, changes: Mapping[ServiceKey, list[Frontend]], full: bool) -> None:
+        """Maglev tables of the EXTERNAL frontends just written (TC path only);
+        a Service that stopped using Maglev, or went, loses its tables."""
+        from pyagent.dataplanes.ebpf import layout as L
+        from pyagent.dataplanes.ebpf import maglev
+
+        assert self.reconciler is not None and self.tc is not None
+        r = self.reconciler
+        tables: dict[int, list[tuple[int, str]]] = {}
+        for svc, fes in changes.items():
+            revs = set()
+            for fe in fes:
+                rev_id = r.rev_id(fe)
+                if (fe.scope == L.SCOPE_EXTERNAL and fe.algorithm == L.Algorithm.MAGLEV
+                        and rev_id is not None):
+                    tables[rev_id] = [(r.backend_ids[b.key], join_host_port(b.ip, b.port))
+                                      for b in fe.backends]
+                    revs.add(rev_id)
+            for gone in self._maglev_revs.get(svc, set()) - revs:
+                tables.setdefault(gone, [])
+            if revs:
+                self._maglev_revs[svc] = revs
+            else:
+                self._maglev_revs.pop(svc, None)
+        if tables or full:
+            maglev.sync_tables(self.tc.maps, tables, prune=full)
 
     def close(self) -> None:
         if self.janitor is not None:
