@@ -71,6 +71,8 @@ class FakeIpvs:
         self.log, self.vs = log, {}
 
     def add(self, vs) -> None:
+        if vs.key in self.vs:  # as the kernel answers: EEXIST
+            raise FileExistsError(vs.key)
         self.log.append(("add", vs.key))
         self.vs[vs.key] = vs
 
@@ -143,7 +145,10 @@ def test_full_sync_removes_virtual_servers_left_on_our_vips() -> None:
     log: list = []
     ipvs, holder = FakeIpvs(log), FakeHolder(log)
     holder.ips = {"172.30.0.99"}
-    ipvs.vs = {(4, 6, "172.30.0.99", 80, 0): None, (4, 6, "198.51.100.1", 80, 0): None}
+    from pyagent.dataplanes.ipvs.config import VirtualServer
+
+    ipvs.vs = {k: VirtualServer(*k, "rr", 0, ()) for k in ((4, 6, "172.30.0.99", 80, 0),
+                                                          (4, 6, "198.51.100.1", 80, 0))}
     dp = IpvsDataplane(CFG, ex=FakeExec(), families=(4,), kernel=ipvs, holder=holder)
     dp.sync({("ns", "a"): (sps(),)}, full=True)
     assert (4, 6, "172.30.0.99", 80, 0) not in ipvs.vs  # ours (on our VIP): removed
@@ -173,3 +178,18 @@ def test_helper_rules_parse_and_never_dnat() -> None:
     t = parse_restore(ex.restores[-1])
     assert not any("DNAT" in r for rules in t["nat"].values() for r in rules)
     assert any(c.startswith("PYAIPVS-SVC-") for c in t["nat"])
+
+
+def test_full_sync_after_a_half_written_sync_updates_instead_of_adding() -> None:
+    """A sync that failed part-way left a virtual server the dataplane does not
+    know about; the retry (a full sync) reads the kernel first, so it updates
+    it instead of failing on EEXIST forever."""
+    log: list = []
+    ipvs, holder = FakeIpvs(log), FakeHolder(log)
+    holder.ips = {"172.30.0.10"}
+    dp = IpvsDataplane(CFG, ex=FakeExec(), families=(4,), kernel=ipvs, holder=holder)
+    dp.sync({("ns", "a"): (sps(),)}, full=True)
+    dp.vs = {}  # as if that sync had raised after writing to the kernel
+    dp.sync({("ns", "a"): (sps(),)}, full=True)
+    assert ("add", (4, 6, "172.30.0.10", 80, 0)) in log  # the first time only
+    assert len([e for e in log if e[0] == "add"]) == 1

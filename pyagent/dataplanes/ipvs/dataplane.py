@@ -91,6 +91,8 @@ class IpvsDataplane(ipt.IptablesDataplane):
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
         assert self.kernel is not None and self.holder is not None, "setup() first"
+        if full:  # the kernel is the truth (a failed sync may have half-written it)
+            self.adopt()
         status = self.render_states(states, full)
         want_vs, want_vips = self.desired_ipvs()
         have_vips = self.holder.current() if full else self.vips
