@@ -295,23 +295,26 @@ def cleanup(bpffs: str) -> int:
     return n
 
 
-def open_pinned_maps(bpffs: str) -> LBMaps:
-    """Typed handles on the pinned maps, without compiling anything (for
-    `pyagent maps dump` and the control plane). FileNotFoundError names
-    the missing pins; ValueError reports a layout mismatch."""
-    missing = [s.pin_path(bpffs) for s in layout.MAPS.values()
-               if not os.path.exists(s.pin_path(bpffs))]
+def open_pinned(bpffs: str, specs: dict[str, layout.MapSpec], what: str) -> dict[str, Map]:
+    """Typed handles on pinned maps, without compiling anything. FileNotFoundError
+    names the missing pins; ValueError reports a layout mismatch."""
+    missing = [s.pin_path(bpffs) for s in specs.values() if not os.path.exists(s.pin_path(bpffs))]
     if missing:
-        raise FileNotFoundError(f"no pinned LB maps: {', '.join(missing)}")
+        raise FileNotFoundError(f"no pinned {what} maps: {', '.join(missing)}")
     opened: dict[str, Map] = {}
     try:
-        for name, spec in layout.MAPS.items():
+        for name, spec in specs.items():
             opened[name] = Map.open_pinned(spec.pin_path(bpffs), spec.key, spec.value)
     except BaseException:
         for m in opened.values():
             m.close()
         raise
-    return LBMaps(**opened)
+    return opened
+
+
+def open_pinned_maps(bpffs: str) -> LBMaps:
+    """The LB maps (for `pyagent maps dump` and the control plane)."""
+    return LBMaps(**open_pinned(bpffs, layout.MAPS, "LB"))
 
 
 def attached_programs(cgroup: str) -> dict[str, list[int]]:

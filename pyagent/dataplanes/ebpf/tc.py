@@ -219,19 +219,7 @@ def open_pinned_program(bpffs: str, name: str = PROG_NETDEV_INGRESS) -> int:
 def open_pinned_tc_maps(bpffs: str) -> TcMaps:
     """Typed handles on the pinned TC maps without compiling (control plane,
     `maps dump`). FileNotFoundError when the TC programs never ran here."""
-    missing = [s.pin_path(bpffs) for s in L.TC_MAPS.values()
-               if not os.path.exists(s.pin_path(bpffs))]
-    if missing:
-        raise FileNotFoundError(f"no pinned TC maps: {', '.join(missing)}")
-    opened: dict[str, Map] = {}
-    try:
-        for name, spec in L.TC_MAPS.items():
-            opened[name] = Map.open_pinned(spec.pin_path(bpffs), spec.key, spec.value)
-    except BaseException:
-        for m in opened.values():
-            m.close()
-        raise
-    return TcMaps(**opened)
+    return TcMaps(**programs.open_pinned(bpffs, L.TC_MAPS, "TC"))
 
 
 # ---------------------------------------------------------------- control data
