@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import struct
+import threading
 from typing import Any
 
 from pyagent.dataplanes.ipvs.config import FLAG_PERSISTENT, FWD_MASQ, RealServer, VirtualServer
@@ -36,13 +37,27 @@ def _netmask(family: int) -> str:
 
 class IpvsKernel:
     def __init__(self) -> None:
-        from pyroute2 import IPVS  # imported here: pure users never need it
+        # One pyroute2 IPVS socket per thread: created in one thread and first
+        # used (generic netlink binding) in another, it fails with ECONNRESET.
+        self._local = threading.local()
+        self._sockets: list[Any] = []
+        self.ipvs  # noqa: B018 (fail early, naming IPVS, where the kernel lacks it)
 
-        try:
-            self.ipvs = IPVS()
-        except Exception as exc:  # the generic netlink family is missing
-            raise RuntimeError("IPVS is not available in this kernel (CONFIG_IP_VS, "
-                               f"module ip_vs): {exc}") from exc
+    @property
+    def ipvs(self) -> Any:
+        sock = getattr(self._local, "ipvs", None)
+        if sock is None:
+            from pyroute2 import IPVS  # imported here: pure users never need it
+
+            try:
+                sock = IPVS()
+                sock.service("dump")  # binds the generic netlink family now
+            except Exception as exc:  # the generic netlink family is missing
+                raise RuntimeError("IPVS is not available in this kernel (CONFIG_IP_VS, "
+                                   f"module ip_vs): {exc}") from exc
+            self._local.ipvs = sock
+            self._sockets.append(sock)
+        return sock
 
     def _service(self, vs: VirtualServer, full: bool = True) -> Any:
         from pyroute2 import IPVSService
@@ -117,7 +132,10 @@ class IpvsKernel:
         return out
 
     def close(self) -> None:
-        self.ipvs.close()
+        for sock in self._sockets:
+            with contextlib.suppress(Exception):
+                sock.close()
+        self._sockets.clear()
 
 
 class VipHolder:
