@@ -16,11 +16,14 @@ does not answer ARP for it either).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import struct
 import threading
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from pyagent.dataplanes.ipvs.config import FLAG_PERSISTENT, FWD_MASQ, RealServer, VirtualServer
 
@@ -82,9 +85,20 @@ class IpvsKernel:
                         addr_family=socket.AF_INET6 if ":" in r.ip else socket.AF_INET)
 
     def add(self, vs: VirtualServer) -> None:
-        self.ipvs.service("add", service=self._service(vs))
+        """Create vs; one that already exists (left by a sync that failed
+        part-way, or not recognised by adopt) is updated in place instead."""
+        try:
+            self.ipvs.service("add", service=self._service(vs))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            self.ipvs.service("set", service=self._service(vs))
         for r in vs.reals:
-            self.ipvs.dest("add", service=self._service(vs), dest=self._dest(vs, r))
+            try:
+                self.ipvs.dest("add", service=self._service(vs), dest=self._dest(vs, r))
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
 
     def update(self, old: VirtualServer, new: VirtualServer) -> None:
         if (old.scheduler, old.persistence) != (new.scheduler, new.persistence):
