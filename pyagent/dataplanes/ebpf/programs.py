@@ -148,11 +148,13 @@ def source_text(capacities: Capacities | None = None) -> str:
     return compiler.preprocess(SOURCE, [BPF_SRC_DIR], defines(None, capacities))
 
 
-def incompatible_pins(bpffs: str) -> list[tuple[str, str]]:
-    """Current-version pins whose type or key/value sizes differ from the
-    layout (BCC would reuse them blindly): [(path, why)]."""
+def incompatible_pins(bpffs: str, specs: dict[str, layout.MapSpec] | None = None,
+                      ) -> list[tuple[str, str]]:
+    """Current-version pins (of `specs`, default the LB maps) whose type or
+    key/value sizes differ from the layout (BCC would reuse them blindly):
+    [(path, why)]."""
     out = []
-    for spec in layout.MAPS.values():
+    for spec in (specs if specs is not None else layout.MAPS).values():
         path = spec.pin_path(bpffs)
         if not os.path.exists(path):
             continue
@@ -168,9 +170,9 @@ def incompatible_pins(bpffs: str) -> list[tuple[str, str]]:
     return out
 
 
-def check_pinned_maps(bpffs: str) -> None:
+def check_pinned_maps(bpffs: str, specs: dict[str, layout.MapSpec] | None = None) -> None:
     """Refuse incompatible pinned maps (see incompatible_pins)."""
-    for path, why in incompatible_pins(bpffs):
+    for path, why in incompatible_pins(bpffs, specs):
         raise RuntimeError(f"pinned map {path} has {why}; "
                            "remove it (pyagent cleanup) or bump LB_LAYOUT_VERSION")
 

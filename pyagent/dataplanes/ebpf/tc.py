@@ -129,21 +129,7 @@ def source_text(capacities: programs.Capacities | None = None,
 
 def check_pinned_tc_maps(bpffs: str) -> None:
     """Refuse pinned TC maps whose type or key/value sizes differ."""
-    for spec in L.TC_MAPS.values():
-        path = spec.pin_path(bpffs)
-        if not os.path.exists(path):
-            continue
-        fd = libbpf.obj_get(path)
-        try:
-            info = libbpf.map_info(fd)
-        finally:
-            os.close(fd)
-        want = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
-        have = (info.type, info.key_size, info.value_size)
-        if have != want:
-            raise RuntimeError(
-                f"pinned map {path} has (type, key, value) = {have}, layout wants {want}; "
-                "remove it (pyagent cleanup) or bump LB_LAYOUT_VERSION")
+    programs.check_pinned_maps(bpffs, L.TC_MAPS)
 
 
 def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
