@@ -38,6 +38,23 @@ install_packages() {
 # BCC compiles against /lib/modules/$(uname -r)/build. Prefer the running
 # kernel's own headers; otherwise link the distribution's generic headers
 # (good enough for the UAPI and helper definitions BCC needs).
+# The newest generic headers tree under /usr/src, or nothing. A glob, not
+# `ls | sort`: with `pipefail` a pattern that matches nothing must not abort.
+newest_generic_headers() {
+    local d best=
+    for d in /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-arm64 \
+             /usr/src/linux-headers-*-generic; do
+        [ -d "$d/include" ] || continue
+        if [ -z "$best" ] || [ "$(printf '%s\n%s\n' "$best" "$d" | sort -V | tail -n1)" = "$d" ]; then
+            best=$d
+        fi
+    done
+    printf '%s' "$best"
+}
+
+# BCC compiles against /lib/modules/$(uname -r)/build. Prefer the running
+# kernel's own headers; otherwise link the distribution's generic headers
+# (good enough for the UAPI and helper definitions BCC needs).
 resolve_headers() {
     local rel mod
     rel=$(uname -r)
@@ -48,14 +65,22 @@ resolve_headers() {
         [ -e "$mod/build/include" ] && return 0
     fi
     local generic
-    generic=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n1 || true)
+    generic=$(newest_generic_headers)
     if [ -z "$generic" ]; then
-        log "no headers for $rel; installing the distribution's generic headers"
-        apt-get install -y -qq --no-install-recommends linux-headers-amd64 >/dev/null 2>&1 \
-            || apt-get install -y -qq --no-install-recommends linux-headers-generic >/dev/null
-        generic=$(ls -d /usr/src/linux-headers-*-amd64 /usr/src/linux-headers-*-generic 2>/dev/null | sort -V | tail -n1)
+        local arch meta
+        arch=$(dpkg --print-architecture)
+        # Debian names the meta package by architecture, Ubuntu "generic".
+        if grep -qi ubuntu /etc/os-release 2>/dev/null; then meta=linux-headers-generic
+        else meta="linux-headers-$arch"; fi
+        log "no headers for $rel; installing the distribution's generic headers ($meta)"
+        apt-get install -y -qq --no-install-recommends "$meta" >/dev/null
+        generic=$(newest_generic_headers)
+        [ -n "$generic" ] || { log "installed $meta but found no headers under /usr/src"; exit 1; }
     fi
-    local common="${generic%-amd64}-common"
+    # Debian's flavour tree points into ...-common, Ubuntu's into the tree
+    # without the flavour suffix.
+    local common="${generic%-*}-common"
+    [ -d "$common" ] || common="${generic%-*}"
     [ -d "$common" ] || common="$generic"
     log "linking $generic as the headers of $rel"
     mkdir -p "$mod"
