@@ -6,7 +6,7 @@ distribution's generic headers package (as on a custom or cloud kernel, where
 Debian's does (flavour tree plus -common tree). The first run must succeed and
 link that tree; the second must be a no-op.
 
-vagrant/fresh-machine (run by .ci/run) repeats this for real in a debootstrap chroot.
+deploy/fresh-check (run by .ci/run) repeats this for real in a debootstrap chroot.
 """
 
 from __future__ import annotations
