@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyagent.config import NodeConfig
@@ -44,10 +44,14 @@ class AgentSink:
                  notify: Callable[[], None]) -> None:
         self.store, self.lock, self.notify = store, lock, notify
 
-    def replace(self, kind: Kind, objects: list[dict]) -> None:
+    def replace(self, kind: Kind, objects: list[dict], **kw: Any) -> None:
         with self.lock:
-            self.store.replace(kind, objects)
+            self.store.replace(kind, objects, **kw)
         self.notify()
+
+    def report(self, problems: Sequence[str]) -> None:
+        with self.lock:
+            self.store.report(problems)
 
     def upsert(self, kind: Kind, obj: dict) -> None:
         with self.lock:

@@ -62,14 +62,16 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
 
     Without configured node IPs, the addresses of the node's Node object are used.
     """
-    loaded = load_manifests(manifests)
+    loaded = load_manifests(manifests, config.parse_limits)  # the agent's loader
+    objects = loaded.objects
     if not config.node_ips:
-        config = with_overrides(config, node_ips=_node_addresses(loaded.objects["Node"],
+        config = with_overrides(config, node_ips=_node_addresses(objects["Node"],
                                                                  config.node_name) or None)
     store = ServiceStore(config, log_invalid=False)  # errors are returned instead
     with gc_paused():
         for kind in KINDS:
-            store.replace(kind, loaded.objects[kind])
+            store.replace(kind, objects[kind], refused=loaded.refused[kind],
+                          origins=loaded.origins[kind])
         state = store.full_state()
     return state, loaded.errors + list(state.errors), config
 

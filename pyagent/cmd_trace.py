@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cmd_plan import load_state, resolve_config
+from pyagent.inputs import load_single
 from pyagent.model import PROTOCOLS
+from pyagent.parse import show
 from pyagent.trace import Tracer
 
 EPILOG = """\
@@ -51,7 +53,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def read_flows(path: Path) -> list[tuple[str, str, int, str]]:
-    data = json.loads(Path(path).read_text())
+    """The flows of a JSON (or YAML) list; ValueError naming the file and flow."""
+    data = load_single(Path(path))  # the bounded loader of every input file
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of flows")
     flows = []
@@ -60,8 +63,13 @@ def read_flows(path: Path) -> list[tuple[str, str, int, str]]:
             raise ValueError(f"{path}: flow {i}: needs src, dst and dport")
         dport = f["dport"]
         if isinstance(dport, bool) or not isinstance(dport, int) or not 0 <= dport <= 65535:
-            raise ValueError(f"{path}: flow {i}: invalid dport {dport!r}")
-        flows.append((str(f["src"]), str(f["dst"]), dport, str(f.get("proto") or "TCP")))
+            raise ValueError(f"{path}: flow {i}: invalid dport {show(dport)}")
+        proto = f.get("proto") or "TCP"
+        for name, value in (("src", f["src"]), ("dst", f["dst"]), ("proto", proto)):
+            if not isinstance(value, str):
+                raise ValueError(f"{path}: flow {i}: {name}: expected a string, got "
+                                 f"{show(value)}")
+        flows.append((f["src"], f["dst"], dport, proto))
     return flows
 
 
@@ -70,6 +78,9 @@ def run_bpf(args: argparse.Namespace) -> int:
 
     if None in (args.src, args.dst, args.dport):
         print("pyagent trace --bpf: give --src, --dst and --dport", file=sys.stderr)
+        return 2
+    if args.proto not in ("TCP", "UDP"):  # the synthetic packet is a TCP SYN or a datagram
+        print(f"pyagent trace --bpf: --proto {args.proto}: TCP or UDP", file=sys.stderr)
         return 2
     try:
         res = trace_pinned(args.bpffs, args.src, args.dst, args.dport, args.proto)
@@ -85,6 +96,9 @@ def run_bpf(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dport is not None and not 0 <= args.dport <= 65535:
+        print(f"pyagent trace: --dport {args.dport}: expected 0-65535", file=sys.stderr)
+        return 2
     if args.bpf:
         return run_bpf(args)
     if args.manifests is None:

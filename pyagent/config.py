@@ -25,8 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pyagent.inputs import ParseLimits, load_single
 from pyagent.parse import ZONE_LABEL, IPAddress, IPNetwork, parse_cidr, parse_ip
 
 PREFER_SAME_NODE_GATE = "PreferSameTrafficDistribution"
@@ -61,6 +60,7 @@ class NodeConfig:
     accept_health_check_node_ports: bool = False
     honour_lb_ip_mode: bool = True  # feature gate LoadBalancerIPMode
     feature_gates: Mapping[str, bool] = field(default_factory=dict, hash=False)
+    parse_limits: ParseLimits = ParseLimits()  # pyagent.parseLimits: input file bounds
 
     @property
     def zone(self) -> str:
@@ -141,6 +141,7 @@ _IGNORED_KEYS = frozenset({
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
+    "parseLimits",
 })
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -152,10 +153,7 @@ def load_config(path: Path | None) -> NodeConfig:
     """Read a config file; None gives the defaults. Raises ValueError naming the bad key."""
     if path is None:
         return NodeConfig()
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from exc
+    data = load_single(Path(path))  # bounded; ValueError (ParseError) naming the file
     if data is None:
         return NodeConfig()
     if not isinstance(data, dict):
@@ -202,6 +200,7 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
                           + _cidrs(py, "serviceCIDRs", "pyagent.")),
         "interfaces": tuple(_strings(py, "interfaces", "pyagent.")),
         "pod_interfaces": tuple(_strings(py, "podInterfaces", "pyagent.")),
+        "parse_limits": ParseLimits.from_dict(py.get("parseLimits")),
     }
     for key, attr, parse in (
         ("syncPeriod", "sync_period", _duration),

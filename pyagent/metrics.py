@@ -153,6 +153,13 @@ class Metrics:
         )
         for kind in KINDS:  # export zeros rather than absent series
             self.object_errors.labels(kind).set(0)
+        self.source_errors = Gauge(
+            "pyagent_source_errors",
+            "Problems of the source's last read that it could not apply (manifests: files "
+            "unreadable, unparsable or over a parse limit, serving their last good objects, "
+            "and documents that are not usable objects); alert when > 0",
+            registry=r,
+        )
         self._scrape = _ScrapeTimeCollector()
         r.register(self._scrape)
 

@@ -81,6 +81,7 @@ class Observability:
         for kind in ("Service", "EndpointSlice", "Node"):
             n = sum(1 for k in store.errors if k[0] == kind)
             self.metrics.object_errors.labels(kind).set(n)
+        self.metrics.source_errors.set(len(getattr(store, "source_problems", ())))
         node = store.node() if hasattr(store, "node") else None
         if node:
             self.health.sync_node(node)
@@ -104,6 +105,7 @@ class Observability:
             "metricsPort": self.metrics_port, "errors": {
                 "/".join(k): v for k, v in self.agent.errors.items()},
             "objectErrors": list(self.agent.store.error_messages()),
+            "sourceErrors": list(getattr(self.agent.store, "source_problems", ())),
             "frontendNames": names})
 
     def _sync_totals(self, store: Any) -> None:

@@ -3,7 +3,10 @@
 Every parser raises ParseError naming the offending field; the caller (the
 store) reports it with the object's name and keeps the last good version.
 Addresses are parsed the way kube-proxy does (leading zeros in IPv4 are
-decimal, whitespace around source ranges is ignored) and normalised.
+decimal, whitespace around source ranges is ignored) and normalised. Names
+are validated as the API server does (DNS-1035 / DNS-1123), so a manifest
+can never carry a name the API server would refuse; the dataplanes escape
+them anyway.
 """
 
 from __future__ import annotations
@@ -30,7 +33,49 @@ _IPV4_SLOPPY = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")
 
 
 class ParseError(ValueError):
-    """An object (or one of its fields) is not usable."""
+    """An input (a file, an object or one of its fields) is not usable:
+    pyagent's own error type for bad input."""
+
+
+def show(value: object, limit: int = 80) -> str:
+    """`value` for an error message: one line, bounded, never raising (no
+    repr of a huge or self-referencing container, of an int too long to print)."""
+    if isinstance(value, Mapping):
+        return f"a mapping of {len(value)} keys"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. ValueError for ints of > 4300 digits
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- names, as the API server validates them ----------------------------------------
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS1123_LABEL = re.compile(_LABEL)
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def check_name(value: str, field: str, rule: str) -> str:
+    """`value` if it is a valid name under `rule` ("label", "1035", "subdomain")."""
+    pattern, limit, what = {
+        "label": (DNS1123_LABEL, 63, "a DNS-1123 label (lower-case letters, digits and '-', "
+                                     "starting and ending with a letter or digit)"),
+        "1035": (DNS1035_LABEL, 63, "a DNS-1035 label (lower-case letters, digits and '-', "
+                                    "starting with a letter, ending with a letter or digit)"),
+        "subdomain": (DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain (DNS-1123 labels "
+                                              "joined by '.')"),
+    }[rule]
+    if len(value) > limit:
+        raise ParseError(f"{field}: {show(value)} is longer than {limit} characters")
+    if not pattern.fullmatch(value):
+        raise ParseError(f"{field}: {show(value)} is not {what}")
+    return value
 
 
 # --- addresses ---------------------------------------------------------------
@@ -83,14 +128,14 @@ def ip_text(text: object) -> tuple[str, int] | None:
 def norm_ip(text: object, field: str) -> IPAddress:
     addr = parse_ip(text)
     if addr is None:
-        raise ParseError(f"{field}: invalid IP address {text!r}")
+        raise ParseError(f"{field}: invalid IP address {show(text)}")
     return addr
 
 
 def norm_cidr(text: object, field: str) -> IPNetwork:
     net = parse_cidr(text)
     if net is None:
-        raise ParseError(f"{field}: invalid CIDR {text!r}")
+        raise ParseError(f"{field}: invalid CIDR {show(text)}")
     return net
 
 
@@ -116,7 +161,7 @@ def _str(value: object, field: str, default: str = "") -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise ParseError(f"{field}: expected a string, got {value!r}")
+        raise ParseError(f"{field}: expected a string, got {show(value)}")
     return value
 
 
@@ -124,34 +169,60 @@ def _int(value: object, field: str, lo: int, hi: int, default: int | None = None
     if value is None and default is not None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ParseError(f"{field}: expected an integer {lo}-{hi}, got {value!r}")
+        raise ParseError(f"{field}: expected an integer {lo}-{hi}, got {show(value)}")
     return value
+
+
+def _port_name(value: object, field: str) -> str:
+    name = _str(value, field)
+    return check_name(name, field, "label") if name else name
 
 
 def _bool(value: object, field: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ParseError(f"{field}: expected true or false, got {value!r}")
+        raise ParseError(f"{field}: expected true or false, got {show(value)}")
     return value
 
 
 def _choice(value: object, field: str, choices: tuple[str, ...]) -> str:
     text = _str(value, field)
     if text and text not in choices:
-        raise ParseError(f"{field}: expected one of {', '.join(choices)}, got {text!r}")
+        raise ParseError(f"{field}: expected one of {', '.join(choices)}, got {show(text)}")
     return text
 
 
-def object_name(kind: str, obj: Mapping[str, Any]) -> tuple[str, str]:
-    """(namespace, name); a namespaced object without a namespace is in "default"."""
+NAME_RULES = {"Service": "1035", "EndpointSlice": "subdomain", "Node": "subdomain"}
+
+
+def object_name(kind: str, obj: object) -> tuple[str, str]:
+    """(namespace, name), both valid as the API server requires; a namespaced
+    object without a namespace is in "default"."""
+    if not isinstance(obj, Mapping):
+        raise ParseError(f"expected an object (a mapping), got {show(obj)}")
     meta = _dict(obj.get("metadata"), "metadata", required=True)
     name = _str(meta.get("name"), "metadata.name")
     if not name:
         raise ParseError("metadata.name: missing")
+    check_name(name, "metadata.name", NAME_RULES.get(kind, "subdomain"))
     if kind == "Node":
         return ("", name)
-    return (_str(meta.get("namespace"), "metadata.namespace") or "default", name)
+    namespace = _str(meta.get("namespace"), "metadata.namespace") or "default"
+    return (check_name(namespace, "metadata.namespace", "label"), name)
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """metadata, with the fields every object shares type-checked."""
+    meta = _dict(obj.get("metadata"), "metadata", required=True)
+    for field in ("labels", "annotations"):
+        for k, v in _dict(meta.get(field), f"metadata.{field}").items():
+            if not isinstance(k, str):
+                raise ParseError(f"metadata.{field}: key {show(k)} is not a string")
+            _str(v, f"metadata.{field}[{show(k)}]")
+    for field in ("resourceVersion", "uid", "deletionTimestamp", "generateName"):
+        _str(meta.get(field), f"metadata.{field}")
+    return meta
 
 
 # --- Service -------------------------------------------------------------------
@@ -190,8 +261,7 @@ def parse_service(obj: Mapping[str, Any], *, honour_ip_mode: bool = True) -> Par
     if svc_type == "LoadBalancer" and etp == "Local":
         hc_port = _int(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort", 0, 65535, 0)
     affinity = _affinity_timeout(spec)
-    annotations = _dict(_dict(obj.get("metadata"), "metadata").get("annotations"),
-                        "metadata.annotations")
+    annotations = _dict(_metadata(obj).get("annotations"), "metadata.annotations")
     algorithm = _str(annotations.get(LB_ALGORITHM_ANNOTATION),
                      f"metadata.annotations[{LB_ALGORITHM_ANNOTATION}]") or None
     distribution = _str(spec.get("trafficDistribution"), "spec.trafficDistribution") or None
@@ -248,12 +318,12 @@ def _service_ports(spec: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
     for i, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
         field = f"spec.ports[{i}]"
         entry = _dict(raw, field, required=True)
-        name = _str(entry.get("name"), f"{field}.name")
+        name = _port_name(entry.get("name"), f"{field}.name")
         protocol = _choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP"
         port = _int(entry.get("port"), f"{field}.port", 1, 65535)
         node_port = _int(entry.get("nodePort"), f"{field}.nodePort", 0, 65535, 0)
         if (name, protocol) in seen:
-            raise ParseError(f"{field}: duplicate port name {name!r} for {protocol}")
+            raise ParseError(f"{field}: duplicate port name {show(name)} for {protocol}")
         seen.add((name, protocol))
         ports.append((name, protocol, port, node_port))
     return ports
@@ -317,7 +387,7 @@ class ParsedSlice:
 
 def parse_endpoint_slice(obj: Mapping[str, Any]) -> ParsedSlice:
     namespace, name = object_name("EndpointSlice", obj)
-    meta = _dict(obj.get("metadata"), "metadata")
+    meta = _metadata(obj)
     labels = _dict(meta.get("labels"), "metadata.labels")
     service = _str(labels.get(SERVICE_NAME_LABEL), f"metadata.labels[{SERVICE_NAME_LABEL}]")
     if not service:
@@ -333,7 +403,7 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> ParsedSlice:
         port = _int(entry.get("port"), f"{field}.port", 0, 65535, 0)
         if port == 0:
             continue  # kube-proxy ignores ports without a number
-        ports.append((_str(entry.get("name"), f"{field}.name"),
+        ports.append((_port_name(entry.get("name"), f"{field}.name"),
                       port,
                       _choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP"))
     endpoints = []
@@ -352,7 +422,7 @@ def _endpoint_seed(raw: object, field: str, family: int, address_type: str) -> E
         return None  # kube-proxy skips endpoints without an address
     parsed = ip_text(addresses[0])  # only the first address counts
     if parsed is None:
-        raise ParseError(f"{field}.addresses[0]: invalid IP address {addresses[0]!r}")
+        raise ParseError(f"{field}.addresses[0]: invalid IP address {show(addresses[0])}")
     if parsed[1] != family:
         raise ParseError(f"{field}.addresses[0]: {parsed[0]} is not an {address_type} address")
     cond = _dict(entry.get("conditions"), f"{field}.conditions")
@@ -395,9 +465,14 @@ class ParsedNode:
 
 def parse_node(obj: Mapping[str, Any]) -> ParsedNode:
     _, name = object_name("Node", obj)
-    meta = _dict(obj.get("metadata"), "metadata")
-    labels = _dict(meta.get("labels"), "metadata.labels")
-    pairs = tuple(sorted((str(k), _str(v, f"metadata.labels[{k}]")) for k, v in labels.items()))
+    meta = _metadata(obj)
+    pairs = tuple(sorted(_dict(meta.get("labels"), "metadata.labels").items()))
+    # What /healthz reads from this node (taints, deletion): checked here once.
+    spec = _dict(obj.get("spec"), "spec")
+    for i, raw in enumerate(_list(spec.get("taints"), "spec.taints")):
+        taint = _dict(raw, f"spec.taints[{i}]", required=True)
+        for field in ("key", "value", "effect"):
+            _str(taint.get(field), f"spec.taints[{i}].{field}")
     status = _dict(obj.get("status"), "status")
     addresses = []
     for i, raw in enumerate(_list(status.get("addresses"), "status.addresses")):

@@ -2,8 +2,11 @@
 every dataplane reads.
 
 It keeps the current version of each object and drops no-op updates (same
-resourceVersion or same content). An invalid update is reported by name and
-ignored: the service keeps being served from its last good version. Slices
+resourceVersion or same content). An invalid update (not JSON data, a bad
+field, or refused by the source) is reported by name and ignored: the
+service keeps being served from its last good version. Nothing but the
+project's ParseError is raised by the parsers; anything else they raise is a
+bug, which is logged, counted in `internal_errors` and treated the same way. Slices
 are indexed by (namespace, kubernetes.io/service-name), so the state of one
 service costs O(size of that service) and is cached until its Service, its
 slices or this node's zone change.
@@ -12,12 +15,12 @@ slices or this node's zone change.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pyagent.config import NodeConfig
+from pyagent.inputs import json_fingerprint
 from pyagent.model import ServiceKey
 from pyagent.parse import (
     ParsedNode,
@@ -57,25 +60,37 @@ class ServiceStore:
         self._pending_endpoints: set[ServiceKey] = set()
         self._synced: set[str] = set()
         self.errors: dict[ErrorKey, str] = {}
+        self._origin: dict[ErrorKey, str] = {}  # where an object in error came from (a file)
+        self.source_problems: list[str] = []  # what the source could not apply (see report)
+        self.internal_errors = 0  # parser bugs: exceptions other than ParseError
         self.service_changes_total = 0
         self.endpoint_changes_total = 0
 
     # --- ObjectSink ------------------------------------------------------------
 
-    def replace(self, kind: Kind, objects: list[dict]) -> None:
+    def replace(self, kind: Kind, objects: list[dict], *,
+                refused: Mapping[ObjectKey, str] | None = None,
+                origins: Mapping[ObjectKey, str] | None = None) -> None:
+        """`refused`: objects the source has but could not use (reason);
+        they keep their last good version like any invalid update.
+        `origins`: where each object came from, for error messages."""
         keep: set[ObjectKey] = set()
         for obj in objects:
-            key = self._apply(kind, obj)
+            key = self._apply(kind, obj, origins)
             if key is not None:
                 keep.add(key)
+        for key, reason in (refused or {}).items():
+            self._invalid(kind, key, reason, origins.get(key) if origins else None)
+            keep.add(key)
         for key in list(self._raw[kind].keys() - keep):
             self._remove(kind, key)
         for err in [e for e in self.errors if e[0] == kind and (e[1], e[2]) not in keep]:
             del self.errors[err]  # gone from the source, so no longer an error
+            self._origin.pop(err, None)
         self._synced.add(kind)
 
     def upsert(self, kind: Kind, obj: dict) -> None:
-        self._apply(kind, obj)
+        self._apply(kind, obj, None)
 
     def delete(self, kind: Kind, obj: dict) -> None:
         try:
@@ -84,7 +99,13 @@ class ServiceStore:
             log.warning("ignoring delete of an unnamed %s: %s", kind, exc)
             return
         self.errors.pop((kind, *key), None)
+        self._origin.pop((kind, *key), None)
         self._remove(kind, key)
+
+    def report(self, problems: Sequence[str]) -> None:
+        """What the source's last read could not apply (files it serves from
+        their last good content, documents it ignored); [] when clean."""
+        self.source_problems = list(problems)
 
     # --- reading ---------------------------------------------------------------
 
@@ -142,8 +163,13 @@ class ServiceStore:
         return DesiredState(tuple(ports), tuple(self.error_messages()))
 
     def error_messages(self) -> list[str]:
-        return [f"{kind} {ns + '/' if ns else ''}{name}: {msg}"
-                for (kind, ns, name), msg in sorted(self.errors.items())]
+        out = []
+        for key, msg in sorted(self.errors.items()):
+            kind, ns, name = key
+            origin = self._origin.get(key)
+            out.append(f"{origin + ': ' if origin else ''}{kind} {ns + '/' if ns else ''}"
+                       f"{name}: {msg}")
+        return out
 
     @property
     def zone(self) -> str:
@@ -159,36 +185,56 @@ class ServiceStore:
 
     # --- internals ---------------------------------------------------------------
 
-    def _apply(self, kind: Kind, obj: Mapping[str, Any]) -> ObjectKey | None:
+    def _apply(self, kind: Kind, obj: Mapping[str, Any],
+               origins: Mapping[ObjectKey, str] | None) -> ObjectKey | None:
         try:
             key = object_name(kind, obj)
         except ParseError as exc:
             log.warning("ignoring a %s without a usable name: %s", kind, exc)
             return None
+        origin = origins.get(key) if origins else None
         old = self._raw[kind].get(key)
-        fingerprint = _fingerprint(obj)
-        if old is not None and old == fingerprint:
-            self.errors.pop((kind, *key), None)  # back to the good version
-            return key
         parser: Callable[[Mapping[str, Any]], Any] = {
             "Service": lambda o: parse_service(o, honour_ip_mode=self.config.honour_lb_ip_mode),
             "EndpointSlice": parse_endpoint_slice,
             "Node": parse_node,
         }[kind]
         try:
+            fingerprint = _fingerprint(obj)  # also checks that it is JSON data
+            if old is not None and old == fingerprint:
+                self._clear(kind, key)  # back to the good version
+                return key
             parsed = parser(obj)
         except ParseError as exc:
-            if self._log_invalid and self.errors.get((kind, *key)) != str(exc):
-                what = "keeping the last good version" if old is not None else "ignored"
-                log.warning("%s %s/%s is invalid (%s): %s", kind, *key, what, exc)
-            self.errors[(kind, *key)] = str(exc)
+            self._invalid(kind, key, str(exc), origin)
             return key
-        self.errors.pop((kind, *key), None)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the source
+            self.internal_errors += 1
+            log.exception("%s %s/%s: internal error while parsing", kind, *key)
+            self._invalid(kind, key, f"internal error: {type(exc).__name__}: {exc}", origin)
+            return key
+        self._clear(kind, key)
         self._raw[kind][key] = fingerprint
         if kind == "Node" and key[1] == self.config.node_name:
             self._node_raw = obj
         getattr(self, f"_set_{kind.lower()}")(key, parsed)
         return key
+
+    def _invalid(self, kind: Kind, key: ObjectKey, msg: str, origin: str | None) -> None:
+        ekey = (kind, *key)
+        if self._log_invalid and self.errors.get(ekey) != msg:
+            what = "keeping the last good version" if key in self._raw[kind] else "ignored"
+            log.warning("%s%s %s/%s is invalid (%s): %s", f"{origin}: " if origin else "",
+                        kind, *key, what, msg)
+        self.errors[ekey] = msg
+        if origin:
+            self._origin[ekey] = origin
+        else:
+            self._origin.pop(ekey, None)
+
+    def _clear(self, kind: Kind, key: ObjectKey) -> None:
+        self.errors.pop((kind, *key), None)
+        self._origin.pop((kind, *key), None)
 
     def _remove(self, kind: Kind, key: ObjectKey) -> None:
         if self._raw[kind].pop(key, None) is None:
@@ -240,9 +286,12 @@ class ServiceStore:
 
 def _fingerprint(obj: Mapping[str, Any]) -> str:
     """What tells two versions of an object apart: the API server's
-    resourceVersion, or (manifests) a hash of the content."""
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
-    if rv:
+    resourceVersion (its objects are decoded JSON), or a hash of the content,
+    which raises ParseError for what is not JSON data (a key that is not a
+    string, a date, a set, NaN...)."""
+    meta = obj.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    if isinstance(rv, str) and rv:
         return f"rv:{rv}"
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    blob = json_fingerprint(obj).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()

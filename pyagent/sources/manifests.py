@@ -3,32 +3,30 @@ objects in *.yaml / *.yml / *.json files (multi-document files and `kind: List`
 allowed), re-read whenever a file changes.
 
 A file that cannot be read or parsed keeps contributing the objects it held
-when it was last good, so a half-written edit never removes a Service.
+when it was last good, so a half-written edit never removes a Service; an
+object that cannot be used keeps its last good version in the store. What
+the last read could not apply is reported to the sink (`report`), which
+exports it as the `pyagent_source_errors` gauge.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import zlib
 from pathlib import Path
 
-from pyagent.manifests import gc_paused, manifest_files, read_file
-from pyagent.sources.base import KINDS, Kind, ObjectSink
+from pyagent.inputs import DEFAULT_LIMITS, ParseLimits
+from pyagent.manifests import ManifestReader, ManifestSet, manifest_files
+from pyagent.sources.base import KINDS, ObjectSink
 
 log = logging.getLogger(__name__)
 
 
-class ManifestDirectory:
-    """Reads a directory, remembering the last good content of each file."""
+class ManifestDirectory(ManifestReader):
+    """A ManifestReader that also notices changes (stat only: cheap)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        # Last good objects per file, kept serialised and compressed: only a
-        # broken file ever needs them back, and as live dicts they would cost
-        # as much memory as the rest of the agent.
-        self._good: dict[Path, bytes] = {}
+    def __init__(self, directory: Path, limits: ParseLimits = DEFAULT_LIMITS) -> None:
+        super().__init__(directory, limits, remember=True)
         self._signature: tuple = ()
         self.errors: list[str] = []
 
@@ -45,45 +43,36 @@ class ManifestDirectory:
     def changed(self) -> bool:
         return self.signature() != self._signature
 
-    def load(self) -> dict[Kind, list[dict]]:
+    def forget_signature(self) -> None:
+        self._signature = ()
+
+    def load(self) -> ManifestSet:
         self._signature = self.signature()
-        errors: list[str] = []
-        files = manifest_files(self.directory)
-        out: dict[Kind, list[dict]] = {k: [] for k in KINDS}
-        with gc_paused():
-            for path in files:
-                res = read_file(path)
-                errors.extend(res.errors)
-                objects = res.objects
-                if res.broken and path in self._good:
-                    errors.append(f"{path.name}: keeping its last good objects")
-                    objects = json.loads(zlib.decompress(self._good[path]))
-                else:
-                    self._good[path] = zlib.compress(json.dumps(objects).encode(), 1)
-                for obj in objects:
-                    out[obj["kind"]].append(obj)
-        for gone in set(self._good) - set(files):
-            del self._good[gone]
-        self.errors = errors
-        for e in errors:
+        out = super().load()
+        self.errors = out.all_errors()
+        for e in self.errors:
             log.error("%s", e)
         return out
 
 
 class ManifestSource:
-    """Feeds a sink from a directory, polling for changes (cheap: stat only)."""
+    """Feeds a sink from a directory, polling for changes."""
 
-    def __init__(self, directory: Path, sink: ObjectSink, interval: float = 0.5) -> None:
-        self.dir = ManifestDirectory(directory)
+    def __init__(self, directory: Path, sink: ObjectSink, interval: float = 0.5,
+                 limits: ParseLimits = DEFAULT_LIMITS) -> None:
+        self.dir = ManifestDirectory(directory, limits)
         self.sink = sink
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sync_once(self) -> None:
-        objects = self.dir.load()
+        loaded = self.dir.load()
+        self.sink.report(loaded.errors)
+        objects = loaded.objects
         for kind in KINDS:
-            self.sink.replace(kind, objects[kind])
+            self.sink.replace(kind, objects[kind], refused=loaded.refused[kind],
+                              origins=loaded.origins[kind])
 
     def start(self) -> None:
         self.sync_once()
@@ -95,8 +84,10 @@ class ManifestSource:
             try:
                 if self.dir.changed():
                     self.sync_once()
-            except Exception:  # never let a bad read kill the source
+            except Exception as exc:  # never let a bad read kill the source
                 log.exception("reading %s failed", self.dir.directory)
+                self.dir.forget_signature()  # retry at the next poll, not at the next change
+                self.sink.report([f"{self.dir.directory}: {exc}"])
 
     def stop(self) -> None:
         self._stop.set()

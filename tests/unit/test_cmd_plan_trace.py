@@ -93,3 +93,48 @@ def test_trace_uses_the_node_objects_addresses(tmp_path: Path) -> None:
     code, out, _ = run_cli(["trace", "--manifests", str(manifests), "--node-name", "node-1",
                             "--flows", str(flows)])
     assert [r["verdict"] for r in json.loads(out)] == ["DNAT", "NO_MATCH"]
+
+
+def test_wrongly_typed_manifests_are_errors_not_tracebacks(tmp_path: Path) -> None:
+    """main: plan/trace printed a TypeError traceback for `labels: {1: a, b: c}`."""
+    manifests = write(tmp_path / "m", SERVICE, SLICE, NODE, extra=(
+        "---\nkind: Service\nmetadata: {name: keys, namespace: ns, labels: {1: a, b: c}}\n"
+        "spec: {clusterIP: 172.30.0.11, ports: [{port: 80}]}\n"
+        "---\nkind: Service\nmetadata: {name: nulls, namespace: ns, labels: {~: a}}\n"
+        "spec: {clusterIP: 172.30.0.12, ports: [{port: 80}]}\n"
+        "---\nkind: Service\nmetadata: {name: dated, namespace: ns, "
+        "annotations: {deployed: 2024-01-01}}\n"
+        "spec: {clusterIP: 172.30.0.13, ports: [{port: 80}]}\n"))
+    code, out, err = run_cli(["plan", "--manifests", str(manifests), "--node-name", "node-1",
+                              "--json"])
+    assert code == 0, err
+    assert [p["name"] for p in json.loads(out)["servicePorts"]] == ["dated", "web"]
+    assert "all.yaml: Service ns/keys: metadata.labels: mapping key 1 (int) is not a " \
+           "string" in err
+    assert "all.yaml: Service ns/nulls: metadata.labels: mapping key ~ (null)" in err
+    code, out, err = run_cli(["trace", "--manifests", str(manifests), "--node-name", "node-1",
+                              "--src", "10.0.0.1", "--dst", "172.30.0.11", "--dport", "80"])
+    assert code == 0 and out.strip() == "NO_MATCH", err
+    assert "Service ns/keys" in err
+
+
+def test_bad_trace_inputs_exit_2_with_a_message(tmp_path: Path) -> None:
+    manifests = write(tmp_path / "m", SERVICE)
+    flows = tmp_path / "flows.json"
+    cases = [
+        ("[" * 50_000 + "]" * 50_000, "invalid JSON"),
+        ('[{"src": {"a": 1}, "dst": "172.30.0.10", "dport": 80}]', "flow 0: src: expected"),
+        ('[{"src": "10.0.0.1", "dst": "172.30.0.10", "dport": 1e999}]', "inf is not a JSON"),
+        ('{"a": NaN}', "NaN is not JSON"),
+    ]
+    for text, msg in cases:
+        flows.write_text(text)
+        code, _, err = run_cli(["trace", "--manifests", str(manifests), "--flows", str(flows)])
+        assert code == 2 and msg in err, (text[:40], err)
+    code, _, err = run_cli(["trace", "--manifests", str(manifests), "--src", "10.0.0.1",
+                            "--dst", "172.30.0.10", "--dport", "70000"])
+    assert code == 2 and "--dport" in err
+    # Found by tests/fuzz: the synthetic packet of --bpf has no SCTP (KeyError on main).
+    code, _, err = run_cli(["trace", "--bpf", "--bpffs", str(tmp_path), "--src", "10.0.0.1",
+                            "--dst", "172.30.0.10", "--dport", "80", "--proto", "SCTP"])
+    assert code == 2 and "TCP or UDP" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from pyagent.manifests import ManifestSet
 from pyagent.sources.manifests import ManifestDirectory
 
 SVC = """apiVersion: v1
@@ -14,8 +15,8 @@ spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
 """
 
 
-def names(objs: dict) -> list[str]:
-    return sorted(o["metadata"]["name"] for o in objs["Service"])
+def names(loaded: ManifestSet) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in loaded.objects["Service"])
 
 
 def test_reload_and_keep_last_good(tmp_path) -> None:
@@ -42,3 +43,127 @@ def test_a_broken_new_file_contributes_nothing_and_is_reported(tmp_path) -> None
     d = ManifestDirectory(tmp_path)
     assert names(d.load()) == []
     assert any("x.yaml" in e for e in d.errors)
+
+
+# --- values JSON cannot hold, while the agent runs (issue 12, item 1) ---------------------
+
+def _agent(tmp_path, monkeypatch):
+    import dataclasses
+
+    from fakes import FakeDataplane
+
+    from pyagent.agent import Agent
+    from pyagent.config import NodeConfig
+    from pyagent.observe import Observability
+
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path / "run"))
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    dp = FakeDataplane()
+    obs = Observability(config)
+    agent = Agent(config, dp, observers=[obs])
+    obs.attach(agent)
+    return agent, dp, obs
+
+
+def _port(dp, name: str) -> int | None:
+    states = dp.programmed.get(("ns", name))
+    return states[0].service.port if states else None
+
+
+def svc_text(name: str, port: int, extra: str = "") -> str:
+    return ("kind: Service\n"
+            f"metadata: {{name: {name}, namespace: ns{extra}}}\n"
+            f"spec: {{clusterIP: 10.96.0.{port % 250}, ports: [{{port: {port}}}]}}\n")
+
+
+def _touch(path, text: str) -> None:
+    path.write_text(text)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # visibly changed
+
+
+def test_the_agent_serves_a_dated_annotation_and_refuses_what_json_cannot_hold(
+        tmp_path, monkeypatch) -> None:
+    from fakes import wait
+
+    from pyagent.sources.manifests import ManifestSource
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(svc_text("dated", 80, ", annotations: {deployed: 2024-01-01}"))
+    (mdir / "b.yaml").write_text(svc_text("b", 90))
+    agent, dp, obs = _agent(tmp_path, monkeypatch)
+    source = ManifestSource(mdir, agent.sink, interval=0.05)
+    agent.start()
+    source.start()  # main: TypeError: Object of type date is not JSON serializable
+    try:
+        wait(lambda: _port(dp, "dated") == 80 and _port(dp, "b") == 90)
+        # A bad edit of one object: refused by name, its last good version stays.
+        _touch(mdir / "a.yaml", svc_text("dated", 81, ", annotations: {x: !!binary aGk=}"))
+        wait(lambda: ("Service", "ns", "dated") in agent.store.errors)
+        assert _port(dp, "dated") == 80
+        assert agent.store.error_messages() == [
+            "a.yaml: Service ns/dated: metadata.annotations.x: binary data (!!binary) "
+            "cannot be held in JSON"]
+        # Other files keep applying while it is bad (main: every re-read failed).
+        _touch(mdir / "b.yaml", svc_text("b", 91))
+        wait(lambda: _port(dp, "b") == 91)
+        assert _port(dp, "dated") == 80
+        # Fixed: the new version is served and the error is gone.
+        _touch(mdir / "a.yaml", svc_text("dated", 82))
+        wait(lambda: _port(dp, "dated") == 82)
+        assert agent.store.errors == {}
+    finally:
+        source.stop()
+        agent.stop()
+
+
+def test_a_stuck_file_shows_in_the_source_errors_metric(tmp_path, monkeypatch) -> None:
+    from fakes import wait
+
+    from pyagent.sources.manifests import ManifestSource
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(svc_text("a", 80))
+    agent, dp, obs = _agent(tmp_path, monkeypatch)
+    source = ManifestSource(mdir, agent.sink, interval=0.05)
+    gauge = obs.metrics.registry.get_sample_value
+    agent.start()
+    source.start()
+    try:
+        wait(lambda: _port(dp, "a") == 80)
+        assert gauge("pyagent_source_errors") == 0
+        _touch(mdir / "a.yaml", svc_text("a", 81) + "---\nkind: [\n")  # half-written
+        wait(lambda: gauge("pyagent_source_errors") == 2)  # the syntax error, the fallback
+        assert _port(dp, "a") == 80  # its last good content is served
+        assert any(p.startswith("a.yaml: invalid YAML") for p in agent.store.source_problems)
+        _touch(mdir / "a.yaml", svc_text("a", 81))
+        wait(lambda: _port(dp, "a") == 81 and gauge("pyagent_source_errors") == 0)
+    finally:
+        source.stop()
+        agent.stop()
+
+
+def test_plan_and_the_agent_see_the_same_state_and_errors(tmp_path) -> None:
+    from pyagent.cmd_plan import load_state
+    from pyagent.config import NodeConfig
+    from pyagent.sources.manifests import ManifestSource
+    from pyagent.store import ServiceStore
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "a.yaml").write_text(
+        svc_text("dated", 80, ", annotations: {deployed: 2024-01-01}") + "---\n"
+        + svc_text("keys", 81, ", labels: {1: a, b: c}") + "---\n"
+        + svc_text("bomb", 82, ", annotations: {x: !!set {a}}") + "---\n"
+        "kind: Service\nmetadata: {namespace: ns}\n")
+    (mdir / "b.yaml").write_text(svc_text("b", 90) + "---\nkind: [\n")
+    config = NodeConfig(node_name="n")
+    plan_state, plan_errors, _ = load_state(mdir, config)
+    store = ServiceStore(config, log_invalid=False)
+    ManifestSource(mdir, store).sync_once()
+    assert store.full_state() == plan_state
+    assert sorted(plan_errors) == sorted(store.source_problems + store.error_messages())
+    assert [s.service.name for s in plan_state.service_ports] == ["b", "dated"]

@@ -27,7 +27,7 @@ def service(name: str = "svc", **spec: object) -> dict:
 
 def slice_(family: str, *ips: str, service: str = "svc", node: str = "n2") -> dict:
     return {"kind": "EndpointSlice",
-            "metadata": {"namespace": "ns", "name": f"{service}-{family}",
+            "metadata": {"namespace": "ns", "name": f"{service}-{family.lower()}",
                          "labels": {"kubernetes.io/service-name": service}},
             "addressType": family, "ports": [{"name": "p", "port": 8080}],
             "endpoints": [{"addresses": [ip], "nodeName": node} for ip in ips]}

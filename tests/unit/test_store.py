@@ -189,3 +189,74 @@ def test_unnamed_objects_are_ignored() -> None:
     store.upsert("Service", {"kind": "Service", "metadata": {}})
     store.delete("Service", {"kind": "Service"})
     assert store.take_changes() == set()
+
+
+# --- wrongly typed objects (issue 12, item 2) ------------------------------------------
+
+def _served(store: ServiceStore, name: str = "svc") -> tuple:
+    return tuple((s.service.cluster_ip, s.service.port) for s in store.state_for(("ns", name)))
+
+
+BAD_UPDATES = [
+    # (how the good Service is spoiled, a substring of the reason)
+    (lambda o: o["metadata"].update(labels={1: "a", "b": "c"}),
+     "metadata.labels: mapping key 1 (int) is not a string"),
+    (lambda o: o["metadata"].update(labels={None: "a"}), "mapping key null"),
+    (lambda o: o["spec"].update(selector={("a",): "b"}),
+     "spec.selector: mapping key a tuple of 1 items (tuple) is not a string"),
+    (lambda o: o["spec"].update(extra={1, 2}), "spec.extra: a set value cannot be held"),
+    (lambda o: o["spec"].update(extra=b"x"), "spec.extra: a bytes value"),
+    (lambda o: o["spec"].update(extra=float("nan")), "spec.extra: nan is not a JSON number"),
+    (lambda o: o["metadata"].update(annotations={"a": 1}),
+     "metadata.annotations['a']: expected a string, got 1"),
+    (lambda o: o["metadata"].update(labels=["a"]), "metadata.labels: expected a mapping"),
+    (lambda o: o["spec"].update(ports=[{"port": 2 ** 20000}]),
+     "spec.ports[0].port: an integer of 20,001 bits is too large"),
+    (lambda o: o["spec"].update(ports="80"), "spec.ports: expected a list, got str"),
+    (lambda o: o["spec"]["ports"][0].update(name="HTTP"),
+     "spec.ports[0].name: 'HTTP' is not a DNS-1123 label"),
+]
+
+
+def test_wrongly_typed_update_is_refused_and_the_last_good_version_served() -> None:
+    """main: TypeError: '<' not supported (sorting mixed keys for the fingerprint)."""
+    for spoil, reason in BAD_UPDATES:
+        store = ServiceStore(NodeConfig(node_name=NODE), log_invalid=False)
+        good = svc()
+        store.replace("Service", [good])
+        before = _served(store)
+        bad = copy.deepcopy(good)
+        bad["spec"]["clusterIP"] = "172.30.0.9"
+        spoil(bad)
+        store.replace("Service", [bad])
+        assert _served(store) == before, reason
+        (msg,) = store.error_messages()
+        assert msg.startswith("Service ns/svc: ") and reason in msg, (msg, reason)
+        assert store.internal_errors == 0
+        store.upsert("Service", bad)  # the watch path too
+        assert _served(store) == before
+
+
+def test_objects_that_are_not_mappings_or_badly_named_are_ignored(caplog) -> None:
+    store = ServiceStore(NodeConfig(node_name=NODE))
+    store.replace("Service", [svc("a")])
+    for bad in ([1, 2], "x", None, {"metadata": "x"}, {"metadata": {"name": 5}},
+                {"metadata": {"name": 'a"\n-j ACCEPT'}}, {"metadata": {"name": "a" * 64}},
+                {"metadata": {"name": "ok", "namespace": "Bad_NS"}}):
+        store.upsert("Service", bad)  # type: ignore[arg-type]
+        store.delete("Service", bad)  # type: ignore[arg-type]
+    assert store.service_keys() == [("ns", "a")]
+    assert store.internal_errors == 0
+    assert "ignoring a Service without a usable name: metadata.name: 'a\"\\n-j ACCEPT' " \
+           "is not a DNS-1035 label" in caplog.text
+    assert "\n-j" not in caplog.text  # names are quoted in logs, never raw
+
+
+def test_node_fields_health_reads_are_checked() -> None:
+    store = ServiceStore(NodeConfig(node_name=NODE), log_invalid=False)
+    good = node("z1")
+    store.replace("Node", [good])
+    for spec in ({"taints": "x"}, {"taints": [1]}, {"taints": [{"key": 1}]}, []):
+        store.replace("Node", [{**good, "spec": spec}])
+        assert store.node() == good
+        assert ("Node", "", NODE) in store.errors
