@@ -16,22 +16,15 @@ decides the same way as `pyagent trace` (pure; no kernel access):
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass
 
 from pyagent.config import NodeConfig
+from pyagent.dataplanes.text import short_hash
 from pyagent.model import Endpoint
 from pyagent.state import ServicePortState
 
 CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT = "ClusterIP", "ExternalIP", "LB", "NodePort"
 REJECT, DROP, DNAT = "REJECT", "DROP", "DNAT"
-
-
-def short_hash(*parts: object) -> str:
-    """16 base32 characters naming a chain/set after `parts` (stable across runs)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
 
 
 def port_id(sps: ServicePortState) -> str:

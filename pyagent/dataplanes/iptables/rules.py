@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
+from pyagent.dataplanes import text
 from pyagent.dataplanes.iptables import policy as P
 from pyagent.model import Endpoint, join_host_port
 from pyagent.state import ServicePortState
@@ -66,10 +67,11 @@ class Renderer:
         return f"{self.prefix}{kind}-{P.short_hash(*parts)}"
 
     def render(self, sps: ServicePortState) -> Fragment:
+        text.check_state(sps)  # nothing object-derived reaches the rules unchecked
         frag = Fragment()
         sp = sps.service
         proto = sp.protocol.lower()
-        comment = f'-m comment --comment "{sp}"'
+        comment = f'-m comment --comment "{text.comment(str(sp))}"'
         if sp.cluster_ip:
             frag.cluster_ip = sp.cluster_ip
             match = self._match(sp.cluster_ip, proto, sp.port)

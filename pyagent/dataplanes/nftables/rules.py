@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
+from pyagent.dataplanes import text
 from pyagent.dataplanes.iptables import policy as P
 from pyagent.model import Endpoint, join_host_port
 from pyagent.state import ServicePortState
@@ -53,6 +54,8 @@ class Renderer:
         self.config = config
 
     def render(self, sps: ServicePortState) -> Fragment:
+        # Names only ever appear hashed here; every other value must be canonical.
+        text.check_state(sps)
         frag = Fragment()
         sp = sps.service
         f, proto = sp.family, sp.protocol.lower()
