@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import random
 import tempfile
 from pathlib import Path
@@ -71,7 +70,6 @@ PARSER = parser()
 
 
 def run(argv: list[str]) -> None:
-    logging.getLogger("pyagent").setLevel(logging.CRITICAL)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

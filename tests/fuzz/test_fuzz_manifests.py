@@ -11,7 +11,6 @@ defaults are covered in tests/unit/test_inputs.py."""
 from __future__ import annotations
 
 import json
-import logging
 import random
 import tempfile
 from pathlib import Path
@@ -103,7 +102,6 @@ def documents(draw: st.DrawFn) -> str:
 @fuzz(400)
 @given(documents())
 def test_fuzz_structured_manifests(text: str) -> None:
-    logging.getLogger("pyagent").setLevel(logging.ERROR)
     check(text)
 
 

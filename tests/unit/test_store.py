@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 from pyagent.config import NodeConfig
 from pyagent.store import ServiceStore
@@ -238,6 +239,7 @@ def test_wrongly_typed_update_is_refused_and_the_last_good_version_served() -> N
 
 
 def test_objects_that_are_not_mappings_or_badly_named_are_ignored(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pyagent")
     store = ServiceStore(NodeConfig(node_name=NODE))
     store.replace("Service", [svc("a")])
     for bad in ([1, 2], "x", None, {"metadata": "x"}, {"metadata": {"name": 5}},
