@@ -10,9 +10,9 @@ lossless (a timestamp stays the text it was written as, like
 `!!python/...` and other tags, `.inf`/`.nan`, mapping keys that are not
 strings).
 
-Cost is bounded per file (ParseLimits): its size, its number of documents
-(and List items), and its number of YAML nodes counted as if every alias
-were expanded, with a separate budget for what aliases add. PyYAML itself
+Cost is bounded per file (ParseLimits): its size, its number of documents,
+and its number of YAML nodes counted as if every alias were expanded, with
+a separate budget for what aliases add. PyYAML itself
 shares an aliased value instead of copying it, but everything downstream
 (JSON encoding, fingerprints, deep copies) pays for the expanded tree: a
 538-byte file of nested aliases expanded to gigabytes. libyaml caps nesting
@@ -41,12 +41,12 @@ _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x fa
 class ParseLimits:
     """Per input file; config key `pyagent.parseLimits` (camelCase names)."""
     max_file_bytes: int = 64 << 20
-    max_documents: int = 200_000  # documents plus the items of List documents
+    max_objects: int = 200_000  # documents, and the items of List documents
     max_nodes: int = 20_000_000  # YAML nodes, aliases expanded
     max_alias_nodes: int = 1_000_000  # of those, the nodes that aliases add
 
     KEYS: ClassVar[dict[str, str]] = {
-        "maxFileBytes": "max_file_bytes", "maxDocuments": "max_documents",
+        "maxFileBytes": "max_file_bytes", "maxObjects": "max_objects",
         "maxNodes": "max_nodes", "maxAliasNodes": "max_alias_nodes"}
 
     @classmethod
@@ -258,18 +258,35 @@ def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | Non
         out.broken = True
         return out
     if path.suffix == ".json":
-        _load_json(text, name, out)
+        _load_json(text, name, limits, out)
     else:
         _load_yaml(text, name, limits, out)
     return out
 
 
-def _load_json(text: str, name: str, out: Loaded) -> None:
+def _load_json(text: str, name: str, limits: ParseLimits, out: Loaded) -> None:
     try:
-        out.documents.append(json.loads(text, parse_constant=_no_constant))
+        doc = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         out.errors.append(f"{name}: invalid JSON: {_oneline(exc)}")
         out.broken = True
+        return
+    items = doc.get("items") if isinstance(doc, dict) else doc
+    if isinstance(items, list) and len(items) > limits.max_objects:
+        out.errors.append(f"{name}: more than {limits.max_objects:,} objects "
+                          "(pyagent.parseLimits.maxObjects)")
+        out.broken = True
+        return
+    out.documents.append(doc)
+
+
+def _object_count(node: Node) -> int:
+    """Objects in a document: the items of a List (or a top-level sequence), else 1."""
+    if isinstance(node, SequenceNode):
+        return len(node.value)
+    items = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == "items"),
+                 None) if isinstance(node, MappingNode) else None
+    return len(items.value) if isinstance(items, SequenceNode) else 1
 
 
 def _no_constant(text: str) -> None:
@@ -278,18 +295,19 @@ def _no_constant(text: str) -> None:
 
 def _load_yaml(text: str, name: str, limits: ParseLimits, out: Loaded) -> None:
     loader = _Loader(text)
-    nodes = aliased = 0
+    nodes = aliased = objects = 0
     index = 0
     check_aliases = "*" in text  # no alias indicator, no expansion to count
     try:
         while loader.check_node():
             index += 1
-            if index > limits.max_documents:
-                raise ParseError(f"more than {limits.max_documents:,} documents "
-                                 "(pyagent.parseLimits.maxDocuments)")
             node = loader.get_node()
             if node is None:
                 continue
+            objects += _object_count(node)
+            if objects > limits.max_objects:
+                raise ParseError(f"more than {limits.max_objects:,} objects "
+                                 "(pyagent.parseLimits.maxObjects)")
             if check_aliases:
                 try:
                     size, distinct = expanded_size(node, limits.max_nodes - nodes)

@@ -20,6 +20,7 @@ from pyagent.manifests import ManifestReader, ManifestSet, manifest_files
 from pyagent.sources.base import KINDS, ObjectSink
 
 log = logging.getLogger(__name__)
+LOGGED = 100  # problems logged per read: a file of 200,000 bad documents must not flood
 
 
 class ManifestDirectory(ManifestReader):
@@ -50,8 +51,11 @@ class ManifestDirectory(ManifestReader):
         self._signature = self.signature()
         out = super().load()
         self.errors = out.all_errors()
-        for e in self.errors:
+        for e in self.errors[:LOGGED]:
             log.error("%s", e)
+        if len(self.errors) > LOGGED:
+            log.error("... and %d more problems in %s", len(self.errors) - LOGGED,
+                      self.directory)
         return out
 
 

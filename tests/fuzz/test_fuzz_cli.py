@@ -55,7 +55,7 @@ GOOD = {"nodeName": ["node-1"], "nodeIPs": [["192.168.0.2"], ["192.168.0.2", "fd
         "syncPeriod": ["30s", "1m30s", 5], "localDetector": [{"mode": "none"}, "10.0.0.0/8"],
         "serviceCIDRs": [["10.96.0.0/12"]], "mode": ["iptables", "nftables"],
         "pyagent": [{"nodeIPs": ["192.168.0.2"], "localhostNodePorts": True,
-                     "parseLimits": {"maxDocuments": 10}}]}
+                     "parseLimits": {"maxObjects": 10}}]}
 
 
 def parser() -> argparse.ArgumentParser:

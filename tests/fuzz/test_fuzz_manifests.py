@@ -27,7 +27,7 @@ from pyagent.store import ServiceStore
 
 from .common import HOSTILE, TEMPLATES, fuzz, is_json, json_values, mutated
 
-LIMITS = ParseLimits(max_file_bytes=200_000, max_documents=50, max_nodes=50_000,
+LIMITS = ParseLimits(max_file_bytes=200_000, max_objects=50, max_nodes=50_000,
                      max_alias_nodes=5_000)
 CONFIG = NodeConfig(node_name="node-1", node_ips=("192.168.0.2",))
 DIR = Path(tempfile.mkdtemp(prefix="pyagent-fuzz-"))

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pyagent.config import load_config
 from pyagent.manifests import load_manifests
@@ -187,9 +188,17 @@ def test_file_size_and_document_count_are_bounded(tmp_path: Path) -> None:
     from pyagent.inputs import ParseLimits
 
     (tmp_path / "a.yaml").write_text("---\n".join(service(f"s{i}", i) for i in range(5)))
-    small = ParseLimits(max_documents=3)
+    small = ParseLimits(max_objects=3)
     got = load_manifests(tmp_path, small)
-    assert got.errors == ["a.yaml: more than 3 documents (pyagent.parseLimits.maxDocuments)"]
+    assert got.errors == ["a.yaml: more than 3 objects (pyagent.parseLimits.maxObjects)"]
+    assert len(got.objects["Service"]) == 3  # the ones before the limit
+    items = [json.loads(json.dumps(yaml.safe_load(service(f"s{i}", i)))) for i in range(5)]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"kind": "List", "items": items}))
+    (tmp_path / "b.json").write_text(json.dumps({"kind": "List", "items": items}))
+    got = load_manifests(tmp_path, small)
+    assert got.errors == ["a.yaml: more than 3 objects (pyagent.parseLimits.maxObjects)",
+                          "b.json: more than 3 objects (pyagent.parseLimits.maxObjects)"]
+    (tmp_path / "b.json").unlink()
     tiny = ParseLimits(max_file_bytes=100)
     got = load_manifests(tmp_path, tiny)
     assert len(got.errors) == 1 and got.errors[0].startswith("a.yaml: cannot read: ")
