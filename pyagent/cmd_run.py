@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.manifests:
         from pyagent.sources.manifests import ManifestSource
 
-        source = ManifestSource(args.manifests, agent.sink)
+        source = ManifestSource(args.manifests, agent.sink, limits=config.parse_limits)
     else:
         from pyagent.sources.kube import KubeSource
 
