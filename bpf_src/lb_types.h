@@ -87,6 +87,10 @@
 /* lb*_backend.flags */
 #define LB_BACKEND_F_LOCAL (1 << 0)
 
+/* Address families of the BPF code that serves both (lib/lb.h). */
+#define LB_V4 4
+#define LB_V6 6
+
 union lb_v6addr {
 	__u8  addr[16];
 	__u32 p32[4];

@@ -16,18 +16,33 @@
 #include <uapi/linux/errno.h>
 
 #include "lib/maps.h"
+#include "lib/lb.h"
 
-/* BCC rewrites map calls (m.lookup()) in this file only, not in headers:
- * every map access lives here. Cost per connect()/sendmsg(): three hash
- * lookups (master, slot, backend), one LRU update, one per-CPU counter, no
- * loops. Address-family code works on plain values (address, port) so the
- * IPv6 hooks reuse the IPv4 path for v4-mapped addresses. */
+/* Map access for lib/lb.h and this file: BCC rewrites map calls only
+ * here. Cost per connect()/sendmsg(): three hash lookups (master, slot,
+ * backend), one LRU update, one per-CPU counter, no loops. */
+static __always_inline struct lb_service *lb4_services_get(struct lb4_key *k)
+{ return lb4_services.lookup(k); }
+static __always_inline struct lb_service *lb6_services_get(struct lb6_key *k)
+{ return lb6_services.lookup(k); }
+static __always_inline struct lb4_backend *lb4_backends_get(__u32 *id)
+{ return lb4_backends.lookup(id); }
+static __always_inline struct lb6_backend *lb6_backends_get(__u32 *id)
+{ return lb6_backends.lookup(id); }
+static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id)
+{ return lb_svc_stats.lookup(rev_nat_id); }
+static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k)
+{ return lb_affinity.lookup(k); }
+static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v)
+{ lb_affinity.update(k, v); }
+static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k)
+{ return lb_aff_match.lookup(k); }
 
 /* BCC 0.26 declares bpf_get_socket_cookie() as returning u32; the helper
  * returns the full 64-bit cookie. */
 static __u64 (*lb_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 
-/* lb*_xlate() results; negative values are errnos that fail the syscall. */
+/* lb_xlate() results; negative values are errnos that fail the syscall. */
 #define LB_UNTOUCHED  0
 #define LB_TRANSLATED 1
 
@@ -40,31 +55,12 @@ static __u64 (*lb_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie
 /* Master entry without its slot or backend: maps are mid-update or broken. */
 #define LB_ERR_INCONSISTENT EHOSTUNREACH
 
-#define LB_STAT_SELECTED   0
-#define LB_STAT_NO_BACKEND 1
-#define LB_STAT_ERROR      2
-
 /* ::ffff:0:0/96 as the third 32-bit word, in network order. */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define LB_V4MAPPED_P32 0xffff0000U
 #else
 #define LB_V4MAPPED_P32 0x0000ffffU
 #endif
-
-static __always_inline void lb_count(__u16 rev_nat_id, int what)
-{
-	__u32 idx = rev_nat_id;
-	struct lb_svc_stats *s = lb_svc_stats.lookup(&idx);
-
-	if (!s)
-		return;
-	if (what == LB_STAT_SELECTED)
-		s->selected++;
-	else if (what == LB_STAT_NO_BACKEND)
-		s->no_backend++;
-	else
-		s->errors++;
-}
 
 static __always_inline void lb_count_backend(__u32 backend_id)
 {
@@ -74,34 +70,22 @@ static __always_inline void lb_count_backend(__u32 backend_id)
 		(*n)++;
 }
 
-static __always_inline int lb_no_backend(const struct lb_service *svc)
+/* The seed of the slot pick. UDP: the socket cookie, so every datagram of
+ * one socket goes to the same backend, whatever the algorithm. TCP:
+ * random, or round-robin (a per-CPU position per service). least-conn is
+ * chosen by lb_least_conn, which looks the slots up. */
+static __always_inline __u32 lb_pick_seed(__u64 cookie, __u8 proto, __u8 algorithm,
+					  __u16 rev_nat_id)
 {
-	lb_count(svc->rev_nat_id, LB_STAT_NO_BACKEND);
-	return svc->flags & LB_F_DROP_NO_BACKEND ? -LB_ERR_DROP : -LB_ERR_REJECT;
-}
-
-/* Slot 1..count. UDP: from the socket cookie, so every datagram of one
- * socket goes to the same backend, whatever the algorithm. TCP: random, or
- * round-robin (a per-CPU position per service). least-conn is chosen by the
- * family-specific code, which can look the slots up. */
-static __always_inline __u16 lb_pick_slot(__u64 cookie, __u8 proto,
-					  const struct lb_service *svc, __u16 rev_nat_id)
-{
-	__u32 seed;
-
-	if (proto == IPPROTO_UDP) {
-		seed = (__u32)cookie;
-	} else if (svc->algorithm == LB_ALG_ROUND_ROBIN) {
+	if (proto == IPPROTO_UDP)
+		return (__u32)cookie;
+	if (algorithm == LB_ALG_ROUND_ROBIN) {
 		__u32 idx = rev_nat_id;
 		__u32 *pos = lb_rr.lookup(&idx);
 
-		if (!pos)
-			return 1;
-		seed = (*pos)++;
-	} else {
-		seed = bpf_get_prandom_u32();
+		return pos ? (*pos)++ : 0;
 	}
-	return (__u16)(seed % svc->count) + 1;
+	return bpf_get_prandom_u32();
 }
 
 static __always_inline __u64 lb_conns(__u32 backend_id)
@@ -109,43 +93,6 @@ static __always_inline __u64 lb_conns(__u32 backend_id)
 	__u64 *n = lb_be_conns.lookup(&backend_id);
 
 	return n ? *n : 0;
-}
-
-/* The affinity entry's backend, if it is recent and still in the service. */
-static __always_inline __u32 lb_affinity_get(struct bpf_sock_addr *ctx,
-					     const struct lb_service *svc,
-					     __u16 rev_nat_id, __u64 now)
-{
-	struct lb_affinity_key akey = {};
-	struct lb_affinity_match_key mkey = {};
-	struct lb_affinity_val *aval;
-
-	akey.client = bpf_get_netns_cookie(ctx);
-	akey.rev_nat_id = rev_nat_id;
-	akey.netns = 1;
-	aval = lb_affinity.lookup(&akey);
-	if (!aval || now - aval->last_used > svc->affinity_timeout)
-		return 0;
-	mkey.backend_id = aval->backend_id;
-	mkey.rev_nat_id = rev_nat_id;
-	mkey.scope = LB_SCOPE_INTERNAL;
-	if (!lb_aff_match.lookup(&mkey))
-		return 0;
-	return aval->backend_id;
-}
-
-static __always_inline void lb_affinity_set(struct bpf_sock_addr *ctx, __u16 rev_nat_id,
-					    __u32 backend_id, __u64 now)
-{
-	struct lb_affinity_key akey = {};
-	struct lb_affinity_val aval = {};
-
-	akey.client = bpf_get_netns_cookie(ctx);
-	akey.rev_nat_id = rev_nat_id;
-	akey.netns = 1;
-	aval.last_used = now;
-	aval.backend_id = backend_id;
-	lb_affinity.update(&akey, &aval);
 }
 
 /* A least-conn TCP socket counts against its backend until sock_release. */
@@ -182,299 +129,215 @@ int lb_sock_release(struct bpf_sock *sk)
 	return 1;
 }
 
-static __always_inline void lb4_lc_step(struct lb4_key *key, __u32 i, __u32 start, __u16 count,
-					   __u32 *best, __u64 *best_n)
+static __always_inline void lb_lc_step(int fam, union lb_key *key, __u32 i, __u32 start,
+				       __u16 count, __u32 *best, __u64 *best_n)
 {
-	struct lb_service *slot;
+	__u32 id;
 	__u64 n;
 
 	if (i >= count)
 		return;
-	key->backend_slot = (__u16)((start + i) % count) + 1;
-	slot = lb4_services.lookup(key);
-	if (!slot)
+	id = lb_slot_backend(fam, key, lb_slot(start + i, count));
+	if (!id)
 		return;
-	n = lb_conns(slot->backend_id);
+	n = lb_conns(id);
 	if (n < *best_n) {
 		*best_n = n;
-		*best = slot->backend_id;
+		*best = id;
 	}
 }
 
 /* least-conn: the slot whose backend has the fewest live connections,
  * scanning from a random slot so that ties spread. */
-static __always_inline __u32 lb4_least_conn(struct lb4_key *key, __u16 count)
+static __always_inline __u32 lb_least_conn(int fam, union lb_key *key, __u16 count)
 {
-	struct lb_service *slot;
 	__u32 start = bpf_get_prandom_u32(), best = 0;
 	__u64 best_n = ~0ULL;
 
 	if (count > LB_LC_SCAN_MAX) {  /* power of two (distinct) choices */
 		__u32 first = start % count, other;
 
-		key->backend_slot = (__u16)first + 1;
-		slot = lb4_services.lookup(key);
-		if (!slot)
+		best = lb_slot_backend(fam, key, (__u16)first + 1);
+		if (!best)
 			return 0;
-		best = slot->backend_id;
-		key->backend_slot = (__u16)((first + 1 + bpf_get_prandom_u32() % (count - 1)) % count) + 1;
-		slot = lb4_services.lookup(key);
-		if (!slot)
+		other = lb_slot_backend(fam, key,
+					lb_slot(first + 1 + bpf_get_prandom_u32() % (count - 1), count));
+		if (!other)
 			return best;
-		other = slot->backend_id;
 		return lb_conns(other) < lb_conns(best) ? other : best;
 	}
 	/* Written out, not a loop: clang leaves such a loop rolled in a shape
 	 * whose counter the verifier cannot bound. LB_LC_SCAN_MAX steps. */
-	lb4_lc_step(key, 0, start, count, &best, &best_n);
-	lb4_lc_step(key, 1, start, count, &best, &best_n);
-	lb4_lc_step(key, 2, start, count, &best, &best_n);
-	lb4_lc_step(key, 3, start, count, &best, &best_n);
+	lb_lc_step(fam, key, 0, start, count, &best, &best_n);
+	lb_lc_step(fam, key, 1, start, count, &best, &best_n);
+	lb_lc_step(fam, key, 2, start, count, &best, &best_n);
+	lb_lc_step(fam, key, 3, start, count, &best, &best_n);
 	return best;
 }
 
-static __always_inline int lb4_xlate(struct bpf_sock_addr *ctx, __u64 cookie, __u8 proto,
-				     __be32 *addr, __be16 *port)
+/* Remember which VIP a socket meant, for recvmsg()/getpeername(). */
+static __always_inline void lb_sockrev_put(int fam, __u64 cookie, const struct lb_be *be,
+					   const union lb_v6addr *vip, __be16 vport,
+					   __u16 rev_nat_id)
 {
-	struct lb4_key key = {};
-	struct lb4_sock_key skey = {};
-	struct lb4_sock_val sval = {};
-	struct lb_service *svc, *slot;
-	struct lb4_backend *be;
+	if (fam == LB_V4) {
+		struct lb4_sock_key k = {};
+		struct lb4_sock_val v = {};
+
+		k.cookie = cookie;
+		k.address = be->address.p32[0];
+		k.port = be->port;
+		v.address = vip->p32[0];
+		v.port = vport;
+		v.rev_nat_id = rev_nat_id;
+		lb4_sockrev.update(&k, &v);
+	} else {
+		struct lb6_sock_key k = {};
+		struct lb6_sock_val v = {};
+
+		k.cookie = cookie;
+		k.address = be->address;
+		k.port = be->port;
+		v.address = *vip;
+		v.port = vport;
+		v.rev_nat_id = rev_nat_id;
+		lb6_sockrev.update(&k, &v);
+	}
+}
+
+/* A socket rev-NAT key of either family. */
+union lb_sock_key {
+	struct lb4_sock_key v4;
+	struct lb6_sock_key v6;
+};
+
+/* The frontend a socket connected to backend (addr, port) meant: 0 with
+ * svc_key set to its master entry and *rev_nat_id to the id it had, or -1
+ * when the socket has no entry; key is left set for lb_sockrev_delete. */
+static __always_inline int lb_sockrev_get(int fam, union lb_sock_key *key, __u64 cookie,
+					  const union lb_v6addr *addr, __be16 port, __u8 proto,
+					  union lb_key *svc_key, __u16 *rev_nat_id)
+{
+	if (fam == LB_V4) {
+		struct lb4_sock_val *v;
+
+		key->v4.cookie = cookie;
+		key->v4.address = addr->p32[0];
+		key->v4.port = port;
+		key->v4.pad = 0;
+		v = lb4_sockrev.lookup(&key->v4);
+		if (!v)
+			return -1;
+		__builtin_memset(&svc_key->v4, 0, sizeof(svc_key->v4));
+		svc_key->v4.address = v->address;
+		svc_key->v4.dport = v->port;
+		svc_key->v4.proto = proto;
+		svc_key->v4.scope = LB_SCOPE_INTERNAL;
+		*rev_nat_id = v->rev_nat_id;
+		return 0;
+	}
+	struct lb6_sock_val *v;
+
+	key->v6.cookie = cookie;
+	key->v6.address = *addr;
+	key->v6.port = port;
+	key->v6.pad = 0;
+	key->v6.pad2 = 0;
+	v = lb6_sockrev.lookup(&key->v6);
+	if (!v)
+		return -1;
+	__builtin_memset(&svc_key->v6, 0, sizeof(svc_key->v6));
+	svc_key->v6.address = v->address;
+	svc_key->v6.dport = v->port;
+	svc_key->v6.proto = proto;
+	svc_key->v6.scope = LB_SCOPE_INTERNAL;
+	*rev_nat_id = v->rev_nat_id;
+	return 0;
+}
+
+static __always_inline void lb_sockrev_delete(int fam, union lb_sock_key *key)
+{
+	if (fam == LB_V4)
+		lb4_sockrev.delete(&key->v4);
+	else
+		lb6_sockrev.delete(&key->v6);
+}
+
+/* Translate a connect()/sendmsg() destination (addr, port) of family fam:
+ * LB_UNTOUCHED, LB_TRANSLATED (addr and port now name the backend) or a
+ * negative errno that fails the syscall. */
+static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 cookie,
+				    __u8 proto, union lb_v6addr *addr, __be16 *port)
+{
+	union lb_key key;
+	struct lb_service *svc;
+	struct lb_be be;
 	__u32 backend_id = 0;
 	__u16 rev_nat_id, flags;
 	__u64 now = 0;
 	__u8 alg;
 
-	key.address = *addr;
-	key.dport = *port;
-	key.proto = proto;
-	key.scope = LB_SCOPE_INTERNAL;
-	svc = lb4_services.lookup(&key);
+	lb_key_init(fam, &key, addr, *port, proto, LB_SCOPE_INTERNAL);
+	svc = lb_service_at(fam, &key, LB_MASTER_SLOT);
 	if (!svc)
 		return LB_UNTOUCHED;
 	if (svc->count == 0)
-		return lb_no_backend(svc);
+		return lb_no_backend(svc) == LB_VERDICT_DROP ? -LB_ERR_DROP : -LB_ERR_REJECT;
 	rev_nat_id = svc->rev_nat_id;
 	flags = svc->flags;
 	alg = svc->algorithm;
 
 	if (flags & LB_F_AFFINITY) {
 		now = bpf_ktime_get_ns() / 1000000000ULL;
-		backend_id = lb_affinity_get(ctx, svc, rev_nat_id, now);
+		backend_id = lb_affinity_backend(bpf_get_netns_cookie(ctx), 1, rev_nat_id,
+						 LB_SCOPE_INTERNAL, svc->affinity_timeout, now);
 	}
 	if (!backend_id) {
-		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN) {
-			backend_id = lb4_least_conn(&key, svc->count);
-		} else {
-			key.backend_slot = lb_pick_slot(cookie, proto, svc, rev_nat_id);
-			slot = lb4_services.lookup(&key);
-			backend_id = slot ? slot->backend_id : 0;
-		}
+		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
+			backend_id = lb_least_conn(fam, &key, svc->count);
+		else
+			backend_id = lb_slot_backend(fam, &key,
+						     lb_slot(lb_pick_seed(cookie, proto, alg,
+									  rev_nat_id), svc->count));
 		if (!backend_id)
 			goto inconsistent;
 	}
-	be = lb4_backends.lookup(&backend_id);
-	if (!be)
+	if (lb_backend(fam, backend_id, &be) < 0)
 		goto inconsistent;
 
-	/* Remember the VIP for recvmsg()/getpeername() on this socket. */
-	skey.cookie = cookie;
-	skey.address = be->address;
-	skey.port = be->port;
-	sval.address = *addr;
-	sval.port = *port;
-	sval.rev_nat_id = rev_nat_id;
-	lb4_sockrev.update(&skey, &sval);
-
-	*addr = be->address;
-	*port = be->port;
-	lb_count(rev_nat_id, LB_STAT_SELECTED);
+	lb_sockrev_put(fam, cookie, &be, addr, *port, rev_nat_id);
+	lb_addr_copy(fam, addr, &be.address);
+	*port = be.port;
+	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
 	if (flags & LB_F_AFFINITY)
-		lb_affinity_set(ctx, rev_nat_id, backend_id, now);
+		lb_affinity_record(bpf_get_netns_cookie(ctx), 1, rev_nat_id, backend_id, now);
 	if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
 		lb_conn_open(ctx, backend_id);
 	return LB_TRANSLATED;
 inconsistent:
-	lb_count(rev_nat_id, LB_STAT_ERROR);
+	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
 	return -LB_ERR_INCONSISTENT;
 }
 
 /* Backend -> VIP for a socket, only while the service still exists with the
  * id recorded at connect time (ids are reused after a service is deleted). */
-static __always_inline int lb4_restore(__u64 cookie, __u8 proto, __be32 *addr, __be16 *port)
+static __always_inline int lb_restore(int fam, __u64 cookie, __u8 proto, union lb_v6addr *addr,
+				      __be16 *port)
 {
-	struct lb4_sock_key skey = {};
-	struct lb4_sock_val *sval;
-	struct lb4_key key = {};
+	union lb_sock_key skey;
+	union lb_key key;
 	struct lb_service *svc;
+	__u16 rev_nat_id;
 
-	skey.cookie = cookie;
-	skey.address = *addr;
-	skey.port = *port;
-	sval = lb4_sockrev.lookup(&skey);
-	if (!sval)
+	if (lb_sockrev_get(fam, &skey, cookie, addr, *port, proto, &key, &rev_nat_id) < 0)
 		return LB_UNTOUCHED;
-
-	key.address = sval->address;
-	key.dport = sval->port;
-	key.proto = proto;
-	key.scope = LB_SCOPE_INTERNAL;
-	svc = lb4_services.lookup(&key);
-	if (!svc || svc->rev_nat_id != sval->rev_nat_id) {
-		lb4_sockrev.delete(&skey);
+	svc = lb_service_at(fam, &key, LB_MASTER_SLOT);
+	if (!svc || svc->rev_nat_id != rev_nat_id) {
+		lb_sockrev_delete(fam, &skey);
 		return LB_UNTOUCHED;
 	}
-	*addr = sval->address;
-	*port = sval->port;
-	return LB_TRANSLATED;
-}
-
-static __always_inline void lb6_lc_step(struct lb6_key *key, __u32 i, __u32 start, __u16 count,
-					   __u32 *best, __u64 *best_n)
-{
-	struct lb_service *slot;
-	__u64 n;
-
-	if (i >= count)
-		return;
-	key->backend_slot = (__u16)((start + i) % count) + 1;
-	slot = lb6_services.lookup(key);
-	if (!slot)
-		return;
-	n = lb_conns(slot->backend_id);
-	if (n < *best_n) {
-		*best_n = n;
-		*best = slot->backend_id;
-	}
-}
-
-/* least-conn: the slot whose backend has the fewest live connections,
- * scanning from a random slot so that ties spread. */
-static __always_inline __u32 lb6_least_conn(struct lb6_key *key, __u16 count)
-{
-	struct lb_service *slot;
-	__u32 start = bpf_get_prandom_u32(), best = 0;
-	__u64 best_n = ~0ULL;
-
-	if (count > LB_LC_SCAN_MAX) {  /* power of two (distinct) choices */
-		__u32 first = start % count, other;
-
-		key->backend_slot = (__u16)first + 1;
-		slot = lb6_services.lookup(key);
-		if (!slot)
-			return 0;
-		best = slot->backend_id;
-		key->backend_slot = (__u16)((first + 1 + bpf_get_prandom_u32() % (count - 1)) % count) + 1;
-		slot = lb6_services.lookup(key);
-		if (!slot)
-			return best;
-		other = slot->backend_id;
-		return lb_conns(other) < lb_conns(best) ? other : best;
-	}
-	/* Written out, not a loop: clang leaves such a loop rolled in a shape
-	 * whose counter the verifier cannot bound. LB_LC_SCAN_MAX steps. */
-	lb6_lc_step(key, 0, start, count, &best, &best_n);
-	lb6_lc_step(key, 1, start, count, &best, &best_n);
-	lb6_lc_step(key, 2, start, count, &best, &best_n);
-	lb6_lc_step(key, 3, start, count, &best, &best_n);
-	return best;
-}
-
-static __always_inline int lb6_xlate(struct bpf_sock_addr *ctx, __u64 cookie, __u8 proto,
-				     union lb_v6addr *addr, __be16 *port)
-{
-	struct lb6_key key = {};
-	struct lb6_sock_key skey = {};
-	struct lb6_sock_val sval = {};
-	struct lb_service *svc, *slot;
-	struct lb6_backend *be;
-	__u32 backend_id = 0;
-	__u16 rev_nat_id, flags;
-	__u64 now = 0;
-	__u8 alg;
-
-	key.address = *addr;
-	key.dport = *port;
-	key.proto = proto;
-	key.scope = LB_SCOPE_INTERNAL;
-	svc = lb6_services.lookup(&key);
-	if (!svc)
-		return LB_UNTOUCHED;
-	if (svc->count == 0)
-		return lb_no_backend(svc);
-	rev_nat_id = svc->rev_nat_id;
-	flags = svc->flags;
-	alg = svc->algorithm;
-
-	if (flags & LB_F_AFFINITY) {
-		now = bpf_ktime_get_ns() / 1000000000ULL;
-		backend_id = lb_affinity_get(ctx, svc, rev_nat_id, now);
-	}
-	if (!backend_id) {
-		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN) {
-			backend_id = lb6_least_conn(&key, svc->count);
-		} else {
-			key.backend_slot = lb_pick_slot(cookie, proto, svc, rev_nat_id);
-			slot = lb6_services.lookup(&key);
-			backend_id = slot ? slot->backend_id : 0;
-		}
-		if (!backend_id)
-			goto inconsistent;
-	}
-	be = lb6_backends.lookup(&backend_id);
-	if (!be)
-		goto inconsistent;
-
-	skey.cookie = cookie;
-	skey.address = be->address;
-	skey.port = be->port;
-	sval.address = *addr;
-	sval.port = *port;
-	sval.rev_nat_id = rev_nat_id;
-	lb6_sockrev.update(&skey, &sval);
-
-	*addr = be->address;
-	*port = be->port;
-	lb_count(rev_nat_id, LB_STAT_SELECTED);
-	lb_count_backend(backend_id);
-	if (flags & LB_F_AFFINITY)
-		lb_affinity_set(ctx, rev_nat_id, backend_id, now);
-	if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
-		lb_conn_open(ctx, backend_id);
-	return LB_TRANSLATED;
-inconsistent:
-	lb_count(rev_nat_id, LB_STAT_ERROR);
-	return -LB_ERR_INCONSISTENT;
-}
-
-static __always_inline int lb6_restore(__u64 cookie, __u8 proto, union lb_v6addr *addr,
-				       __be16 *port)
-{
-	struct lb6_sock_key skey = {};
-	struct lb6_sock_val *sval;
-	struct lb6_key key = {};
-	struct lb_service *svc;
-
-	skey.cookie = cookie;
-	skey.address = *addr;
-	skey.port = *port;
-	sval = lb6_sockrev.lookup(&skey);
-	if (!sval)
-		return LB_UNTOUCHED;
-
-	key.address = sval->address;
-	key.dport = sval->port;
-	key.proto = proto;
-	key.scope = LB_SCOPE_INTERNAL;
-	svc = lb6_services.lookup(&key);
-	if (!svc || svc->rev_nat_id != sval->rev_nat_id) {
-		lb6_sockrev.delete(&skey);
-		return LB_UNTOUCHED;
-	}
-	*addr = sval->address;
-	*port = sval->port;
+	lb_key_frontend(fam, &key, addr, port);
 	return LB_TRANSLATED;
 }
 
@@ -495,53 +358,53 @@ static __always_inline int sys_result(int ret)
 	return SYS_REJECT;
 }
 
+/* connect()/sendmsg() translate, recvmsg()/getpeername() restore. */
+static __always_inline int sock_op(int fam, int restore, struct bpf_sock_addr *ctx,
+				   union lb_v6addr *addr, __be16 *port)
+{
+	__u64 cookie = lb_socket_cookie(ctx);
+	__u8 proto = (__u8)ctx->protocol;
+
+	if (restore)
+		return lb_restore(fam, cookie, proto, addr, port);
+	return lb_xlate(fam, ctx, cookie, proto, addr, port);
+}
+
 /* IPv4 sockets */
 
-static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
+static __always_inline int sock4(struct bpf_sock_addr *ctx, int restore)
 {
-	__be32 addr = ctx->user_ip4;
+	union lb_v6addr addr;
 	__be16 port = (__be16)ctx->user_port;
 	int ret;
 
-	ret = lb4_xlate(ctx, lb_socket_cookie(ctx), (__u8)ctx->protocol, &addr, &port);
+	addr.p32[0] = ctx->user_ip4;
+	ret = sock_op(LB_V4, restore, ctx, &addr, &port);
 	if (ret == LB_TRANSLATED) {
-		ctx->user_ip4 = addr;
+		ctx->user_ip4 = addr.p32[0];
 		ctx->user_port = port;
 	}
-	return sys_result(ret);
-}
-
-static __always_inline int sock4_restore(struct bpf_sock_addr *ctx)
-{
-	__be32 addr = ctx->user_ip4;
-	__be16 port = (__be16)ctx->user_port;
-
-	if (lb4_restore(lb_socket_cookie(ctx), (__u8)ctx->protocol, &addr, &port) ==
-	    LB_TRANSLATED) {
-		ctx->user_ip4 = addr;
-		ctx->user_port = port;
-	}
-	return SYS_PROCEED;
+	return restore ? SYS_PROCEED : sys_result(ret);
 }
 
 int lb4_connect(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate(ctx);
+	return sock4(ctx, 0);
 }
 
 int lb4_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock4_xlate(ctx);
+	return sock4(ctx, 0);
 }
 
 int lb4_recvmsg(struct bpf_sock_addr *ctx)
 {
-	return sock4_restore(ctx);
+	return sock4(ctx, 1);
 }
 
 int lb4_getpeername(struct bpf_sock_addr *ctx)
 {
-	return sock4_restore(ctx);
+	return sock4(ctx, 1);
 }
 
 /* IPv6 sockets. A v4-mapped destination (::ffff:a.b.c.d) on a dual-stack
@@ -565,73 +428,48 @@ static __always_inline void ctx_set_ip6(struct bpf_sock_addr *ctx, const union l
 	ctx->user_ip6[3] = a->p32[3];
 }
 
-static __always_inline int sock6_xlate(struct bpf_sock_addr *ctx)
+static __always_inline int sock6(struct bpf_sock_addr *ctx, int restore)
 {
 	union lb_v6addr addr;
 	__be16 port = (__be16)ctx->user_port;
-	__u64 cookie = lb_socket_cookie(ctx);
-	__u8 proto = (__u8)ctx->protocol;
 	int ret;
 
 	ctx_get_ip6(ctx, &addr);
 	if (lb6_is_v4mapped(&addr)) {
-		__be32 addr4 = addr.p32[3];
+		union lb_v6addr addr4;
 
-		ret = lb4_xlate(ctx, cookie, proto, &addr4, &port);
+		addr4.p32[0] = addr.p32[3];
+		ret = sock_op(LB_V4, restore, ctx, &addr4, &port);
 		if (ret == LB_TRANSLATED) {
-			ctx->user_ip6[3] = addr4;
+			ctx->user_ip6[3] = addr4.p32[0];
 			ctx->user_port = port;
 		}
-		return sys_result(ret);
-	}
-	ret = lb6_xlate(ctx, cookie, proto, &addr, &port);
-	if (ret == LB_TRANSLATED) {
-		ctx_set_ip6(ctx, &addr);
-		ctx->user_port = port;
-	}
-	return sys_result(ret);
-}
-
-static __always_inline int sock6_restore(struct bpf_sock_addr *ctx)
-{
-	union lb_v6addr addr;
-	__be16 port = (__be16)ctx->user_port;
-	__u64 cookie = lb_socket_cookie(ctx);
-	__u8 proto = (__u8)ctx->protocol;
-
-	ctx_get_ip6(ctx, &addr);
-	if (lb6_is_v4mapped(&addr)) {
-		__be32 addr4 = addr.p32[3];
-
-		if (lb4_restore(cookie, proto, &addr4, &port) == LB_TRANSLATED) {
-			ctx->user_ip6[3] = addr4;
+	} else {
+		ret = sock_op(LB_V6, restore, ctx, &addr, &port);
+		if (ret == LB_TRANSLATED) {
+			ctx_set_ip6(ctx, &addr);
 			ctx->user_port = port;
 		}
-		return SYS_PROCEED;
 	}
-	if (lb6_restore(cookie, proto, &addr, &port) == LB_TRANSLATED) {
-		ctx_set_ip6(ctx, &addr);
-		ctx->user_port = port;
-	}
-	return SYS_PROCEED;
+	return restore ? SYS_PROCEED : sys_result(ret);
 }
 
 int lb6_connect(struct bpf_sock_addr *ctx)
 {
-	return sock6_xlate(ctx);
+	return sock6(ctx, 0);
 }
 
 int lb6_sendmsg(struct bpf_sock_addr *ctx)
 {
-	return sock6_xlate(ctx);
+	return sock6(ctx, 0);
 }
 
 int lb6_recvmsg(struct bpf_sock_addr *ctx)
 {
-	return sock6_restore(ctx);
+	return sock6(ctx, 1);
 }
 
 int lb6_getpeername(struct bpf_sock_addr *ctx)
 {
-	return sock6_restore(ctx);
+	return sock6(ctx, 1);
 }

@@ -41,6 +41,7 @@
  */
 #include "lib/pkt.h"
 #include "lib/tc_maps.h"
+#include "lib/lb.h"
 
 #define SNAT_PORT_TRIES 16  /* masquerade ports probed per new flow */
 #define LB_NSEC_PER_SEC 1000000000ULL
@@ -48,27 +49,30 @@
 /* Private per-CPU scratch for building REJECT answers (not pinned). */
 BPF_PERCPU_ARRAY(lb_tc_scratch, struct lb_reject_buf, 1);
 
+/* Map access for lib/lb.h: BCC rewrites map calls only in this file. */
+static __always_inline struct lb_service *lb4_services_get(struct lb4_key *k)
+{ return lb4_services.lookup(k); }
+static __always_inline struct lb_service *lb6_services_get(struct lb6_key *k)
+{ return lb6_services.lookup(k); }
+static __always_inline struct lb4_backend *lb4_backends_get(__u32 *id)
+{ return lb4_backends.lookup(id); }
+static __always_inline struct lb6_backend *lb6_backends_get(__u32 *id)
+{ return lb6_backends.lookup(id); }
+static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id)
+{ return lb_svc_stats.lookup(rev_nat_id); }
+static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k)
+{ return lb_affinity.lookup(k); }
+static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v)
+{ lb_affinity.update(k, v); }
+static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k)
+{ return lb_aff_match.lookup(k); }
+
 static __always_inline void tc_count(__u32 what)
 {
 	struct lb_tc_stat *s = lb_tc_stats.lookup(&what);
 
 	if (s)
 		s->packets++;
-}
-
-static __always_inline void svc_count(__u16 rev_nat_id, int no_backend, int error)
-{
-	__u32 idx = rev_nat_id;
-	struct lb_svc_stats *s = lb_svc_stats.lookup(&idx);
-
-	if (!s)
-		return;
-	if (error)
-		s->errors++;
-	else if (no_backend)
-		s->no_backend++;
-	else
-		s->selected++;
 }
 
 static __always_inline __u64 now_sec(void)
@@ -111,11 +115,6 @@ static __always_inline int is_syn(const struct lb_pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & (LB_TCP_SYN | LB_TCP_ACK)) == LB_TCP_SYN;
 }
 
-static __always_inline __u16 pick_slot(__u32 hash, __u16 count)
-{
-	return (__u16)(hash % count) + 1;
-}
-
 static __always_inline __u16 snat_port(const struct lb_node_config *cfg, __u32 hash, int i)
 {
 	__u16 lo = cfg->snat_port_min ? cfg->snat_port_min : LB_SNAT_PORT_MIN_DEFAULT;
@@ -127,35 +126,11 @@ static __always_inline __u16 snat_port(const struct lb_node_config *cfg, __u32 h
 
 /* Session affinity key on the TC path: the client address (IPv6 folded to
  * 64 bits; a collision only shares a backend choice). */
-static __always_inline __u64 affinity_client(const struct lb_pkt *p)
+static __always_inline __u64 affinity_client(int fam, const struct lb_pkt *p)
 {
-	if (p->l3_proto == ETH_P_IP)
+	if (fam == LB_V4)
 		return p->saddr.p32[0];
 	return p->saddr.p64[0] ^ p->saddr.p64[1];
-}
-
-/* The backend id a live session-affinity entry of this client names, or 0.
- * As on the socket path (sock_lb.c lb_affinity_get), the entry counts only
- * while the backend is still a member of the service's EXTERNAL view
- * (lb_aff_match): a backend that left the service is not reused. */
-static __always_inline __u32 affinity_get(const struct lb_pkt *p, __u16 rev_nat_id,
-					  __u32 timeout, __u64 now)
-{
-	struct lb_affinity_key ak = {};
-	struct lb_affinity_match_key mk = {};
-	struct lb_affinity_val *av;
-
-	ak.client = affinity_client(p);
-	ak.rev_nat_id = rev_nat_id;
-	av = lb_affinity.lookup(&ak);
-	if (!av || av->last_used + timeout < now)
-		return 0;
-	mk.backend_id = av->backend_id;
-	mk.rev_nat_id = rev_nat_id;
-	mk.scope = LB_SCOPE_EXTERNAL;
-	if (!lb_aff_match.lookup(&mk))
-		return 0;
-	return mk.backend_id;
 }
 
 /* LB_ALG_MAGLEV: the backend id at table[hash % LB_MAGLEV_M] of the
@@ -173,504 +148,394 @@ static __always_inline __u32 maglev_pick(__u16 rev_nat_id, __u32 hash)
 	return id ? *id : 0;
 }
 
-static __always_inline int reject4(struct __sk_buff *skb, const struct lb_pkt *p)
+static __always_inline int reject(int fam, struct __sk_buff *skb, const struct lb_pkt *p)
 {
 	__u32 zero = 0;
 	struct lb_reject_buf *b = lb_tc_scratch.lookup(&zero);
 
-	return b ? lb4_reject(skb, p, b) : TC_ACT_SHOT;
+	if (!b)
+		return TC_ACT_SHOT;
+	return fam == LB_V4 ? lb4_reject(skb, p, b) : lb6_reject(skb, p, b);
 }
 
-static __always_inline int reject6(struct __sk_buff *skb, const struct lb_pkt *p)
+/* loadBalancerSourceRanges: may this client use the frontend? */
+static __always_inline int src_range_allows(int fam, __u16 rev_nat_id, const union lb_v6addr *client)
 {
-	__u32 zero = 0;
-	struct lb_reject_buf *b = lb_tc_scratch.lookup(&zero);
+	if (fam == LB_V4) {
+		struct lb4_src_range_key rk = {};
 
-	return b ? lb6_reject(skb, p, b) : TC_ACT_SHOT;
+		rk.prefixlen = LB_SRC_RANGE_PREFIX_BITS + 32;
+		rk.rev_nat_id = rev_nat_id;
+		rk.address = client->p32[0];
+		return lb4_srcrange.lookup(&rk) != 0;
+	}
+	struct lb6_src_range_key rk = {};
+
+	rk.prefixlen = LB_SRC_RANGE_PREFIX_BITS + 128;
+	rk.rev_nat_id = rev_nat_id;
+	rk.address = *client;
+	return lb6_srcrange.lookup(&rk) != 0;
 }
 
-/* ------------------------------------------------------------------ IPv4 */
+/* ------------------------------------------------------------- conntrack */
 
-static __always_inline void ct4_key(struct lb4_ct_key *k, __be32 saddr, __be32 daddr,
-				    __be16 sport, __be16 dport, __u8 proto, __u8 stage)
+/* A conntrack key or value of either family. */
+union ct_key {
+	struct lb4_ct_key v4;
+	struct lb6_ct_key v6;
+};
+
+union ct_val {
+	struct lb4_ct_val v4;
+	struct lb6_ct_val v6;
+};
+
+/* Field f of a conntrack value of family fam (same name and type in both). */
+#define CT_VAL(fam, v, f) \
+	(*((fam) == LB_V4 ? &((struct lb4_ct_val *)(v))->f : &((struct lb6_ct_val *)(v))->f))
+
+/* key := (saddr, daddr, sport, dport, proto, stage), every byte set. */
+static __always_inline void ct_key(int fam, union ct_key *k, const union lb_v6addr *saddr,
+				   const union lb_v6addr *daddr, __be16 sport, __be16 dport,
+				   __u8 proto, __u8 stage)
 {
-	k->saddr = saddr;
-	k->daddr = daddr;
-	k->sport = sport;
-	k->dport = dport;
-	k->proto = proto;
-	k->stage = stage;
+	if (fam == LB_V4) {
+		k->v4.saddr = saddr->p32[0];
+		k->v4.daddr = daddr->p32[0];
+		k->v4.sport = sport;
+		k->v4.dport = dport;
+		k->v4.proto = proto;
+		k->v4.stage = stage;
+		k->v4.pad[0] = k->v4.pad[1] = 0;
+	} else {
+		k->v6.saddr = *saddr;
+		k->v6.daddr = *daddr;
+		k->v6.sport = sport;
+		k->v6.dport = dport;
+		k->v6.proto = proto;
+		k->v6.stage = stage;
+		k->v6.pad[0] = k->v6.pad[1] = 0;
+	}
 }
 
-static __always_inline int ct4_apply(struct __sk_buff *skb, struct lb_pkt *p,
-				     const struct lb4_ct_val *v)
+/* The key's own conntrack entry of packet p at stage. */
+static __always_inline void ct_key_of(int fam, union ct_key *k, const struct lb_pkt *p, __u8 stage)
 {
-	if ((v->flags & LB_CT_F_DNAT) && lb4_rewrite(skb, p, 0, v->daddr, v->dport) < 0)
-		return -1;
-	if ((v->flags & LB_CT_F_SNAT) && lb4_rewrite(skb, p, 1, v->saddr, v->sport) < 0)
-		return -1;
+	ct_key(fam, k, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, stage);
+}
+
+static __always_inline void *ct_lookup(int fam, union ct_key *k)
+{
+	if (fam == LB_V4)
+		return lb4_ct.lookup(&k->v4);
+	return lb6_ct.lookup(&k->v6);
+}
+
+static __always_inline void ct_update(int fam, union ct_key *k, union ct_val *v)
+{
+	if (fam == LB_V4)
+		lb4_ct.update(&k->v4, &v->v4);
+	else
+		lb6_ct.update(&k->v6, &v->v6);
+}
+
+/* 0 when k was free and now holds v. */
+static __always_inline int ct_insert(int fam, union ct_key *k, union ct_val *v)
+{
+	if (fam == LB_V4)
+		return lb4_ct.insert(&k->v4, &v->v4);
+	return lb6_ct.insert(&k->v6, &v->v6);
+}
+
+static __always_inline void ct_delete(int fam, union ct_key *k)
+{
+	if (fam == LB_V4)
+		lb4_ct.delete(&k->v4);
+	else
+		lb6_ct.delete(&k->v6);
+}
+
+/* v := an entry with flags, for rev_nat_id, until expires; no NAT yet. */
+static __always_inline void ct_entry(int fam, union ct_val *v, __u8 flags, __u16 rev_nat_id,
+				     __u64 expires)
+{
+	if (fam == LB_V4)
+		__builtin_memset(&v->v4, 0, sizeof(v->v4));
+	else
+		__builtin_memset(&v->v6, 0, sizeof(v->v6));
+	CT_VAL(fam, v, flags) = flags;
+	CT_VAL(fam, v, rev_nat_id) = rev_nat_id;
+	CT_VAL(fam, v, expires) = expires;
+}
+
+/* The entry's source (snat) or destination rewrite: (addr, port). */
+static __always_inline void ct_entry_nat(int fam, union ct_val *v, int snat,
+					 const union lb_v6addr *addr, __be16 port)
+{
+	if (fam == LB_V4) {
+		if (snat)
+			v->v4.saddr = addr->p32[0];
+		else
+			v->v4.daddr = addr->p32[0];
+	} else {
+		if (snat)
+			v->v6.saddr = *addr;
+		else
+			v->v6.daddr = *addr;
+	}
+	if (snat)
+		CT_VAL(fam, v, sport) = port;
+	else
+		CT_VAL(fam, v, dport) = port;
+}
+
+/* out := a found entry's source (snat) or destination address. */
+static __always_inline void ct_nat_addr(int fam, const void *v, int snat, union lb_v6addr *out)
+{
+	if (fam == LB_V4)
+		out->p32[0] = snat ? ((const struct lb4_ct_val *)v)->saddr
+				   : ((const struct lb4_ct_val *)v)->daddr;
+	else
+		*out = snat ? ((const struct lb6_ct_val *)v)->saddr
+			    : ((const struct lb6_ct_val *)v)->daddr;
+}
+
+/* Apply a found entry's rewrites to p (icmp: to the ICMP error about it). */
+static __always_inline int ct_apply(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+				    void *v, int icmp)
+{
+	union lb_v6addr a;
+	__u8 flags = CT_VAL(fam, v, flags);
+
+	if (flags & LB_CT_F_DNAT) {
+		ct_nat_addr(fam, v, 0, &a);
+		if ((icmp ? lb_icmp_xlate(fam, skb, p, 1, &a, CT_VAL(fam, v, dport))
+			  : lb_rewrite(fam, skb, p, 0, &a, CT_VAL(fam, v, dport))) < 0)
+			return -1;
+	}
+	if (flags & LB_CT_F_SNAT) {
+		ct_nat_addr(fam, v, 1, &a);
+		if ((icmp ? lb_icmp_xlate(fam, skb, p, 0, &a, CT_VAL(fam, v, sport))
+			  : lb_rewrite(fam, skb, p, 1, &a, CT_VAL(fam, v, sport))) < 0)
+			return -1;
+	}
 	return 0;
 }
 
-/* 1: translated by an existing entry, 0: no (usable) entry, -1: error. */
-static __always_inline int ct4_handle(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
-				      const struct lb_node_config *cfg, __u64 now)
+/* p's live entry at stage, or 0. */
+static __always_inline void *ct_find(int fam, const struct lb_pkt *p, __u8 stage, __u64 now)
 {
-	struct lb4_ct_key key = {};
-	struct lb4_ct_val *v;
+	union ct_key key;
+	void *v;
 
-	ct4_key(&key, p->saddr.p32[0], p->daddr.p32[0], p->sport, p->dport, p->proto, stage);
-	v = lb4_ct.lookup(&key);
-	if (!v || v->expires < now)
+	ct_key_of(fam, &key, p, stage);
+	v = ct_lookup(fam, &key);
+	if (!v || CT_VAL(fam, v, expires) < now)
 		return 0;
-	if (v->flags & LB_CT_F_SERVICE) {
-		__u32 id = v->backend_id;
-		struct lb4_backend *be = lb4_backends.lookup(&id);
+	return v;
+}
+
+/* 1: translated by an existing entry, 0: no (usable) entry, -1: error. */
+static __always_inline int ct_handle(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+				     __u8 stage, const struct lb_node_config *cfg, __u64 now)
+{
+	void *v = ct_find(fam, p, stage, now);
+
+	if (!v)
+		return 0;
+	if (CT_VAL(fam, v, flags) & LB_CT_F_SERVICE) {
+		struct lb_be be;
+		union lb_v6addr daddr;
 
 		/* The backend went away (or its id now names another): pick a
 		 * new one; the new backend resets a TCP connection it does not
 		 * know, which is the right outcome for the client. */
-		if (!be || be->address != v->daddr || be->port != v->dport)
+		if (lb_backend(fam, CT_VAL(fam, v, backend_id), &be) < 0)
 			return 0;
-		if ((v->flags & LB_CT_F_CLOSING) && is_syn(p))
+		ct_nat_addr(fam, v, 0, &daddr);
+		if (!lb_addr_eq(fam, &be.address, &daddr) || be.port != CT_VAL(fam, v, dport))
+			return 0;
+		if ((CT_VAL(fam, v, flags) & LB_CT_F_CLOSING) && is_syn(p))
 			return 0;
 	}
 	if (is_closing(p))
-		v->flags |= LB_CT_F_CLOSING;
-	v->expires = now + ct_timeout(cfg, p->proto, v->flags & LB_CT_F_CLOSING);
-	if (ct4_apply(skb, p, v) < 0)
+		CT_VAL(fam, v, flags) |= LB_CT_F_CLOSING;
+	CT_VAL(fam, v, expires) =
+		now + ct_timeout(cfg, p->proto, CT_VAL(fam, v, flags) & LB_CT_F_CLOSING);
+	if (ct_apply(fam, skb, p, v, 0) < 0)
 		return -1;
 	return 1;
 }
 
 /* An ICMP error about a tracked flow: apply the entry without refreshing
  * it. 1: translated, 0: not ours, -1: error. */
-static __always_inline int ct4_icmp(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
-				    __u64 now)
+static __always_inline int ct_icmp(int fam, struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
+				   __u64 now)
 {
-	struct lb4_ct_key key = {};
-	struct lb4_ct_val *v;
+	void *v = ct_find(fam, p, stage, now);
 
-	ct4_key(&key, p->saddr.p32[0], p->daddr.p32[0], p->sport, p->dport, p->proto, stage);
-	v = lb4_ct.lookup(&key);
-	if (!v || v->expires < now)
+	if (!v)
 		return 0;
-	if ((v->flags & LB_CT_F_DNAT) && lb4_icmp_xlate(skb, p, 1, v->daddr, v->dport) < 0)
-		return -1;
-	if ((v->flags & LB_CT_F_SNAT) && lb4_icmp_xlate(skb, p, 0, v->saddr, v->sport) < 0)
+	if (ct_apply(fam, skb, p, v, 1) < 0)
 		return -1;
 	return 1;
 }
 
 /* Choose a free masquerade port: the reply-side entry (B,b -> N,n) must be
  * unique. Returns the port (network order) or 0 when none is free. */
-static __always_inline __be16 snat4_reserve(const struct lb_node_config *cfg,
-					    const struct lb_pkt *p, __be32 baddr,
-					    __be16 bport, __be32 naddr, __u64 now,
-					    struct lb4_ct_val *reply)
+static __always_inline __be16 snat_reserve(int fam, const struct lb_node_config *cfg,
+					   const struct lb_pkt *p, const union lb_v6addr *baddr,
+					   __be16 bport, const union lb_v6addr *naddr, __u64 now,
+					   union ct_val *reply)
 {
-	struct lb4_ct_key key = {};
+	union ct_key key;
 	__u32 hash = lb_flow_hash(p);
 
-	ct4_key(&key, baddr, naddr, bport, 0, p->proto, LB_CT_INGRESS);
+	ct_key(fam, &key, baddr, naddr, bport, 0, p->proto, LB_CT_INGRESS);
 #pragma unroll
 	for (int i = 0; i < SNAT_PORT_TRIES; i++) {
 		__be16 port = bpf_htons(snat_port(cfg, hash, i));
-		struct lb4_ct_val *old;
+		void *old;
 
-		key.dport = port;
-		if (lb4_ct.insert(&key, reply) == 0)
+		if (fam == LB_V4)
+			key.v4.dport = port;
+		else
+			key.v6.dport = port;
+		if (ct_insert(fam, &key, reply) == 0)
 			return port;
-		old = lb4_ct.lookup(&key);
-		if (old && old->expires < now) {
-			lb4_ct.update(&key, reply);
+		old = ct_lookup(fam, &key);
+		if (old && CT_VAL(fam, old, expires) < now) {
+			ct_update(fam, &key, reply);
 			return port;
 		}
 	}
 	return 0;
 }
 
-static __always_inline int new_flow4(struct __sk_buff *skb, struct lb_pkt *p,
-				     const struct lb_node_config *cfg, __u64 now)
+/* The node address to masquerade as, or -1 when the node has none. */
+static __always_inline int snat_addr(int fam, const struct lb_node_config *cfg,
+				     union lb_v6addr *naddr)
 {
-	struct lb4_key skey = {};
-	struct lb4_ct_key key = {};
-	struct lb4_ct_val val = {};
+	if (!cfg || !(cfg->flags & (fam == LB_V4 ? LB_CFG_F_SNAT4 : LB_CFG_F_SNAT6)))
+		return -1;
+	if (fam == LB_V4)
+		naddr->p32[0] = cfg->snat_ip4;
+	else
+		*naddr = cfg->snat_ip6;
+	return 0;
+}
+
+/* The backend of a new flow: a live affinity entry, then (LB_ALG_MAGLEV)
+ * the Maglev table, then slot hash % count + 1. A choice naming a backend
+ * that is gone (maps mid-update) falls through to the next. 0: none. */
+static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, union lb_key *skey,
+					    const struct lb_service *svc, __u32 hash, __u64 now)
+{
+	__u16 rev_nat_id = svc->rev_nat_id;
+	__u32 backend_id = 0;
+
+	if (svc->flags & LB_F_AFFINITY) {
+		backend_id = lb_affinity_backend(affinity_client(fam, p), 0, rev_nat_id,
+						 LB_SCOPE_EXTERNAL, svc->affinity_timeout, now);
+		if (backend_id && !lb_backend_exists(fam, backend_id))
+			backend_id = 0;
+	}
+	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
+		backend_id = maglev_pick(rev_nat_id, hash);
+		if (backend_id && !lb_backend_exists(fam, backend_id))
+			backend_id = 0;
+	}
+	if (!backend_id)
+		backend_id = lb_slot_backend(fam, skey, lb_slot(hash, svc->count));
+	return backend_id;
+}
+
+static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+				    const struct lb_node_config *cfg, __u64 now)
+{
+	union lb_key skey;
+	union ct_key key;
+	union ct_val val;
 	struct lb_service *svc;
-	struct lb4_backend *be;
-	__u32 backend_id = 0, hash;
-	__u16 rev_nat_id, count, flags;
-	__be32 baddr;
-	__be16 bport, nport = 0;
+	struct lb_be be;
+	__u32 backend_id;
+	__u16 rev_nat_id, flags;
+	__be16 nport = 0;
 	int masq;
 	__u64 expires;
 
-	skey.address = p->daddr.p32[0];
-	skey.dport = p->dport;
-	skey.proto = p->proto;
-	skey.scope = LB_SCOPE_EXTERNAL;
-	svc = lb4_services.lookup(&skey);
+	lb_key_init(fam, &skey, &p->daddr, p->dport, p->proto, LB_SCOPE_EXTERNAL);
+	svc = lb_service_at(fam, &skey, LB_MASTER_SLOT);
 	if (!svc) {
 		tc_count(LB_TC_STAT_PASS);
 		return TC_ACT_OK;
 	}
 	rev_nat_id = svc->rev_nat_id;
-	count = svc->count;
 	flags = svc->flags;
 
-	if (flags & LB_F_SOURCE_RANGE) {
-		struct lb4_src_range_key rk = {};
-
-		rk.prefixlen = LB_SRC_RANGE_PREFIX_BITS + 32;
-		rk.rev_nat_id = rev_nat_id;
-		rk.address = p->saddr.p32[0];
-		if (!lb4_srcrange.lookup(&rk)) {
-			tc_count(LB_TC_STAT_DROP_RANGE);
-			return TC_ACT_SHOT;
-		}
+	if ((flags & LB_F_SOURCE_RANGE) && !src_range_allows(fam, rev_nat_id, &p->saddr)) {
+		tc_count(LB_TC_STAT_DROP_RANGE);
+		return TC_ACT_SHOT;
 	}
-	if (count == 0) {
-		svc_count(rev_nat_id, 1, 0);
-		if (flags & LB_F_DROP_NO_BACKEND) {
+	if (svc->count == 0) {
+		if (lb_no_backend(svc) == LB_VERDICT_DROP) {
 			tc_count(LB_TC_STAT_DROP);
 			return TC_ACT_SHOT;
 		}
 		tc_count(LB_TC_STAT_REJECT);
-		return reject4(skb, p);
+		return reject(fam, skb, p);
 	}
 
-	hash = lb_flow_hash(p);
-	if (flags & LB_F_AFFINITY) {
-		backend_id = affinity_get(p, rev_nat_id, svc->affinity_timeout, now);
-		if (backend_id && !lb4_backends.lookup(&backend_id))
-			backend_id = 0;
-	}
-	/* A table naming a backend that is gone (mid-update): use the slot. */
-	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
-		backend_id = maglev_pick(rev_nat_id, hash);
-		if (backend_id && !lb4_backends.lookup(&backend_id))
-			backend_id = 0;
-	}
-	if (!backend_id) {
-		skey.backend_slot = pick_slot(hash, count);
-		svc = lb4_services.lookup(&skey);
-		if (!svc)
-			goto error;
-		backend_id = svc->backend_id;
-	}
-	be = lb4_backends.lookup(&backend_id);
-	if (!be)
+	backend_id = select_backend(fam, p, &skey, svc, lb_flow_hash(p), now);
+	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
-	baddr = be->address;
-	bport = be->port;
 	/* A remote backend's reply must come back through this node. */
-	masq = (flags & LB_F_MASQUERADE) || !(be->flags & LB_BACKEND_F_LOCAL);
-	if (flags & LB_F_AFFINITY) {
-		struct lb_affinity_key ak = {};
-		struct lb_affinity_val av = {};
-
-		ak.client = affinity_client(p);
-		ak.rev_nat_id = rev_nat_id;
-		av.last_used = now;
-		av.backend_id = backend_id;
-		lb_affinity.update(&ak, &av);
-	}
-
-	expires = now + ct_timeout(cfg, p->proto, 0);
-	if (masq) {
-		__be32 naddr;
-
-		if (!cfg || !(cfg->flags & LB_CFG_F_SNAT4))
-			goto error;
-		naddr = cfg->snat_ip4;
-		/* reply (B,b -> N,n) at ingress: back to the client */
-		val.daddr = p->saddr.p32[0];
-		val.dport = p->sport;
-		val.flags = LB_CT_F_DNAT;
-		val.rev_nat_id = rev_nat_id;
-		val.expires = expires;
-		nport = snat4_reserve(cfg, p, baddr, bport, naddr, now, &val);
-		if (!nport)
-			goto error;
-		/* forward (C,c -> B,b) at egress: masquerade */
-		__builtin_memset(&val, 0, sizeof(val));
-		ct4_key(&key, p->saddr.p32[0], baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
-		val.saddr = naddr;
-		val.sport = nport;
-		val.flags = LB_CT_F_SNAT;
-		val.rev_nat_id = rev_nat_id;
-		val.expires = expires;
-		lb4_ct.update(&key, &val);
-	} else {
-		/* A masquerade entry of an earlier flow with the same client
-		 * port and backend must not apply to this one. */
-		ct4_key(&key, p->saddr.p32[0], baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
-		lb4_ct.delete(&key);
-	}
-	/* reply (B,b -> C,c) at egress: leaves with the frontend as source */
-	ct4_key(&key, baddr, p->saddr.p32[0], bport, p->sport, p->proto, LB_CT_EGRESS);
-	__builtin_memset(&val, 0, sizeof(val));
-	val.saddr = p->daddr.p32[0];
-	val.sport = p->dport;
-	val.flags = LB_CT_F_SNAT;
-	val.rev_nat_id = rev_nat_id;
-	val.expires = expires;
-	lb4_ct.update(&key, &val);
-	/* the service entry (C,c -> V,v) at ingress, written last */
-	ct4_key(&key, p->saddr.p32[0], p->daddr.p32[0], p->sport, p->dport, p->proto,
-		LB_CT_INGRESS);
-	__builtin_memset(&val, 0, sizeof(val));
-	val.daddr = baddr;
-	val.dport = bport;
-	val.backend_id = backend_id;
-	val.flags = LB_CT_F_DNAT | LB_CT_F_SERVICE;
-	val.rev_nat_id = rev_nat_id;
-	val.expires = expires;
-	lb4_ct.update(&key, &val);
-
-	if (lb4_rewrite(skb, p, 0, baddr, bport) < 0)
-		goto error;
-	svc_count(rev_nat_id, 0, 0);
-	tc_count(LB_TC_STAT_NEW);
-	return TC_ACT_OK;
-error:
-	svc_count(rev_nat_id, 0, 1);
-	tc_count(LB_TC_STAT_ERROR);
-	return TC_ACT_SHOT;
-}
-
-/* ------------------------------------------------------------------ IPv6 */
-
-static __always_inline void ct6_key(struct lb6_ct_key *k, const union lb_v6addr *saddr,
-				    const union lb_v6addr *daddr, __be16 sport, __be16 dport,
-				    __u8 proto, __u8 stage)
-{
-	k->saddr = *saddr;
-	k->daddr = *daddr;
-	k->sport = sport;
-	k->dport = dport;
-	k->proto = proto;
-	k->stage = stage;
-}
-
-static __always_inline int ct6_apply(struct __sk_buff *skb, struct lb_pkt *p,
-				     const struct lb6_ct_val *v)
-{
-	if ((v->flags & LB_CT_F_DNAT) && lb6_rewrite(skb, p, 0, &v->daddr, v->dport) < 0)
-		return -1;
-	if ((v->flags & LB_CT_F_SNAT) && lb6_rewrite(skb, p, 1, &v->saddr, v->sport) < 0)
-		return -1;
-	return 0;
-}
-
-static __always_inline int ct6_handle(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
-				      const struct lb_node_config *cfg, __u64 now)
-{
-	struct lb6_ct_key key = {};
-	struct lb6_ct_val *v;
-
-	ct6_key(&key, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, stage);
-	v = lb6_ct.lookup(&key);
-	if (!v || v->expires < now)
-		return 0;
-	if (v->flags & LB_CT_F_SERVICE) {
-		__u32 id = v->backend_id;
-		struct lb6_backend *be = lb6_backends.lookup(&id);
-
-		if (!be || !lb6_addr_eq(&be->address, &v->daddr) || be->port != v->dport)
-			return 0;
-		if ((v->flags & LB_CT_F_CLOSING) && is_syn(p))
-			return 0;
-	}
-	if (is_closing(p))
-		v->flags |= LB_CT_F_CLOSING;
-	v->expires = now + ct_timeout(cfg, p->proto, v->flags & LB_CT_F_CLOSING);
-	if (ct6_apply(skb, p, v) < 0)
-		return -1;
-	return 1;
-}
-
-static __always_inline int ct6_icmp(struct __sk_buff *skb, struct lb_pkt *p, __u8 stage,
-				    __u64 now)
-{
-	struct lb6_ct_key key = {};
-	struct lb6_ct_val *v;
-
-	ct6_key(&key, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, stage);
-	v = lb6_ct.lookup(&key);
-	if (!v || v->expires < now)
-		return 0;
-	if ((v->flags & LB_CT_F_DNAT) && lb6_icmp_xlate(skb, p, 1, &v->daddr, v->dport) < 0)
-		return -1;
-	if ((v->flags & LB_CT_F_SNAT) && lb6_icmp_xlate(skb, p, 0, &v->saddr, v->sport) < 0)
-		return -1;
-	return 1;
-}
-
-static __always_inline __be16 snat6_reserve(const struct lb_node_config *cfg,
-					    const struct lb_pkt *p,
-					    const union lb_v6addr *baddr, __be16 bport,
-					    const union lb_v6addr *naddr, __u64 now,
-					    struct lb6_ct_val *reply)
-{
-	struct lb6_ct_key key = {};
-	__u32 hash = lb_flow_hash(p);
-
-	ct6_key(&key, baddr, naddr, bport, 0, p->proto, LB_CT_INGRESS);
-#pragma unroll
-	for (int i = 0; i < SNAT_PORT_TRIES; i++) {
-		__be16 port = bpf_htons(snat_port(cfg, hash, i));
-		struct lb6_ct_val *old;
-
-		key.dport = port;
-		if (lb6_ct.insert(&key, reply) == 0)
-			return port;
-		old = lb6_ct.lookup(&key);
-		if (old && old->expires < now) {
-			lb6_ct.update(&key, reply);
-			return port;
-		}
-	}
-	return 0;
-}
-
-static __always_inline int new_flow6(struct __sk_buff *skb, struct lb_pkt *p,
-				     const struct lb_node_config *cfg, __u64 now)
-{
-	struct lb6_key skey = {};
-	struct lb6_ct_key key = {};
-	struct lb6_ct_val val = {};
-	struct lb_service *svc;
-	struct lb6_backend *be;
-	union lb_v6addr baddr;
-	__u32 backend_id = 0, hash;
-	__u16 rev_nat_id, count, flags;
-	__be16 bport, nport = 0;
-	int masq;
-	__u64 expires;
-
-	skey.address = p->daddr;
-	skey.dport = p->dport;
-	skey.proto = p->proto;
-	skey.scope = LB_SCOPE_EXTERNAL;
-	svc = lb6_services.lookup(&skey);
-	if (!svc) {
-		tc_count(LB_TC_STAT_PASS);
-		return TC_ACT_OK;
-	}
-	rev_nat_id = svc->rev_nat_id;
-	count = svc->count;
-	flags = svc->flags;
-
-	if (flags & LB_F_SOURCE_RANGE) {
-		struct lb6_src_range_key rk = {};
-
-		rk.prefixlen = LB_SRC_RANGE_PREFIX_BITS + 128;
-		rk.rev_nat_id = rev_nat_id;
-		rk.address = p->saddr;
-		if (!lb6_srcrange.lookup(&rk)) {
-			tc_count(LB_TC_STAT_DROP_RANGE);
-			return TC_ACT_SHOT;
-		}
-	}
-	if (count == 0) {
-		svc_count(rev_nat_id, 1, 0);
-		if (flags & LB_F_DROP_NO_BACKEND) {
-			tc_count(LB_TC_STAT_DROP);
-			return TC_ACT_SHOT;
-		}
-		tc_count(LB_TC_STAT_REJECT);
-		return reject6(skb, p);
-	}
-
-	hash = lb_flow_hash(p);
-	if (flags & LB_F_AFFINITY) {
-		backend_id = affinity_get(p, rev_nat_id, svc->affinity_timeout, now);
-		if (backend_id && !lb6_backends.lookup(&backend_id))
-			backend_id = 0;
-	}
-	/* A table naming a backend that is gone (mid-update): use the slot. */
-	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
-		backend_id = maglev_pick(rev_nat_id, hash);
-		if (backend_id && !lb6_backends.lookup(&backend_id))
-			backend_id = 0;
-	}
-	if (!backend_id) {
-		skey.backend_slot = pick_slot(hash, count);
-		svc = lb6_services.lookup(&skey);
-		if (!svc)
-			goto error;
-		backend_id = svc->backend_id;
-	}
-	be = lb6_backends.lookup(&backend_id);
-	if (!be)
-		goto error;
-	baddr = be->address;
-	bport = be->port;
-	masq = (flags & LB_F_MASQUERADE) || !(be->flags & LB_BACKEND_F_LOCAL);
-	if (flags & LB_F_AFFINITY) {
-		struct lb_affinity_key ak = {};
-		struct lb_affinity_val av = {};
-
-		ak.client = affinity_client(p);
-		ak.rev_nat_id = rev_nat_id;
-		av.last_used = now;
-		av.backend_id = backend_id;
-		lb_affinity.update(&ak, &av);
-	}
+	masq = (flags & LB_F_MASQUERADE) || !(be.flags & LB_BACKEND_F_LOCAL);
+	if (flags & LB_F_AFFINITY)
+		lb_affinity_record(affinity_client(fam, p), 0, rev_nat_id, backend_id, now);
 
 	expires = now + ct_timeout(cfg, p->proto, 0);
 	if (masq) {
 		union lb_v6addr naddr;
 
-		if (!cfg || !(cfg->flags & LB_CFG_F_SNAT6))
+		if (snat_addr(fam, cfg, &naddr) < 0)
 			goto error;
-		naddr = cfg->snat_ip6;
-		val.daddr = p->saddr;
-		val.dport = p->sport;
-		val.flags = LB_CT_F_DNAT;
-		val.rev_nat_id = rev_nat_id;
-		val.expires = expires;
-		nport = snat6_reserve(cfg, p, &baddr, bport, &naddr, now, &val);
+		/* reply (B,b -> N,n) at ingress: back to the client */
+		ct_entry(fam, &val, LB_CT_F_DNAT, rev_nat_id, expires);
+		ct_entry_nat(fam, &val, 0, &p->saddr, p->sport);
+		nport = snat_reserve(fam, cfg, p, &be.address, be.port, &naddr, now, &val);
 		if (!nport)
 			goto error;
-		__builtin_memset(&val, 0, sizeof(val));
-		ct6_key(&key, &p->saddr, &baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
-		val.saddr = naddr;
-		val.sport = nport;
-		val.flags = LB_CT_F_SNAT;
-		val.rev_nat_id = rev_nat_id;
-		val.expires = expires;
-		lb6_ct.update(&key, &val);
+		/* forward (C,c -> B,b) at egress: masquerade */
+		ct_key(fam, &key, &p->saddr, &be.address, p->sport, be.port, p->proto, LB_CT_EGRESS);
+		ct_entry(fam, &val, LB_CT_F_SNAT, rev_nat_id, expires);
+		ct_entry_nat(fam, &val, 1, &naddr, nport);
+		ct_update(fam, &key, &val);
 	} else {
-		ct6_key(&key, &p->saddr, &baddr, p->sport, bport, p->proto, LB_CT_EGRESS);
-		lb6_ct.delete(&key);
+		/* A masquerade entry of an earlier flow with the same client
+		 * port and backend must not apply to this one. */
+		ct_key(fam, &key, &p->saddr, &be.address, p->sport, be.port, p->proto, LB_CT_EGRESS);
+		ct_delete(fam, &key);
 	}
-	ct6_key(&key, &baddr, &p->saddr, bport, p->sport, p->proto, LB_CT_EGRESS);
-	__builtin_memset(&val, 0, sizeof(val));
-	val.saddr = p->daddr;
-	val.sport = p->dport;
-	val.flags = LB_CT_F_SNAT;
-	val.rev_nat_id = rev_nat_id;
-	val.expires = expires;
-	lb6_ct.update(&key, &val);
-	ct6_key(&key, &p->saddr, &p->daddr, p->sport, p->dport, p->proto, LB_CT_INGRESS);
-	__builtin_memset(&val, 0, sizeof(val));
-	val.daddr = baddr;
-	val.dport = bport;
-	val.backend_id = backend_id;
-	val.flags = LB_CT_F_DNAT | LB_CT_F_SERVICE;
-	val.rev_nat_id = rev_nat_id;
-	val.expires = expires;
-	lb6_ct.update(&key, &val);
+	/* reply (B,b -> C,c) at egress: leaves with the frontend as source */
+	ct_key(fam, &key, &be.address, &p->saddr, be.port, p->sport, p->proto, LB_CT_EGRESS);
+	ct_entry(fam, &val, LB_CT_F_SNAT, rev_nat_id, expires);
+	ct_entry_nat(fam, &val, 1, &p->daddr, p->dport);
+	ct_update(fam, &key, &val);
+	/* the service entry (C,c -> V,v) at ingress, written last */
+	ct_key_of(fam, &key, p, LB_CT_INGRESS);
+	ct_entry(fam, &val, LB_CT_F_DNAT | LB_CT_F_SERVICE, rev_nat_id, expires);
+	ct_entry_nat(fam, &val, 0, &be.address, be.port);
+	CT_VAL(fam, &val, backend_id) = backend_id;
+	ct_update(fam, &key, &val);
 
-	if (lb6_rewrite(skb, p, 0, &baddr, bport) < 0)
+	if (lb_rewrite(fam, skb, p, 0, &be.address, be.port) < 0)
 		goto error;
-	svc_count(rev_nat_id, 0, 0);
+	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
 	tc_count(LB_TC_STAT_NEW);
 	return TC_ACT_OK;
 error:
-	svc_count(rev_nat_id, 0, 1);
+	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
 	tc_count(LB_TC_STAT_ERROR);
 	return TC_ACT_SHOT;
 }
@@ -692,9 +557,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	if (kind == LB_PKT_ICMP_ERR) {
 		now = now_sec();
 		if (p.l3_proto == ETH_P_IP)
-			ret = ct4_icmp(skb, &p, stage, now);
+			ret = ct_icmp(LB_V4, skb, &p, stage, now);
 		else
-			ret = ct6_icmp(skb, &p, stage, now);
+			ret = ct_icmp(LB_V6, skb, &p, stage, now);
 		if (ret > 0)
 			tc_count(LB_TC_STAT_ICMP_ERROR);
 		return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
@@ -704,9 +569,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	cfg = node_config();
 	now = now_sec();
 	if (p.l3_proto == ETH_P_IP)
-		ret = ct4_handle(skb, &p, stage, cfg, now);
+		ret = ct_handle(LB_V4, skb, &p, stage, cfg, now);
 	else
-		ret = ct6_handle(skb, &p, stage, cfg, now);
+		ret = ct_handle(LB_V6, skb, &p, stage, cfg, now);
 	if (ret > 0) {
 		tc_count(LB_TC_STAT_CT_HIT);
 		return TC_ACT_OK;
@@ -718,8 +583,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	if (!services)
 		return TC_ACT_OK;
 	if (p.l3_proto == ETH_P_IP)
-		return new_flow4(skb, &p, cfg, now);
-	return new_flow6(skb, &p, cfg, now);
+		return new_flow(LB_V4, skb, &p, cfg, now);
+	return new_flow(LB_V6, skb, &p, cfg, now);
 }
 
 int lb_netdev_ingress(struct __sk_buff *skb)

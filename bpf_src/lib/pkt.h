@@ -397,6 +397,24 @@ static __always_inline int lb6_icmp_xlate(struct __sk_buff *skb, struct lb_pkt *
 	return 0;
 }
 
+/* The rewrites above for family fam (LB_V4 / LB_V6), the address as a
+ * union lb_v6addr with IPv4 in p32[0]. */
+static __always_inline int lb_rewrite(int fam, struct __sk_buff *skb, struct lb_pkt *p, int src,
+				      const union lb_v6addr *addr, __be16 port)
+{
+	if (fam == LB_V4)
+		return lb4_rewrite(skb, p, src, addr->p32[0], port);
+	return lb6_rewrite(skb, p, src, addr, port);
+}
+
+static __always_inline int lb_icmp_xlate(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+					 int dnat, const union lb_v6addr *addr, __be16 port)
+{
+	if (fam == LB_V4)
+		return lb4_icmp_xlate(skb, p, dnat, addr->p32[0], port);
+	return lb6_icmp_xlate(skb, p, dnat, addr, port);
+}
+
 /* ---- REJECT: answer in place and send the answer back out the same
  * device. The frame is resized to the answer (bpf_skb_change_tail) and
  * every header written from the stack with checksums computed afresh. */
