@@ -152,6 +152,40 @@ def test_junit_counts(tmp_path):
     assert qemu_run.junit_counts(tmp_path / "missing.xml") == {}
 
 
+def test_private_apt_configuration_lives_in_the_cache(tmp_path, monkeypatch):
+    """Kernels come through apt with a configuration of the runner's own:
+    sources, lists, cache and dpkg status under the cache, not the system's."""
+    monkeypatch.setattr(qemu_run, "CACHE", tmp_path)
+    env = qemu_run.apt_env()
+    conf_path = tmp_path / "apt" / "apt.conf"
+    assert env["APT_CONFIG"] == str(conf_path)
+    conf = dict(line.rstrip(";").split(" ", 1) for line in conf_path.read_text().splitlines())
+    for key in ("Dir::Etc::SourceList", "Dir::Etc::SourceParts", "Dir::Etc::Preferences",
+                "Dir::Etc::PreferencesParts", "Dir::State", "Dir::State::Lists",
+                "Dir::State::status", "Dir::Cache"):
+        assert conf[key].strip('"').startswith(str(tmp_path / "apt")), key
+    sources = (tmp_path / "apt" / "etc" / "sources.list").read_text()
+    for suite in ("bookworm", "bookworm-backports", "bookworm-security", "bullseye"):
+        assert f" {suite} main\n" in sources
+    assert (tmp_path / "apt" / "lists" / "partial").is_dir()
+
+
+def test_kernel_series_resolve_to_the_newest_image_and_are_remembered(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu_run, "CACHE", tmp_path)
+    offered = ["linux-image-6.12.95+deb12-amd64", "linux-image-6.1.0-57-amd64",
+               "linux-image-6.1.0-50-amd64", "linux-image-5.10.0-32-amd64"]
+    monkeypatch.setattr(qemu_run, "meta_images", lambda meta="linux-image-amd64": offered)
+    assert qemu_run.resolve_image_package("6.1") == "linux-image-6.1.0-57-amd64"
+    assert qemu_run.resolve_image_package("6.12") == "linux-image-6.12.95+deb12-amd64"
+    assert qemu_run.resolve_image_package("5.10") == "linux-image-5.10.0-32-amd64"
+    assert qemu_run.resolve_image_package("linux-image-5.10.0-32-amd64") == (
+        "linux-image-5.10.0-32-amd64")
+    offered.clear()  # offline, or the archive moved on: the cache keeps the answer
+    assert qemu_run.resolve_image_package("6.12") == "linux-image-6.12.95+deb12-amd64"
+    with pytest.raises(SystemExit, match="cannot resolve"):
+        qemu_run.resolve_image_package("4.19")
+
+
 def test_qemu_run_help_needs_no_root():
     res = subprocess.run([str(VAGRANT_DIR / "qemu-run"), "--help"], capture_output=True,
                          text=True, timeout=60)
