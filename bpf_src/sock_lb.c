@@ -5,7 +5,14 @@
  * exists, and recvmsg()/getpeername() show the VIP again.
  *
  * Compile-time options (-D): PIN_DIR (required, string literal), the
- * LB_*_MAP_MAX capacities from lb_types.h, LB_EXPECTED_LAYOUT_VERSION.
+ * LB_*_MAP_MAX capacities from lb_types.h, LB_EXPECTED_LAYOUT_VERSION, and
+ * the kernel's features as probed at start (ebpf/probe.py; 1 when absent):
+ *   LB_HAVE_SET_RETVAL    bpf_set_retval (5.18); without it a refused
+ *                         connect()/sendmsg() fails with EPERM
+ *   LB_HAVE_NETNS_COOKIE  bpf_get_netns_cookie; without it no ClientIP
+ *                         affinity at these hooks (the pick is random)
+ *   LB_HAVE_SOCK_RELEASE  the sock_release hook and socket storage; without
+ *                         them least-conn picks at random here
  *
  * Return values: connect/sendmsg hooks return 1 to let the syscall go on
  * (rewritten or not) and 0 after bpf_set_retval(-errno) to fail it with that
@@ -17,6 +24,16 @@
 
 #include "lib/maps.h"
 #include "lib/lb.h"
+
+#ifndef LB_HAVE_SET_RETVAL
+#define LB_HAVE_SET_RETVAL 1
+#endif
+#ifndef LB_HAVE_NETNS_COOKIE
+#define LB_HAVE_NETNS_COOKIE 1
+#endif
+#ifndef LB_HAVE_SOCK_RELEASE
+#define LB_HAVE_SOCK_RELEASE 1
+#endif
 
 /* Map access for lib/lb.h and this file: BCC rewrites map calls only
  * here. Cost per connect()/sendmsg(): three hash lookups (master, slot,
@@ -41,6 +58,16 @@ static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k)
 /* BCC 0.26 declares bpf_get_socket_cookie() as returning u32; the helper
  * returns the full 64-bit cookie. */
 static __u64 (*lb_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+
+/* The client's network namespace: the affinity key at these hooks. */
+static __always_inline __u64 lb_netns_cookie(struct bpf_sock_addr *ctx)
+{
+#if LB_HAVE_NETNS_COOKIE
+	return bpf_get_netns_cookie(ctx);
+#else
+	return 0;  /* unused: affinity is off without the helper */
+#endif
+}
 
 /* lb_xlate() results; negative values are errnos that fail the syscall. */
 #define LB_UNTOUCHED  0
@@ -286,10 +313,14 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 	rev_nat_id = svc->rev_nat_id;
 	flags = svc->flags;
 	alg = svc->algorithm;
+	if (!LB_HAVE_NETNS_COOKIE)
+		flags &= ~LB_F_AFFINITY;
+	if (!LB_HAVE_SOCK_RELEASE && alg == LB_ALG_LEAST_CONN)
+		alg = LB_ALG_RANDOM;
 
 	if (flags & LB_F_AFFINITY) {
 		now = bpf_ktime_get_ns() / 1000000000ULL;
-		backend_id = lb_affinity_backend(bpf_get_netns_cookie(ctx), 1, rev_nat_id,
+		backend_id = lb_affinity_backend(lb_netns_cookie(ctx), 1, rev_nat_id,
 						 LB_SCOPE_INTERNAL, svc->affinity_timeout, now);
 	}
 	if (!backend_id) {
@@ -311,9 +342,11 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
 	if (flags & LB_F_AFFINITY)
-		lb_affinity_record(bpf_get_netns_cookie(ctx), 1, rev_nat_id, backend_id, now);
+		lb_affinity_record(lb_netns_cookie(ctx), 1, rev_nat_id, backend_id, now);
+#if LB_HAVE_SOCK_RELEASE
 	if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
 		lb_conn_open(ctx, backend_id);
+#endif
 	return LB_TRANSLATED;
 inconsistent:
 	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
@@ -350,11 +383,15 @@ static __always_inline int lb6_is_v4mapped(const union lb_v6addr *a)
 #define SYS_PROCEED 1
 #define SYS_REJECT  0
 
+/* Without bpf_set_retval a refused syscall fails with EPERM: still at
+ * once, and still an error the application sees. */
 static __always_inline int sys_result(int ret)
 {
 	if (ret >= 0)
 		return SYS_PROCEED;
+#if LB_HAVE_SET_RETVAL
 	bpf_set_retval(ret);
+#endif
 	return SYS_REJECT;
 }
 

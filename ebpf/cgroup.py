@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import urllib.parse
 from collections.abc import Iterable
 
 from ebpf import bpffs, libbpf
@@ -148,3 +149,71 @@ def query(cgroup: str, attach_type: int) -> list[int]:
 def query_all(cgroup: str, attach_types: Iterable[int]) -> dict[int, list[int]]:
     """{attach type: program ids} for the given types, empty lists included."""
     return {int(t): query(cgroup, t) for t in attach_types}
+
+
+# Legacy attachments (BPF_PROG_ATTACH) for kernels without cgroup links. The
+# attached program is pinned under a record name that carries the cgroup
+# path, so a later attach replaces exactly it and a detach needs no other
+# state: <dir>/<name>@<quoted cgroup path>.
+
+
+def legacy_record(records_dir: str, name: str, cgroup: str) -> str:
+    return os.path.join(records_dir, f"{name}@{urllib.parse.quote(cgroup, safe='')}")
+
+
+def legacy_records(records_dir: str) -> list[tuple[str, str, str]]:
+    """[(record path, name, cgroup path)] under records_dir."""
+    out = []
+    for path in bpffs.list_pins(records_dir):
+        name, sep, quoted = os.path.basename(path).partition("@")
+        if sep:
+            out.append((path, name, urllib.parse.unquote(quoted)))
+    return out
+
+
+def attach_legacy(prog_fd: int, cgroup: str, attach_type: int, record: str) -> bool:
+    """Attach prog_fd to cgroup with BPF_PROG_ATTACH (BPF_F_ALLOW_MULTI) and
+    pin it at record. A program recorded there before is detached after
+    the new one is attached (no moment without one; while both run, the
+    second sees the first one's rewritten address and leaves it alone).
+    Returns True when it replaced a recorded program."""
+    old = libbpf.obj_get(record) if os.path.exists(record) else None
+    cg_fd = _open_dir(cgroup)
+    try:
+        libbpf.prog_attach(prog_fd, cg_fd, attach_type)
+        if old is not None:
+            try:
+                libbpf.prog_detach(old, cg_fd, attach_type)
+            except OSError as e:
+                if e.errno != errno.ENOENT:  # detached meanwhile
+                    raise
+    finally:
+        os.close(cg_fd)
+        if old is not None:
+            os.close(old)
+    bpffs.unpin(record)
+    bpffs.pin(prog_fd, record)
+    return old is not None
+
+
+def detach_legacy(record: str, cgroup: str, attach_type: int) -> bool:
+    """Detach the program pinned at record from cgroup and unpin it; False
+    if there was no record. A cgroup that is gone took its attachments along."""
+    try:
+        prog_fd = libbpf.obj_get(record)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.path.isdir(cgroup):
+            cg_fd = _open_dir(cgroup)
+            try:
+                libbpf.prog_detach(prog_fd, cg_fd, attach_type)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+            finally:
+                os.close(cg_fd)
+    finally:
+        os.close(prog_fd)
+    bpffs.unpin(record)
+    return True

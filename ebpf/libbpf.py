@@ -143,11 +143,14 @@ int bpf_link_create(int prog_fd, int target_fd, int attach_type,
                     const struct bpf_link_create_opts *opts);
 int bpf_link_update(int link_fd, int new_prog_fd, const struct bpf_link_update_opts *opts);
 int bpf_link_detach(int link_fd);
+int bpf_prog_attach(int prog_fd, int attachable_fd, int type, unsigned int flags);
+int bpf_prog_detach2(int prog_fd, int attachable_fd, int type);
 int bpf_prog_query_opts(int target_fd, int type, struct bpf_prog_query_opts *opts);
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
 int bpf_prog_get_fd_by_id(__u32 id);
 int bpf_map_get_fd_by_id(__u32 id);
+int libbpf_probe_bpf_map_type(int map_type, const void *opts);
 """
 
 ffi = cffi.FFI()
@@ -195,6 +198,11 @@ def map_create(
                              ffi.NULL),
         f"bpf_map_create({name})",
     )
+
+
+def probe_map_type(map_type: int) -> int:
+    """libbpf's probe: 1 when the kernel has the map type, 0 when not, <0 on error."""
+    return int(lib().libbpf_probe_bpf_map_type(map_type, ffi.NULL))
 
 
 def obj_pin(fd: int, path: str) -> None:
@@ -321,6 +329,19 @@ def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int | None = None) 
 
 def link_detach(link_fd: int) -> None:
     _check(lib().bpf_link_detach(link_fd), "bpf_link_detach")
+
+
+BPF_F_ALLOW_MULTI = 2
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int,
+                flags: int = BPF_F_ALLOW_MULTI) -> None:
+    """Legacy BPF_PROG_ATTACH (kernels without BPF links for the target)."""
+    _check(lib().bpf_prog_attach(prog_fd, target_fd, attach_type, flags), "bpf_prog_attach")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    _check(lib().bpf_prog_detach2(prog_fd, target_fd, attach_type), "bpf_prog_detach2")
 
 
 def prog_query(target_fd: int, attach_type: int, query_flags: int = 0) -> list[int]:

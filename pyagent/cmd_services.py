@@ -84,6 +84,7 @@ def status(bpffs: str, cgroup: str | None) -> dict[str, Any]:
         out["maps"] = {}
         out["mapsError"] = str(exc)
     out["attachments"] = programs.attached_programs(cgroup) if cgroup else {}
+    out["datapath"] = programs.read_variant(bpffs)  # kernel features and fallbacks
     return out
 
 
@@ -100,6 +101,12 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"cgroup:      {out['cgroup'] or '-'}")
     for hook, ids in sorted(out["attachments"].items()):
         print(f"  {hook:22} {'prog ' + ','.join(map(str, ids)) if ids else 'not attached'}")
+    if dp := out.get("datapath"):
+        flags = " ".join(f"{k}={v}" for k, v in sorted(dp["defines"].items()))
+        print(f"datapath:    {flags}, attach {dp['attach']}, "
+              f"missing: {', '.join(dp['missing']) or 'nothing'}")
+        for why in dp["degraded"]:
+            print(f"  fallback: {why}")
     print(f"bpffs:       {out['bpffs']}")
     for name, m in sorted(out["maps"].items()):
         print(f"  {name:22} {m['entries']:>8} / {m['maxEntries']:<8} ({m['fill']:.1%})")

@@ -7,6 +7,8 @@ bpffs layout (under the agent's --bpffs directory):
                             of the programs; a layout change gets new names)
     links/<program>         one cgroup link per hook; a restarted agent
                             adopts them and swaps programs atomically
+    attached/<program>@<cgroup>  kernels without cgroup links: the program
+                            attached with BPF_PROG_ATTACH (see Variant)
     progs/<program>         the programs of the last load, pinned by the
                             compiling child process (see load_out_of_process)
 """
@@ -15,6 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
+import hashlib
+import json
 import logging
 import os
 import re
@@ -27,6 +32,7 @@ from typing import Any
 from ebpf import bpffs as fs
 from ebpf import cgroup as cg
 from ebpf import compiler, libbpf
+from ebpf import probe as kprobe
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout
 
@@ -37,6 +43,9 @@ BPF_SRC_DIR = os.environ.get("PYAGENT_BPF_SRC") or str(
     Path(__file__).resolve().parents[3] / "bpf_src")
 SOURCE = os.path.join(BPF_SRC_DIR, "sock_lb.c")
 PROGS_SUBDIR = "progs"
+LEGACY_SUBDIR = "attached"
+# Where the loader records the variant it built, for `pyagent status`.
+RUN_DIR = Path(os.environ.get("PYAGENT_RUN_DIR", "/run/pyagent"))
 
 
 PROG_TYPE_CGROUP_SOCK = 9
@@ -61,6 +70,98 @@ HOOKS: tuple[Hook, ...] = (
     # gives a least-conn connection back to its backend's count
     Hook("lb_sock_release", cg.AttachType.CGROUP_INET_SOCK_RELEASE, PROG_TYPE_CGROUP_SOCK),
 )
+
+
+GETPEERNAME_HOOKS = ("lb4_getpeername", "lb6_getpeername")
+RECVMSG_HOOKS = ("lb4_recvmsg", "lb6_recvmsg")
+RELEASE_HOOKS = ("lb_sock_release",)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The socket LB as built for one kernel: -D defines, the hooks loaded
+    and attached, how they attach, and what degrades (README, "Kernels")."""
+
+    defines: dict[str, int]
+    hooks: tuple[Hook, ...]
+    legacy_attach: bool
+    degraded: tuple[str, ...]
+    features: kprobe.Features
+
+    def describe(self) -> dict[str, Any]:
+        return {"defines": self.defines, "hooks": [h.func for h in self.hooks],
+                "attach": "prog_attach" if self.legacy_attach else "link",
+                "degraded": list(self.degraded),
+                "missing": self.features.missing(),
+                "overridden": list(self.features.overridden)}
+
+
+def choose_variant(f: kprobe.Features) -> Variant:
+    """The socket LB this kernel can run. Only a kernel without the connect
+    and sendmsg hooks themselves (before 4.18) has none."""
+    if not (f.connect and f.sendmsg and f.socket_cookie):
+        raise RuntimeError("this kernel lacks the cgroup connect/sendmsg hooks or "
+                           "bpf_get_socket_cookie there: no socket load balancing possible")
+    release = f.sock_release and f.sk_storage and f.sk_storage_map
+    skip: set[str] = set()
+    degraded = []
+    if not f.set_retval:
+        degraded.append("no bpf_set_retval: connect()/sendmsg() to a Service without usable "
+                        "endpoints fails at once with EPERM instead of ECONNREFUSED / ETIMEDOUT")
+    if not f.getpeername:
+        skip.update(GETPEERNAME_HOOKS)
+        degraded.append("no getpeername hooks: getpeername() on a socket connected through a "
+                        "Service shows the backend's address, not the Service's")
+    if not f.recvmsg:
+        skip.update(RECVMSG_HOOKS)
+        degraded.append("no recvmsg hooks: recvfrom() on an unconnected UDP socket shows the "
+                        "backend's address, not the Service's")
+    if not release:
+        skip.update(RELEASE_HOOKS)
+        degraded.append("no sock_release hook or socket storage: least-conn Services pick "
+                        "at random at the socket hooks")
+    if not f.netns_cookie:
+        degraded.append("no bpf_get_netns_cookie at the socket hooks: ClientIP session "
+                        "affinity is not kept for pods and the node (random pick)")
+    if not f.cgroup_links:
+        degraded.append("no cgroup BPF links: hooks are attached with BPF_PROG_ATTACH; a "
+                        "restart attaches the new programs before detaching the old ones")
+    defines = {"LB_HAVE_SET_RETVAL": int(f.set_retval),
+               "LB_HAVE_NETNS_COOKIE": int(f.netns_cookie),
+               "LB_HAVE_SOCK_RELEASE": int(release)}
+    return Variant(defines, tuple(h for h in HOOKS if h.func not in skip),
+                   not f.cgroup_links, tuple(degraded), f)
+
+
+@functools.cache
+def kernel_variant() -> Variant:
+    """choose_variant() for the running kernel, probed once per process."""
+    return choose_variant(kprobe.probe())
+
+
+def variant_record_path(bpffs: str) -> Path:
+    digest = hashlib.sha256(os.path.realpath(bpffs).encode()).hexdigest()[:16]
+    return RUN_DIR / f"datapath-{digest}.json"
+
+
+def record_variant(bpffs: str, variant: Variant) -> None:
+    """Log the variant and leave it where `pyagent status` finds it."""
+    log.info("socket LB variant: %s", json.dumps(variant.describe()["defines"]))
+    for why in variant.degraded:
+        log.warning("kernel fallback: %s", why)
+    path = variant_record_path(bpffs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(variant.describe()))
+    except OSError as e:  # status only; the datapath runs either way
+        log.warning("cannot record the datapath variant in %s: %s", path, e)
+
+
+def read_variant(bpffs: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(variant_record_path(bpffs).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,9 +232,12 @@ def link_pin_path(bpffs: str, hook: Hook) -> str:
     return os.path.join(links_dir(bpffs), hook.func)
 
 
-def defines(bpffs: str | None, capacities: Capacities | None = None) -> dict[str, Any]:
-    """-D defines for sock_lb.c; bpffs None gives unpinned private maps."""
+def defines(bpffs: str | None, capacities: Capacities | None = None,
+            variant: Variant | None = None) -> dict[str, Any]:
+    """-D defines for sock_lb.c; bpffs None gives unpinned private maps;
+    variant defaults to this kernel's."""
     out: dict[str, Any] = dict((capacities or Capacities()).defines())
+    out.update((variant or kernel_variant()).defines)
     out["LB_EXPECTED_LAYOUT_VERSION"] = layout.LAYOUT_VERSION
     if bpffs is None:
         out["LB_NO_PIN"] = None
@@ -189,10 +293,12 @@ def stale_version_pins(bpffs: str) -> list[str]:
 class SockLB:
     """A compiled and loaded socket LB: program fds and typed maps."""
 
-    def __init__(self, bpf: Any, prog_fds: dict[str, int], maps: LBMaps):
+    def __init__(self, bpf: Any, prog_fds: dict[str, int], maps: LBMaps,
+                 variant: Variant | None = None):
         self.bpf = bpf
         self.prog_fds = prog_fds
         self.maps = maps
+        self.variant = variant or kernel_variant()
 
     def close(self) -> None:
         """Drop this process's handles; pinned maps and links stay."""
@@ -204,28 +310,31 @@ class SockLB:
                 os.close(fd)
 
 
-def load(bpffs: str, capacities: Capacities | None = None) -> SockLB:
-    """Compile and load the socket LB; create or reuse the pinned maps."""
+def load(bpffs: str, capacities: Capacities | None = None,
+         variant: Variant | None = None) -> SockLB:
+    """Compile and load the socket LB (the variant for this kernel unless
+    given); create or reuse the pinned maps."""
+    variant = variant or kernel_variant()
     fs.ensure(bpffs)
     os.makedirs(maps_dir(bpffs), exist_ok=True)
     check_pinned_maps(bpffs)
-    b = compiler.compile_file(SOURCE, [BPF_SRC_DIR], defines(bpffs, capacities))
+    b = compiler.compile_file(SOURCE, [BPF_SRC_DIR], defines(bpffs, capacities, variant))
     try:
         prog_fds = {
             h.func: compiler.load_prog(
                 b, h.func, h.prog_type, int(h.attach_type)
             )
-            for h in HOOKS
+            for h in variant.hooks
         }
         maps = open_pinned_maps(bpffs)
     except BaseException:
         b.cleanup()
         raise
-    return SockLB(b, prog_fds, maps)
+    return SockLB(b, prog_fds, maps, variant)
 
 
 def pin_programs(lb: SockLB, bpffs: str) -> None:
-    for h in HOOKS:
+    for h in lb.variant.hooks:
         path = prog_pin_path(bpffs, h)
         fs.unpin(path)  # the previous load's program lives on in its links
         fs.pin(lb.prog_fds[h.func], path)
@@ -242,27 +351,42 @@ def load_out_of_process(bpffs: str) -> SockLB:
         raise RuntimeError(f"loading the socket LB failed:\n{res.stderr.strip()}")
     for line in res.stderr.splitlines():
         log.warning("%s", line)
+    variant = kernel_variant()  # the child probed the same kernel
+    record_variant(bpffs, variant)
     prog_fds: dict[str, int] = {}
     try:
-        for h in HOOKS:
+        for h in variant.hooks:
             prog_fds[h.func] = libbpf.obj_get(prog_pin_path(bpffs, h))
         maps = open_pinned_maps(bpffs)
     except BaseException:
         for fd in prog_fds.values():
             os.close(fd)
         raise
-    return SockLB(None, prog_fds, maps)
+    return SockLB(None, prog_fds, maps, variant)
+
+
+def legacy_dir(bpffs: str) -> str:
+    return os.path.join(bpffs, LEGACY_SUBDIR)
 
 
 def attach(lb: SockLB, bpffs: str, cgroup: str) -> dict[str, bool]:
-    """Attach every hook to cgroup via links pinned under <bpffs>/links.
+    """Attach the variant's hooks to cgroup via links pinned under
+    <bpffs>/links (or, without cgroup links, with BPF_PROG_ATTACH recorded
+    under <bpffs>/attached).
 
     Links already pinned for this cgroup are updated in place (hitless
-    restart). Returns {program: adopted an existing link}."""
+    restart). Returns {program: adopted an existing attachment}."""
+    if lb.variant.legacy_attach:
+        os.makedirs(legacy_dir(bpffs), exist_ok=True)
+        return {
+            h.func: cg.attach_legacy(lb.prog_fds[h.func], cgroup, int(h.attach_type),
+                                     cg.legacy_record(legacy_dir(bpffs), h.func, cgroup))
+            for h in lb.variant.hooks
+        }
     return {
         h.func: cg.attach(lb.prog_fds[h.func], cgroup, int(h.attach_type),
                           link_pin_path(bpffs, h))
-        for h in HOOKS
+        for h in lb.variant.hooks
     }
 
 
@@ -280,6 +404,11 @@ def detach_all(bpffs: str, cgroup: str | None = None) -> int:
             if target not in (want, 0):  # 0: its cgroup is gone, always stale
                 continue
         n += cg.detach(path)
+    types = {h.func: int(h.attach_type) for h in HOOKS}
+    mine = os.path.realpath(cgroup) if cgroup is not None else None
+    for path, func, where in cg.legacy_records(legacy_dir(bpffs)):
+        if func in types and mine in (None, os.path.realpath(where)):
+            n += cg.detach_legacy(path, where, types[func])
     return n
 
 
@@ -292,8 +421,10 @@ def cleanup(bpffs: str) -> int:
     n = detach_all(bpffs)
     for path in fs.list_pins(maps_dir(bpffs)) + fs.list_pins(os.path.join(bpffs, PROGS_SUBDIR)):
         n += fs.unpin(path)
-    for sub in (links_dir(bpffs), maps_dir(bpffs), os.path.join(bpffs, PROGS_SUBDIR)):
+    for sub in (links_dir(bpffs), legacy_dir(bpffs), maps_dir(bpffs),
+                os.path.join(bpffs, PROGS_SUBDIR)):
         fs.remove_empty_dirs(sub)
+    variant_record_path(bpffs).unlink(missing_ok=True)
     return n
 
 
