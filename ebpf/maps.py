@@ -20,8 +20,11 @@ V = TypeVar("V", bound=ctypes._SimpleCData | ctypes.Structure | ctypes.Union)
 # enum bpf_map_type values whose values are per CPU
 _PERCPU_TYPES = {5, 6, 10, 21}  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 _BATCH_CHUNK = 8192
-# Errors that mean "no batch ops here", not "bad data".
-_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+# Errors that mean "no batch ops here", not "bad data". 524 is the kernel's
+# internal ENOTSUPP, which bpf() returns for a map type without batch ops
+# (LPM tries before 6.x, for one).
+ENOTSUPP_KERNEL = 524
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, ENOTSUPP_KERNEL)
 
 
 def possible_cpus() -> int:

@@ -4,6 +4,7 @@ typed maps against the running kernel."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import struct
@@ -135,6 +136,26 @@ def test_batch_update_lookup_delete():
         assert m.clear() == 11998 and m.count() == 0
         with pytest.raises(ValueError):
             Map(libbpf.map_create(1, "pyagent_bad", 8, 16, 4), ctypes.c_uint32, Val)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("err", [524, errno.EINVAL, errno.EOPNOTSUPP])
+def test_bulk_writes_fall_back_where_the_kernel_has_no_batch_ops(monkeypatch, err):
+    """A map type without batch ops answers the kernel's internal ENOTSUPP
+    (524; LPM tries on 5.10, for one): entries then go one at a time."""
+    from ebpf import libbpf as lb
+
+    def refuse(*_args, **_kw):
+        raise OSError(err, "no batch ops")
+
+    fd = libbpf.map_create(1, "pyagent_nobatch", 4, ctypes.sizeof(Val), 64)
+    with Map(fd, ctypes.c_uint32, Val) as m:
+        monkeypatch.setattr(lb, "map_update_batch", refuse)
+        monkeypatch.setattr(lb, "map_delete_batch", refuse)
+        assert m.update_many((ctypes.c_uint32(i), Val(i, 1)) for i in range(10)) == 10
+        assert m.get(ctypes.c_uint32(9)).a == 9
+        assert m.delete_many([ctypes.c_uint32(1), ctypes.c_uint32(50)]) == 1
+        assert m.count() == 9
 
 
 @pytest.mark.root
