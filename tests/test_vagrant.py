@@ -210,6 +210,31 @@ def test_qemu_runner_passes_the_socket_lb_suite_in_a_distribution_kernel():
     assert "PASS" in res.stdout and "0 failed" in res.stdout
 
 
+@pytest.mark.vm
+def test_qemu_runner_boots_a_kernel_cached_below_tmp(tmp_path):
+    """The VM's /tmp and /run are fresh tmpfs: a PYAGENT_VM_CACHE below them
+    (here a hard-linked copy of an already extracted kernel) still reaches
+    the VM, through a share of its own."""
+    if os.environ.get("PYAGENT_QEMU") != "1":
+        pytest.skip("boots a qemu VM: set PYAGENT_QEMU=1 to run it")
+    if os.geteuid() != 0:
+        pytest.skip("the qemu runner needs root")
+    kernels = VAGRANT_DIR / ".cache" / "kernels"
+    ready = sorted(p.parent for p in kernels.glob("*/.ready"))
+    if not ready:
+        pytest.skip("no extracted kernel in vagrant/.cache yet")
+    cache = tmp_path / "cache"
+    (cache / "kernels").mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(ready[0]), str(cache / "kernels")], check=True)
+    package = (ready[0] / ".ready").read_text().strip()
+    res = subprocess.run([str(VAGRANT_DIR / "qemu-run"), "--kernel", package, "--exec",
+                          "test -e /lib/modules/$(uname -r)/build/Makefile && uname -r"],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYAGENT_VM_CACHE=str(cache)))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "PASS" in res.stdout
+
+
 # ---------------------------------------------------------------------------
 # verifier baseline
 
