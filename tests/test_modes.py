@@ -113,7 +113,7 @@ class Env:
 
     def stop_agent(self) -> None:
         self.agent.terminate()
-        self.agent.wait(timeout=15)
+        self.agent.wait(timeout=scaled(15))
 
     def restart_agent(self) -> None:
         self.stop_agent()
@@ -130,6 +130,11 @@ class Env:
         if self.mode == "userspace" or not from_pod:
             return NODE_IP
         return CLIENT_IP
+
+
+def scaled(seconds: float) -> float:
+    """A wall-clock timeout, stretched under emulation (vagrant/qemu-run)."""
+    return seconds * float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -206,7 +211,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             log.close()
             res = lab.agent(["cleanup", "--mode", mode, *common],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            res.wait(timeout=30)
+            res.wait(timeout=scaled(30))
             if mode != "ebpf":
                 again = _cleanup_output(lab, mode, common)
                 assert "nothing to clean" in again, again
@@ -216,7 +221,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
 def _cleanup_output(lab, mode: str, common: list[str]) -> str:
     proc = lab.agent(["cleanup", "--mode", mode, *common], stdout=subprocess.PIPE,
                      stderr=subprocess.STDOUT, text=True)
-    out, _ = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=scaled(30))
     return out
 
 
