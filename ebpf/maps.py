@@ -226,7 +226,10 @@ class Map(Generic[K, V]):
             except OSError as e:
                 if e.errno not in _NO_BATCH:
                     raise
-                for i in range(getattr(e, "processed", 0), n):
+                # A kernel that refuses the op outright leaves the count as
+                # it was (all n): nothing went in then.
+                went_in = getattr(e, "processed", 0)
+                for i in range(went_in if went_in < n else 0, n):
                     libbpf.map_update_elem(
                         self.fd,
                         kpart[i * ksize : (i + 1) * ksize],

@@ -145,8 +145,11 @@ def test_bulk_writes_fall_back_where_the_kernel_has_no_batch_ops(monkeypatch, er
     (524; LPM tries on 5.10, for one): entries then go one at a time."""
     from ebpf import libbpf as lb
 
-    def refuse(*_args, **_kw):
-        raise OSError(err, "no batch ops")
+    def refuse(_fd, _keys, _values_or_count, count=None, *_rest):
+        e = OSError(err, "no batch ops")
+        # as bpf() leaves it when it refuses the op: the count untouched
+        e.processed = count if count is not None else _values_or_count
+        raise e
 
     fd = libbpf.map_create(1, "pyagent_nobatch", 4, ctypes.sizeof(Val), 64)
     with Map(fd, ctypes.c_uint32, Val) as m:
