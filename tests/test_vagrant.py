@@ -186,6 +186,12 @@ def test_kernel_series_resolve_to_the_newest_image_and_are_remembered(tmp_path, 
         qemu_run.resolve_image_package("4.19")
 
 
+def test_concurrent_runners_get_their_own_results_dirs(tmp_path):
+    dirs = {qemu_run.new_results_dir(tmp_path / "runs", "5.10.0-32-amd64") for _ in range(5)}
+    assert len(dirs) == 5 and all(d.is_dir() and d.name.startswith("5.10.0-32-amd64-")
+                                  for d in dirs)
+
+
 def test_qemu_run_help_needs_no_root():
     res = subprocess.run([str(VAGRANT_DIR / "qemu-run"), "--help"], capture_output=True,
                          text=True, timeout=60)
