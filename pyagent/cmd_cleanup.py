@@ -10,6 +10,7 @@ virtual servers on its addresses and PYAIPVS-* helper chains). That is how
 another mode left (clean_other_modes). Without --mode, cleanup removes the
 eBPF state (as before); the other modes' state lives in the network namespace
 where cleanup runs, so run it there (`ip netns exec NS pyagent cleanup --mode M`).
+`--kube-proxy` removes kube-proxy's state instead (pyagent/migrate.py).
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ def clean_other_modes(config: NodeConfig) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kube_proxy:
+        from pyagent import migrate
+
+        for line in migrate.cleanup():
+            print(line)
+        return 0
     config = dataclasses.replace(NodeConfig(), bpffs=args.bpffs, cgroup=args.cgroup,
                                  interfaces=tuple(args.interface or ()))
     for mode in [args.mode or "ebpf"]:
@@ -115,4 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cgroup", help="only links on this cgroup (default: all under bpffs)")
     p.add_argument("--bpffs", default=DEFAULT_BPFFS)
     p.add_argument("--interface", action="append", help="TC attach points to clean")
+    p.add_argument("--kube-proxy", action="store_true",
+                   help="remove kube-proxy's rules, nftables tables and IPVS state instead "
+                        "(as `kube-proxy --cleanup`; see docs/migrate.md)")
     p.set_defaults(func=run)

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyagent import kubeproxy_flags as KP
+from pyagent import nodeinfo
 from pyagent.config import NodeConfig, load_config, with_overrides
 from pyagent.manifests import gc_paused, load_manifests
 from pyagent.model import join_host_port
-from pyagent.parse import ParseError, object_name, parse_node
+from pyagent.parse import ParseError, object_name
 from pyagent.sources.base import KINDS
 from pyagent.state import DesiredState, ServicePortState, diff_service_ports, plan_entry
 from pyagent.store import ServiceStore
@@ -34,6 +36,7 @@ is 0 as long as a state could be computed.
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "plan", help="print the desired state of a node computed from manifests",
+        allow_abbrev=False,
         description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
@@ -47,14 +50,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-name", help="the node to plan for (overrides the config file)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="KubeProxyConfiguration-style YAML (see DESIGN.md section 5)")
+    p.add_argument("--node-ip", action="append",
+                   help="an address local to the node (default: the Node object's)")
+    p.add_argument("--cluster-cidr", action="append", help="pod CIDR (comma-separated ok)")
+    p.add_argument("--mode", choices=KP.MODES)
+    # kube-proxy's command line, as `pyagent run` takes it (--kubeconfig and
+    # --master are accepted and not used: plan reads --manifests).
+    p.add_argument("--kubeconfig", help=argparse.SUPPRESS)
+    KP.add_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--diff", type=Path, metavar="OLD_DIR",
                    help="print only what changes going from OLD_DIR's state to this one")
 
 
 def resolve_config(args: argparse.Namespace) -> NodeConfig:
-    """The config file, overridden by the flags given."""
-    return with_overrides(load_config(args.config), node_name=getattr(args, "node_name", None))
+    """The config file, overridden by the flags given (kube-proxy's too)."""
+    config = KP.apply(args, load_config(args.config, mode=KP.flag_mode(args)))
+    cidrs = KP.pyagent_cluster_cidrs(getattr(args, "cluster_cidr", None))
+    if cidrs is not None and config.local_detect_mode != "ClusterCIDR":
+        cidrs = None
+    return with_overrides(config, node_name=getattr(args, "node_name", None),
+                          node_ips=tuple(args.node_ip) if getattr(args, "node_ip", None) else None,
+                          cluster_cidrs=cidrs, mode=getattr(args, "mode", None))
 
 
 def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[str], NodeConfig]:
@@ -64,9 +81,12 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
     """
     loaded = load_manifests(manifests, config.parse_limits)  # the agent's loader
     objects = loaded.objects
+    node = _node_object(objects["Node"], config.node_name)
     if not config.node_ips:
-        config = with_overrides(config, node_ips=_node_addresses(objects["Node"],
-                                                                 config.node_name) or None)
+        config = with_overrides(config, node_ips=nodeinfo.primary_ips(
+            nodeinfo.node_ips(node), config.bind_address) or None)
+    if config.local_detect_mode == "NodeCIDR":
+        config = with_overrides(config, cluster_cidrs=nodeinfo.pod_cidrs(node))
     store = ServiceStore(config, log_invalid=False)  # errors are returned instead
     with gc_paused():
         for kind in KINDS:
@@ -76,14 +96,14 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
     return state, loaded.errors + list(state.errors), config
 
 
-def _node_addresses(nodes: list[dict], node_name: str) -> tuple[str, ...]:
+def _node_object(nodes: list[dict], node_name: str) -> dict | None:
     for obj in nodes:
         try:
             if node_name and object_name("Node", obj)[1] == node_name:
-                return parse_node(obj).addresses
+                return obj
         except ParseError:
             continue
-    return ()
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,6 +61,21 @@ class NodeConfig:
     honour_lb_ip_mode: bool = True  # feature gate LoadBalancerIPMode
     feature_gates: Mapping[str, bool] = field(default_factory=dict, hash=False)
     parse_limits: ParseLimits = ParseLimits()  # pyagent.parseLimits: input file bounds
+    # kube-proxy's detectLocalMode: ClusterCIDR (cluster_cidrs), NodeCIDR (the
+    # Node's podCIDRs, resolved into cluster_cidrs at start), InterfaceNamePrefix
+    # or BridgeInterface (local_interface: a prefix ending in "+", or a bridge).
+    local_detect_mode: str = "ClusterCIDR"
+    local_interface: str = ""
+    # nodePortAddresses keywords: "primary" (the primary node IP of each family)
+    node_port_primary: bool = False
+    kubeconfig: str | None = None  # clientConnection.kubeconfig
+    api_server: str | None = None  # --master / pyagent.k8sServiceHost+Port: overrides the host
+    bind_address: str = ""  # kube-proxy's bindAddress: the primary node IP when not 0.0.0.0/::
+    oom_score_adj: int | None = None
+    log_verbosity: int | None = None  # logging.verbosity / --v
+    # What the file said that pyagent does not act on (or acts on differently),
+    # one line each, logged by `pyagent run`.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def zone(self) -> str:
@@ -86,7 +101,11 @@ class NodeConfig:
 
     @cached_property
     def _node_port_nets(self) -> tuple[IPNetwork, ...]:
-        return _nets(self.node_port_addresses)
+        # "primary" is the primary node IP of each family (kube-proxy expands
+        # it the same way, into one host CIDR per family).
+        primary = tuple(f"{a}/{a.max_prefixlen}" for a in (self.primary_node_ip(4),
+                                                           self.primary_node_ip(6)) if a)
+        return _nets(self.node_port_addresses + (primary if self.node_port_primary else ()))
 
     def is_pod(self, ip: IPAddress) -> bool:
         """Whether the local-traffic detector classifies `ip` as a pod."""
@@ -130,18 +149,66 @@ def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
 
 # --- loading -------------------------------------------------------------------
 
-# KubeProxyConfiguration keys that pyagent accepts and ignores.
-_IGNORED_KEYS = frozenset({
-    "apiVersion", "kind", "bindAddress", "bindAddressHardFail", "clientConnection",
-    "configSyncPeriod", "conntrack", "detectLocal", "detectLocalMode", "enableProfiling",
-    "ipvs", "linux", "logging", "nftables", "oomScoreAdj", "portRange",
-    "showHiddenMetricsForVersion", "udpIdleTimeout", "windowsRunAsService", "winkernel",
-    "masqueradeMark",  # the conformance vectors' proxier settings carry it
-})
+KUBE_PROXY_API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
+KUBE_PROXY_KIND = "KubeProxyConfiguration"
+LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "InterfaceNamePrefix", "BridgeInterface")
+
+_JSON = "pyagent always reads JSON from the API server"
+_RATE = "no client-side rate limit: pyagent makes one list and one long watch per kind"
+_CONNTRACK = ("pyagent leaves the node's conntrack sysctls (nf_conntrack_*) as they are "
+              "(the ebpf mode's ClusterIP path does not use conntrack)")
+_MARK = "pyagent's own chains use fixed marks (0x4000 masquerade, 0x8000 drop)"
+_IPVS_TIMEOUT = "pyagent leaves IPVS connection timeouts as they are (ipvsadm --set)"
+_WINDOWS = "Windows only"
+_GONE = "unused (kube-proxy's removed userspace proxy)"
+# KubeProxyConfiguration (and older/newer spellings') keys pyagent accepts and
+# does not act on: dotted key -> why. `pyagent run` logs the ones that are set.
+IGNORED: dict[str, str] = {
+    "bindAddressHardFail": "pyagent always exits when it cannot bind healthz or metrics",
+    "clientConnection.acceptContentTypes": _JSON, "clientConnection.contentType": _JSON,
+    "clientConnection.qps": _RATE, "clientConnection.burst": _RATE,
+    "configSyncPeriod": "no informer resync: every syncPeriod a full sync re-applies everything",
+    "conntrack": _CONNTRACK, "linux.conntrack": _CONNTRACK,
+    "enableProfiling": "no /debug/pprof (a Go runtime handler)",
+    "showHiddenMetricsForVersion": "pyagent hides no metrics",
+    "logging.flushFrequency": "Python's log handler writes each line at once",
+    "logging.format": "pyagent logs text lines", "logging.options": "pyagent logs text lines",
+    "logging.vmodule": "per-file verbosity is klog's",
+    "portRange": _GONE, "udpIdleTimeout": _GONE,
+    "resourceContainer": "removed from kube-proxy",
+    "winkernel": _WINDOWS, "windowsRunAsService": _WINDOWS, "windows": _WINDOWS,
+    "iptables.masqueradeBit": _MARK, "nftables.masqueradeBit": _MARK,
+    "iptables.snatNodeInternalIP": "masquerading uses the outgoing interface's address",
+    "ipvs.excludeCIDRs": "pyagent removes only virtual servers on the addresses it holds",
+    "ipvs.strictARP": "pyagent leaves arp_ignore/arp_announce as they are (set them with "
+                      "sysctl if the node must not answer ARP for kube-ipvs0's addresses)",
+    "ipvs.tcpTimeout": _IPVS_TIMEOUT, "ipvs.tcpFinTimeout": _IPVS_TIMEOUT,
+    "ipvs.udpTimeout": _IPVS_TIMEOUT,
+    "masqueradeMark": "the conformance vectors' spelling; " + _MARK,
+}
+# Keys read (and acted on) in each block.
+_HONOURED = {
+    "": {"apiVersion", "kind", "hostnameOverride", "bindAddress", "healthzBindAddress",
+         "metricsBindAddress", "clientConnection", "featureGates", "mode", "iptables", "ipvs",
+         "nftables", "detectLocalMode", "detectLocal", "clusterCIDR", "nodePortAddresses",
+         "oomScoreAdj", "logging", "linux", "syncPeriod", "minSyncPeriod", "masqueradeAll",
+         "pyagent",
+         # pyagent's and trace's spellings, and the conformance vectors' proxier settings
+         "nodeName", "nodeIP", "nodeIPs", "clusterCIDRs", "localDetector", "serviceCIDRs",
+         "serviceCIDR", "interface_ips", "tracer_local_ips", "localhostNodePorts"},
+    "clientConnection": {"kubeconfig"},
+    "iptables": {"masqueradeAll", "localhostNodePorts", "syncPeriod", "minSyncPeriod"},
+    "ipvs": {"scheduler", "syncPeriod", "minSyncPeriod"},
+    "nftables": {"masqueradeAll", "syncPeriod", "minSyncPeriod"},
+    "detectLocal": {"bridgeInterface", "interfaceNamePrefix"},
+    "logging": {"verbosity"},
+    "linux": {"masqueradeAll", "oomScoreAdj"},
+}
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
     "parseLimits",
+    "k8sServiceHost", "k8sServicePort",
 })
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -149,50 +216,100 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
                    "h": 3600.0}
 
 
-def load_config(path: Path | None) -> NodeConfig:
-    """Read a config file; None gives the defaults. Raises ValueError naming the bad key."""
+def load_config(path: Path | None, mode: str | None = None) -> NodeConfig:
+    """Read a config file; None gives the defaults. Raises ValueError naming the
+    file and the bad key. `mode` (a --mode flag) picks the per-mode blocks."""
     if path is None:
-        return NodeConfig()
+        return NodeConfig() if mode is None else NodeConfig(mode=mode)
     data = load_single(Path(path))  # bounded; ValueError (ParseError) naming the file
     if data is None:
-        return NodeConfig()
+        data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:
-        return config_from_dict(data)
+        return config_from_dict(data, mode)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
-    known = _IGNORED_KEYS | {
-        "hostnameOverride", "nodeName", "nodeIP", "nodeIPs", "clusterCIDR", "clusterCIDRs",
-        "localDetector", "nodePortAddresses", "masqueradeAll", "featureGates", "syncPeriod",
-        "minSyncPeriod", "healthzBindAddress", "metricsBindAddress", "mode", "iptables",
-        "serviceCIDRs", "pyagent",
-        # Spellings of the conformance vectors' proxier settings.
-        "serviceCIDR", "interface_ips", "tracer_local_ips", "localhostNodePorts",
-    }
+def _check_keys(data: Mapping[str, Any], block: str) -> None:
+    prefix = f"{block}." if block else ""
+    known = _HONOURED.get(block, set())
     for key in data:
-        if key not in known:
-            raise ValueError(f"unknown key {key!r}")
+        if key not in known and f"{prefix}{key}" not in IGNORED:
+            raise ValueError(f"unknown key {prefix}{key!r}" if block else f"unknown key {key!r}")
+
+
+def _zero(value: object) -> bool:
+    """A value that sets nothing (kubeadm writes every key, most with one)."""
+    if isinstance(value, Mapping):
+        return all(_zero(v) for v in value.values())
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value == 0
+    return value in (None, "", "0", "0s", [])
+
+
+def ignored_notes(data: Mapping[str, Any]) -> list[str]:
+    """One line per reason for the ignored keys that `data` sets."""
+    by_reason: dict[str, list[str]] = {}
+    for dotted, reason in IGNORED.items():
+        block, _, key = dotted.rpartition(".")
+        src = data.get(block) if block else data
+        if isinstance(src, Mapping) and key in src and not _zero(src[key]):
+            value = src[key]
+            shown = dotted if isinstance(value, Mapping) else f"{dotted}={value}"
+            by_reason.setdefault(reason, []).append(shown)
+    return [f"ignored {', '.join(keys)}: {why}" for why, keys in by_reason.items()]
+
+
+def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeConfig:
+    api_version, kind = data.get("apiVersion"), data.get("kind")
+    if kind is not None and kind != KUBE_PROXY_KIND:
+        raise ValueError(f"kind: expected {KUBE_PROXY_KIND}, got {kind!r}")
+    if api_version is not None and api_version != KUBE_PROXY_API_VERSION:
+        raise ValueError(f"apiVersion: expected {KUBE_PROXY_API_VERSION} (the version "
+                         f"kube-proxy reads from files), got {api_version!r}")
+    _check_keys(data, "")
+    for block in ("clientConnection", "iptables", "ipvs", "nftables", "detectLocal", "logging",
+                  "linux"):
+        _check_keys(_mapping(data, block), block)
     py = _mapping(data, "pyagent")
     for key in py:
         if key not in _PYAGENT_KEYS:
             raise ValueError(f"unknown key 'pyagent.{key}'")
+    notes = ignored_notes(data)
     ipt = _mapping(data, "iptables")
+    linux = _mapping(data, "linux")
     gates = {str(k): _boolean(v, f"featureGates.{k}")
              for k, v in _mapping(data, "featureGates").items()}
 
+    file_mode = _string(data, "mode")
+    if mode is None:
+        mode = file_mode or "ebpf"
+        if not file_mode and ("kind" in data or "mode" in data):
+            notes.append("mode unset: pyagent's default ebpf (kube-proxy would use iptables)")
+    block = {"nftables": "nftables", "ipvs": "ipvs"}.get(mode, "iptables")
+    periods = _mapping(data, block)
+
     node_ips = [ip for key in ("nodeIP", "nodeIPs", "interface_ips", "tracer_local_ips")
                 for ip in _ips(data, key)] + _ips(py, "nodeIPs", "pyagent.")
-    masq = data.get("masqueradeAll", ipt.get("masqueradeAll"))
+    masq = [v for v in (data.get("masqueradeAll"), linux.get("masqueradeAll"),
+                        periods.get("masqueradeAll") if block != "ipvs" else
+                        ipt.get("masqueradeAll")) if v is not None]
+    npa, primary = _node_port_addresses(data)
+    local_mode, cluster_cidrs, local_if, more = _local_detector(data)
+    notes += more
     values: dict[str, Any] = {
-        "node_name": _string(data, "hostnameOverride") or _string(data, "nodeName"),
+        "node_name": _string(data, "hostnameOverride").strip().lower() or _string(data, "nodeName"),
         "node_ips": tuple(dict.fromkeys(node_ips)),
-        "cluster_cidrs": _pod_cidrs(data),
-        "node_port_addresses": _node_port_addresses(data, node_ips),
-        "masquerade_all": _boolean(masq, "masqueradeAll") if masq is not None else False,
+        "cluster_cidrs": cluster_cidrs,
+        "local_detect_mode": local_mode,
+        "local_interface": local_if,
+        "node_port_addresses": npa,
+        "node_port_primary": primary,
+        "masquerade_all": any(_boolean(v, "masqueradeAll") for v in masq),
         "prefer_same_node": gates.get(PREFER_SAME_NODE_GATE, False),
         "honour_lb_ip_mode": gates.get(LB_IP_MODE_GATE, True),
         "feature_gates": gates,
@@ -201,16 +318,16 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
         "interfaces": tuple(_strings(py, "interfaces", "pyagent.")),
         "pod_interfaces": tuple(_strings(py, "podInterfaces", "pyagent.")),
         "parse_limits": ParseLimits.from_dict(py.get("parseLimits")),
+        "mode": mode,
+        "kubeconfig": _string(_mapping(data, "clientConnection"), "kubeconfig") or None,
+        "bind_address": _bind_address(data),
+        "api_server": _api_server(py),
     }
-    for key, attr, parse in (
-        ("syncPeriod", "sync_period", _duration),
-        ("minSyncPeriod", "min_sync_period", _duration),
-        ("healthzBindAddress", "healthz_bind_address", _string_value),
-        ("metricsBindAddress", "metrics_bind_address", _string_value),
-        ("mode", "mode", _string_value),
-    ):
+    values.update(_sync_periods(data, block, periods, notes))
+    for key, attr, default_port in (("healthzBindAddress", "healthz_bind_address", 10256),
+                                    ("metricsBindAddress", "metrics_bind_address", 10249)):
         if data.get(key) not in (None, ""):
-            values[attr] = parse(data[key], key)
+            values[attr] = with_default_port(_string_value(data[key], key), default_port)
     for key, attr in (("bpffs", "bpffs"), ("cgroup", "cgroup"), ("lbAlgorithm", "lb_algorithm")):
         if py.get(key) not in (None, ""):
             values[attr] = _string_value(py[key], f"pyagent.{key}")
@@ -220,6 +337,14 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
     ipvs = _mapping(data, "ipvs")
     if ipvs.get("scheduler") not in (None, ""):
         values["ipvs_scheduler"] = _string_value(ipvs["scheduler"], "ipvs.scheduler")
+    for src, prefix, key in ((data, "", "oomScoreAdj"), (linux, "linux.", "oomScoreAdj")):
+        if src.get(key) is not None:
+            values["oom_score_adj"] = oom_score_adj(src[key], prefix + key)
+    verbosity = _mapping(data, "logging").get("verbosity")
+    if verbosity is not None:
+        if not isinstance(verbosity, int) or isinstance(verbosity, bool) or verbosity < 0:
+            raise ValueError(f"logging.verbosity: expected a number >= 0, got {verbosity!r}")
+        values["log_verbosity"] = verbosity
     for src, prefix, key, attr in (
         (data, "", "localhostNodePorts", "localhost_node_ports"),
         (ipt, "iptables.", "localhostNodePorts", "localhost_node_ports"),
@@ -229,7 +354,96 @@ def config_from_dict(data: Mapping[str, Any]) -> NodeConfig:
     ):
         if src.get(key) is not None:
             values[attr] = _boolean(src[key], prefix + key)
+    values["notes"] = tuple(notes)
     return NodeConfig(**values)
+
+
+def _sync_periods(data: Mapping[str, Any], block: str, periods: Mapping[str, Any],
+                  notes: list[str]) -> dict[str, float]:
+    """syncPeriod / minSyncPeriod: pyagent's top-level keys win; else the block
+    of the mode (kube-proxy's v1alpha1 has only those: iptables.* for the
+    iptables mode and any mode that is not nftables or ipvs). Zero means
+    kube-proxy's default there: 30 s, and 1 s for the iptables and nftables
+    minimum (ipvs keeps 0: sync at once)."""
+    out: dict[str, float] = {}
+    for key, attr in (("syncPeriod", "sync_period"), ("minSyncPeriod", "min_sync_period")):
+        if data.get(key) not in (None, ""):
+            out[attr] = _duration(data[key], key)
+            continue
+        if periods.get(key) in (None, ""):
+            continue
+        value = _duration(periods[key], f"{block}.{key}")
+        if value or (key == "minSyncPeriod" and block == "ipvs"):
+            out[attr] = value
+    for other in ("iptables", "ipvs", "nftables"):
+        if other == block:
+            continue
+        for key in ("syncPeriod", "minSyncPeriod"):
+            value = _mapping(data, other).get(key)
+            if not _zero(value):
+                notes.append(f"{other}.{key}={value} not used: the mode reads {block}.{key}")
+    return out
+
+
+def _local_detector(data: Mapping[str, Any]) -> tuple[str, tuple[str, ...], str, list[str]]:
+    """(detectLocalMode, pod CIDRs, interface match, notes)."""
+    mode = _string(data, "detectLocalMode") or "ClusterCIDR"
+    if mode not in LOCAL_MODES:
+        raise ValueError(f"detectLocalMode: {mode!r} is not one of {', '.join(LOCAL_MODES)}")
+    notes = []
+    if mode == "ClusterCIDR":
+        return mode, _pod_cidrs(data), "", notes
+    if data.get("clusterCIDR") not in (None, ""):
+        notes.append(f"clusterCIDR not used: detectLocalMode is {mode}")
+    detect = _mapping(data, "detectLocal")
+    if mode == "NodeCIDR":
+        return mode, (), "", notes  # the Node's podCIDRs, filled in at start
+    key = "interfaceNamePrefix" if mode == "InterfaceNamePrefix" else "bridgeInterface"
+    name = _string(detect, key).strip()
+    if not name:
+        raise ValueError(f"detectLocal.{key}: required with detectLocalMode {mode}")
+    return mode, (), name + "+" if mode == "InterfaceNamePrefix" else name, notes
+
+
+def _bind_address(data: Mapping[str, Any]) -> str:
+    text = _string(data, "bindAddress").strip()
+    if text and parse_ip(text) is None:
+        raise ValueError(f"bindAddress: invalid IP address {text!r}")
+    return text
+
+
+def _api_server(py: Mapping[str, Any]) -> str | None:
+    host = _string(py, "k8sServiceHost").strip()
+    port = py.get("k8sServicePort")
+    if not host:
+        if port not in (None, ""):
+            raise ValueError("pyagent.k8sServicePort: set pyagent.k8sServiceHost too")
+        return None
+    try:
+        port = int(port) if port not in (None, "") else 443
+    except (TypeError, ValueError):
+        raise ValueError(f"pyagent.k8sServicePort: expected a port, got {port!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"pyagent.k8sServicePort: expected a port, got {port!r}")
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def oom_score_adj(value: object, key: str) -> int:
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not -1000 <= value <= 1000:
+        raise ValueError(f"{key}: expected a number in [-1000, 1000], got {value!r}")
+    return value
+
+
+def with_default_port(address: str, port: int) -> str:
+    """kube-proxy accepts a bind address without a port and appends its default."""
+    host = address.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if parse_ip(host) is None:
+        return address  # HOST:PORT already (or invalid: the server reports it)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -303,20 +517,25 @@ def _pod_cidrs(data: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(cidrs + _cidrs(detector, "cidr", "localDetector.")))
 
 
-def _node_port_addresses(data: Mapping[str, Any], node_ips: list[str]) -> tuple[str, ...]:
+def _node_port_addresses(data: Mapping[str, Any]) -> tuple[tuple[str, ...], bool]:
+    """(CIDRs, primary) from nodePortAddresses: CIDRs and kube-proxy's keywords
+    'primary' (the primary node IP of each family, resolved against the node
+    IPs in effect), 'all' and 'localhost'."""
     out: list[str] = []
+    primary = False
     for text in _strings(data, "nodePortAddresses"):
-        if text == "primary":  # kube-proxy's spelling for the primary IP of each family
-            for family in (4, 6):
-                ip = next((a for a in map(parse_ip, node_ips) if a and a.version == family), None)
-                if ip is not None:
-                    out.append(f"{ip}/{ip.max_prefixlen}")
-            continue
-        net = parse_cidr(text)
-        if net is None:
-            raise ValueError(f"nodePortAddresses: invalid CIDR {text!r}")
-        out.append(str(net))
-    return tuple(dict.fromkeys(out))
+        if text == "primary":
+            primary = True
+        elif text == "all":
+            out += ["0.0.0.0/0", "::/0"]
+        elif text == "localhost":
+            out += ["127.0.0.0/8", "::1/128"]
+        elif (net := parse_cidr(text)) is not None:
+            out.append(str(net))
+        else:
+            raise ValueError(f"nodePortAddresses: invalid CIDR {text!r} (or one of the "
+                             "keywords primary, all, localhost)")
+    return tuple(dict.fromkeys(out)), primary
 
 
 def _duration(value: object, key: str) -> float:

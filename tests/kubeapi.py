@@ -14,7 +14,20 @@ Kubernetes list/watch protocol for the official `kubernetes` Python client:
 - 410 Gone when the resourceVersion (or continue token) is older than the
   compaction point: an ERROR event carrying a Status (default) or an HTTP 410
   (`gone_as_http = True`).
+- GET /api/v1/nodes/NAME (one Node; 404 when absent).
 - /version, /api, /apis discovery stubs.
+- A restored etcd: snapshot() and restore(snap) put the objects and the
+  resourceVersion back (the server restarts: watches end, connections drop).
+  A watch from a resourceVersion the server does not have yet waits a moment
+  (too_large_wait) for it, as the real watch cache does, then fails with 504
+  "Too large resource version" (cause ResourceVersionTooLarge).
+- TLS (`FakeKubeAPI(tls=True)`: a self-signed certificate made with openssl,
+  the kubeconfig carries it), and close_on_accept(): while down, a listener
+  on the port that accepts and closes at once (an API server mid-restart
+  behind a load balancer; with TLS the client sees SSL EOF errors).
+- `python tests/kubeapi.py serve`: a server in its own process (e.g. inside a
+  test's network namespace); it prints `ready PORT` and takes JSON commands,
+  one per line on stdin: {"op": "create"|"update"|"delete", ...}.
 
 Tests drive it with create/update/apply/delete (each bumps one global
 resourceVersion), compact(), bookmark(), expire_watches(), close_watches(),
@@ -62,6 +75,7 @@ ROUTES = [
     ),
     (re.compile(r"^/api/v1/nodes$"), "Node"),
 ]
+ONE_NODE = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)$")
 
 
 def route(path: str) -> tuple[str, str | None] | None:
@@ -198,7 +212,11 @@ class _Server(ThreadingHTTPServer):
 class FakeKubeAPI:
     """See the module docstring. Use as a context manager or start()/stop()."""
 
-    def __init__(self, start_rv: int = 1000) -> None:
+    def __init__(self, start_rv: int = 1000, tls: bool = False) -> None:
+        self.tls = tls
+        self._certs: Path | None = None
+        self._closer: socket.socket | None = None
+        self.too_large_wait = 0.3
         self._cond = threading.Condition()
         self._rv = start_rv
         self._objects: dict[str, dict[tuple[str, str], dict]] = {k: {} for k in RESOURCES}
@@ -216,7 +234,14 @@ class FakeKubeAPI:
     # --- lifecycle -------------------------------------------------------
 
     def start(self) -> FakeKubeAPI:
+        self.stop_closer()
         self._server = _Server(("127.0.0.1", self.port), self)
+        if self.tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self._certificate())
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -241,6 +266,45 @@ class FakeKubeAPI:
     def up(self) -> bool:
         return self._server is not None
 
+    def _certificate(self) -> tuple[str, str]:
+        """A self-signed certificate for 127.0.0.1 (made once per server)."""
+        if self._certs is None:
+            import subprocess
+            import tempfile
+
+            self._certs = Path(tempfile.mkdtemp(prefix="fakekube-"))
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                 "-keyout", str(self._certs / "key.pem"), "-out", str(self._certs / "cert.pem")],
+                check=True, capture_output=True)
+        return str(self._certs / "cert.pem"), str(self._certs / "key.pem")
+
+    def close_on_accept(self) -> None:
+        """While down: accept connections on the port and close them at once."""
+        assert self._server is None, "stop() first"
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._closer = sock
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                conn.close()
+        threading.Thread(target=loop, daemon=True).start()
+
+    def stop_closer(self) -> None:
+        sock, self._closer = self._closer, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
     def __enter__(self) -> FakeKubeAPI:
         return self.start()
 
@@ -249,15 +313,18 @@ class FakeKubeAPI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def write_kubeconfig(self, path: Path) -> Path:
+        cluster: dict = {"server": self.url}
+        if self.tls:
+            cluster["certificate-authority"] = self._certificate()[0]
         path.write_text(
             json.dumps(  # JSON is YAML, and the client reads either
                 {
                     "apiVersion": "v1",
                     "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "clusters": [{"name": "fake", "cluster": cluster}],
                     "users": [{"name": "fake", "user": {"token": "fake-token"}}],
                     "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
                     "current-context": "fake",
@@ -330,6 +397,31 @@ class FakeKubeAPI:
             return [copy.deepcopy(o) for _, o in sorted(self._objects[kind].items())]
 
     # --- protocol knobs --------------------------------------------------
+
+    def snapshot(self) -> tuple:
+        """What an etcd backup holds now (for restore())."""
+        with self._cond:
+            return self._rv, copy.deepcopy(self._objects), list(self._log)
+
+    def restore(self, snap: tuple, graceful: bool = False) -> None:
+        """The API server restarts on an etcd restored from `snap`: everything
+        after it is gone, and its resourceVersions will be handed out again.
+        `graceful`: the old server ends its watches cleanly and the new one
+        answers at once (clients resume their watches instead of failing);
+        otherwise connections drop and the port refuses for a moment."""
+        if graceful:
+            with self._cond:
+                self._rv, objects, log = snap
+                self._objects = copy.deepcopy(objects)
+                self._log = list(log)
+            self.close_watches()
+            return
+        self.stop()
+        with self._cond:
+            self._rv, objects, log = snap
+            self._objects = copy.deepcopy(objects)
+            self._log = list(log)
+        self.start()
 
     def compact(self) -> int:
         """Forget history: watches and continue tokens older than now get 410."""
@@ -442,6 +534,7 @@ class FakeKubeAPI:
         deadline = time.monotonic() + timeout if timeout else None
         watcher = Watcher(bookmarks=q.get("allowWatchBookmarks") in ("true", "1"))
         initial: list[tuple[str, dict]] = []
+        too_large, body = False, {}
         with self._cond:
             if rv_param == "0":  # "any": synthetic ADDED for the current state
                 pos = self._rv
@@ -449,10 +542,22 @@ class FakeKubeAPI:
                 initial = [(t, o) for t, o in initial if sel.matches(o)]
             else:
                 pos = int(rv_param)
+                # The watch cache waits briefly for a version it has not seen yet.
+                too_large = not self._cond.wait_for(lambda: self._rv >= pos,
+                                                    self.too_large_wait)
+                if too_large:
+                    body = status(504, "Timeout", f"Too large resource version: {pos}, "
+                                                  f"current: {self._rv}")
+                    body["details"] = {"causes": [{"reason": "ResourceVersionTooLarge",
+                                                   "message": "Too large resource version"}],
+                                       "retryAfterSeconds": 1}
             gone = pos < self._compacted
             idx = bisect.bisect_right([e.rv for e in self._log], pos)
-            if not gone:
+            if not gone and not too_large:
                 self._watchers.add(watcher)
+        if too_large:
+            handler.send_body(504, body)
+            return
         if gone and self.gone_as_http:
             handler.send_body(410, status(410, "Expired", f"too old resource version: {pos}"))
             return
@@ -543,6 +648,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path in DISCOVERY:
             self.send_body(200, DISCOVERY[url.path])
+            return
+        if m := ONE_NODE.match(url.path):
+            obj = api.get("Node", "", m.group("name"))
+            if obj is None:
+                self.send_body(404, status(404, "NotFound", f'nodes "{m.group("name")}" not found'))
+            else:
+                self.send_body(200, obj)
             return
         found = route(url.path)
         if found is None:
@@ -638,3 +750,34 @@ def node(name: str, ip: str = "192.168.0.10") -> dict:
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
     }
+
+
+# --- a server in its own process --------------------------------------------
+
+
+def serve_stdio() -> None:
+    """`python tests/kubeapi.py serve [--tls]`: print `ready PORT`, then apply
+    one JSON command per stdin line ({"op": "create", "obj": {...}},
+    {"op": "delete", "kind": K, "namespace": NS, "name": N}), answering `ok`
+    or `error MESSAGE`; ends at EOF."""
+    api = FakeKubeAPI(tls="--tls" in sys.argv).start()
+    print(f"ready {api.port}", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            cmd = json.loads(line)
+            if cmd["op"] in ("create", "update", "apply"):
+                getattr(api, cmd["op"])(cmd["obj"])
+            elif cmd["op"] == "delete":
+                api.delete(cmd["kind"], cmd.get("namespace", ""), cmd["name"])
+            else:
+                raise ValueError(f"unknown op {cmd['op']!r}")
+            print("ok", flush=True)
+        except Exception as exc:  # the test reads the reason
+            print(f"error {exc}", flush=True)
+    api.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    serve_stdio()

@@ -4,10 +4,20 @@
 Each kind runs in its own thread: list (paged) -> `sink.replace`, then watch
 from the list's resourceVersion -> `sink.upsert` / `sink.delete`, following
 bookmarks. A watch that ends normally (server timeout) resumes from the last
-resourceVersion; 410 Gone and any error lead to a fresh list, after an
-exponential backoff with jitter for errors. Nothing reaches the sink while the
-API server is unreachable, so the datapath keeps its last state; the relist
+resourceVersion; 410 Gone and any error lead to a fresh list. Errors are
+retried on a short, bounded cadence (0.2 s doubling to 1 s, jittered), reset by
+any request that succeeds, so the agent converges within about a second of the
+API server answering again; an outage is logged as one line when it starts and
+one when it ends, never as tracebacks. Nothing reaches the sink while the API
+server is unreachable, so the datapath keeps its last state; the relist
 afterwards carries the full current list and the sink computes the diff.
+
+A resourceVersion that goes backwards (the API server restarted on an etcd
+restored from a backup) is handled as client-go does: a watch from a version
+the server does not have yet fails ("too large resource version"), and the
+reflector relists at once; the list replaces everything, so what changed
+after the backup is undone in the datapath too, and the new watch starts from
+the restored history.
 
 Objects are plain dicts exactly as the API server serializes them (camelCase):
 responses are read raw (`_preload_content=False`), never through the client's
@@ -34,18 +44,21 @@ log = logging.getLogger(__name__)
 DEFAULT_LABEL_SELECTOR = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
 # A watch that ends sooner than this without any event is suspect (client-go: "very short watch").
 SHORT_WATCH = 1.0
+OUTAGE_REMINDER = 60.0  # seconds between warnings while the API server stays away
 
 
 class Backoff:
-    """Exponential backoff with jitter; client-go reflector defaults:
-    0.8 s doubling up to 30 s, each delay plus up to `jitter` x itself."""
+    """Bounded exponential backoff: `initial` doubling up to `cap`, each
+    delay reduced by up to `jitter` x itself (so `cap` is the longest wait:
+    a recovered API server is retried within it). The cap is short because
+    a node proxy must converge quickly; the jitter spreads the nodes' retries."""
 
     def __init__(
         self,
-        initial: float = 0.8,
-        cap: float = 30.0,
+        initial: float = 0.2,
+        cap: float = 1.0,
         factor: float = 2.0,
-        jitter: float = 1.0,
+        jitter: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.initial, self.cap, self.factor, self.jitter = initial, cap, factor, jitter
@@ -55,7 +68,7 @@ class Backoff:
     def next(self) -> float:
         base = min(self.cap, self.initial * self.factor**self._steps)
         self._steps += 1
-        return base * (1 + self.jitter * self._rand())
+        return base * (1 - self.jitter * self._rand())
 
     def reset(self) -> None:
         self._steps = 0
@@ -65,15 +78,50 @@ class Gone(Exception):
     """410: the resourceVersion or continue token is too old; list again."""
 
 
-def make_api_client(kubeconfig: str | None = None) -> Any:
-    """An ApiClient from a kubeconfig file, or in-cluster config without one."""
+class TooLarge(Exception):
+    """The server does not have our resourceVersion yet: its etcd went back
+    (restored from a backup); list again, from its current state."""
+
+
+# The pod's service account, as kubelet mounts it (module attributes: tests
+# point them elsewhere).
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+def make_api_client(kubeconfig: str | None = None, master: str | None = None) -> Any:
+    """An ApiClient: from a kubeconfig file, else the in-cluster service account.
+
+    `master` (kube-proxy's --master, pyagent.k8sServiceHost/Port) replaces the
+    server address of either: on a node without kube-proxy the in-cluster
+    address is a ClusterIP that only this agent could program. Without a
+    kubeconfig and without a service account, `master` alone is used
+    unauthenticated, as kube-proxy does."""
+    import os
+    from urllib.parse import urlsplit
+
     from kubernetes import client, config
+    from kubernetes.config.incluster_config import (
+        SERVICE_HOST_ENV_NAME,
+        SERVICE_PORT_ENV_NAME,
+        InClusterConfigLoader,
+    )
 
     cfg = client.Configuration()
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        if master:
+            _pin_host(cfg, master.rstrip("/"))
+    elif master:
+        url = urlsplit(master if "://" in master else f"https://{master}")
+        if url.scheme == "https" and os.path.isfile(SA_TOKEN):
+            env = {SERVICE_HOST_ENV_NAME: url.hostname or "",
+                   SERVICE_PORT_ENV_NAME: str(url.port or 443)}
+            InClusterConfigLoader(SA_TOKEN, SA_CA, environ=env).load_and_set(cfg)
+        else:
+            cfg.host = f"{url.scheme}://{url.netloc}"
     else:
-        config.load_incluster_config(client_configuration=cfg)
+        InClusterConfigLoader(SA_TOKEN, SA_CA).load_and_set(cfg)
     cfg.retries = False  # our backoff decides when to retry
     return client.ApiClient(cfg)
 
@@ -84,6 +132,21 @@ class _Resource:
     api_version: str
     list_fn: Callable[..., Any]  # the client's list_* function
     selectors: dict[str, str] = field(default_factory=dict)
+
+
+def _pin_host(cfg: Any, host: str) -> None:
+    """Set the server address, also across the loader's credential refresh
+    hook (which rewrites the whole configuration from the kubeconfig)."""
+    cfg.host = host
+    hook = cfg.refresh_api_key_hook
+    if hook is None:
+        return
+
+    def refresh(c: Any) -> None:
+        hook(c)  # reinstalls its own hook: put ours back in front
+        c.host = host
+        c.refresh_api_key_hook = refresh
+    cfg.refresh_api_key_hook = refresh
 
 
 def _resources(api_client: Any, node_name: str, label_selector: str) -> list[_Resource]:
@@ -128,7 +191,9 @@ class _Reflector:
         self.kind = res.kind
         self.resource_version = ""
         self.synced = threading.Event()
-        self.backoff = source._new_backoff()
+        self.backoff = source._new_backoff()  # errors; reset by any successful request
+        self.short_backoff = source._new_backoff()  # watches closed at once
+        self.outage: tuple[float, int, float] | None = None  # (since, failures, warned at)
         self._resp: Any = None
         self._resp_lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"kube-{self.kind}", daemon=True)
@@ -147,10 +212,11 @@ class _Reflector:
                     started = time.monotonic()
                     if self.watch():
                         gone_in_a_row = 0
+                        self.short_backoff.reset()
                     elif time.monotonic() - started < SHORT_WATCH:
                         # Closed at once with nothing in it: resume, but do not hammer.
-                        wait = self.backoff.next()
-                        log.info("%s: watch closed at once; resuming in %.1fs", self.kind, wait)
+                        wait = self.short_backoff.next()
+                        log.debug("%s: watch closed at once; resuming in %.1fs", self.kind, wait)
                         if src._sleep(wait):
                             break
             except Gone as e:
@@ -158,11 +224,42 @@ class _Reflector:
                 gone_in_a_row += 1
                 log.info("%s: %s; relisting", self.kind, e)
                 delay = 0.0 if gone_in_a_row == 1 else self.backoff.next()
+            except TooLarge as e:
+                log.warning("%s: %s: the API server's history went back (etcd restored "
+                            "from a backup?); relisting", self.kind, e)
+                self.resource_version = ""
             except Exception as e:
                 if src.stopping:
                     break
                 delay = self.backoff.next()
-                log.warning("%s: %s; relisting in %.1fs", self.kind, _describe(e), delay)
+                self._failed(e, delay)
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        """One warning line when an outage starts, a reminder a minute later
+        (and every minute), debug lines in between; never a traceback."""
+        text = describe_error(exc)
+        now = time.monotonic()
+        if self.outage is None:
+            self.outage = (now, 1, now)
+            log.warning("%s: %s; retrying every %.1fs at most", self.kind, text,
+                        self.backoff.cap)
+            return
+        since, failures, warned = self.outage
+        if now - warned >= OUTAGE_REMINDER:
+            warned = now
+            log.warning("%s: still failing after %.0fs (%d attempts): %s", self.kind,
+                        now - since, failures + 1, text)
+        else:
+            log.debug("%s: %s; retrying in %.1fs", self.kind, text, delay)
+        self.outage = (since, failures + 1, warned)
+
+    def _succeeded(self) -> None:
+        self.backoff.reset()
+        if self.outage is not None:
+            since, failures, _ = self.outage
+            self.outage = None
+            log.info("%s: the API server answers again (after %.1fs, %d failed attempts)",
+                     self.kind, time.monotonic() - since, failures)
 
     def _call(self, **kwargs: Any) -> Any:
         try:
@@ -170,7 +267,10 @@ class _Reflector:
         except Exception as e:
             if _gone_status(e):
                 raise Gone(f"HTTP 410: {getattr(e, 'reason', e)}") from e
+            if _too_large(e):
+                raise TooLarge(_status_message(e)) from e
             raise
+        self._succeeded()
         return resp
 
     def list(self) -> None:
@@ -201,8 +301,13 @@ class _Reflector:
         objects = [self._complete(obj) for obj in items]
         if src.stopping:
             return
+        listed = meta.get("resourceVersion") or ""
+        if _older(listed, self.resource_version):
+            log.warning("%s: the API server's resourceVersion went back from %s to %s (etcd "
+                        "restored from a backup?): everything is replaced by its current "
+                        "list", self.kind, self.resource_version, listed)
         src._deliver("replace", self.kind, objects)
-        self.resource_version = meta.get("resourceVersion") or ""
+        self.resource_version = listed
         self.synced.set()
         log.debug("%s: listed %d at %s", self.kind, len(objects), self.resource_version)
 
@@ -253,6 +358,8 @@ class _Reflector:
             msg = f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}"
             if obj.get("code") == 410:
                 raise Gone(msg)
+            if _too_large_status(obj):
+                raise TooLarge(msg)
             raise RuntimeError(msg)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if type_ in ("ADDED", "MODIFIED"):
@@ -278,11 +385,73 @@ class _Reflector:
                 resp.close()
 
 
-def _describe(exc: BaseException) -> str:
+def _status_body(exc: BaseException) -> dict:
+    try:
+        body = json.loads(getattr(exc, "body", None) or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _too_large_status(status: dict) -> bool:
+    """The Status the API server sends for a resourceVersion it does not
+    have yet (504 "Too large resource version", cause ResourceVersionTooLarge)."""
+    causes = (status.get("details") or {}).get("causes") or []
+    return (any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge"
+                for c in causes)
+            or "too large resource version" in str(status.get("message", "")).lower())
+
+
+def _too_large(exc: BaseException) -> bool:
+    return getattr(exc, "status", None) in (504, 500) and _too_large_status(_status_body(exc))
+
+
+def _status_message(exc: BaseException) -> str:
+    message = _status_body(exc).get("message") or getattr(exc, "reason", "")
+    return f"HTTP {getattr(exc, 'status', '?')}: {message}"
+
+
+def _older(rv: str, than: str) -> bool:
+    """Whether resourceVersion `rv` is below `than` (they are etcd revisions;
+    an opaque one is never called older)."""
+    try:
+        return bool(than) and int(rv) < int(than)
+    except ValueError:
+        return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """One short line for a failed request: the HTTP status, or the innermost
+    cause of a connection failure (urllib3 nests them: MaxRetryError ->
+    SSLError -> SSLEOFError...), never a traceback or a multi-line body."""
     status = getattr(exc, "status", None)
     if status:
-        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
-    return f"{type(exc).__name__}: {exc}"
+        text = f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+        message = _status_body(exc).get("message")
+        return _squeeze(f"{text}: {message}" if message else text)
+    inner: BaseException = exc
+    seen = set()
+    while id(inner) not in seen:
+        seen.add(id(inner))
+        nxt = getattr(inner, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = inner.__cause__ or inner.__context__
+        if not isinstance(nxt, BaseException):
+            break
+        inner = nxt
+    what = "API server unreachable" if inner is not exc or _is_connection(exc) else \
+        type(exc).__name__
+    detail = str(inner.args[-1] if isinstance(inner, OSError) and inner.args else inner)
+    return _squeeze(f"{what} ({type(inner).__name__}: {detail})")
+
+
+def _is_connection(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
+
+
+def _squeeze(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class KubeSource:
@@ -304,8 +473,8 @@ class KubeSource:
         page_size: int = 500,
         watch_timeout: tuple[float, float] = (300.0, 600.0),
         request_timeout: tuple[float, float] = (10.0, 60.0),
-        backoff_initial: float = 0.8,
-        backoff_cap: float = 30.0,
+        backoff_initial: float = 0.2,
+        backoff_cap: float = 1.0,
         rand: Callable[[], float] = random.random,
         sleep: Callable[[float], object] | None = None,
     ) -> None:

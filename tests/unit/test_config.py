@@ -89,8 +89,21 @@ def test_conformance_proxier_settings_are_a_valid_config() -> None:
 def test_primary_node_port_addresses() -> None:
     cfg = config_from_dict({"nodeIPs": ["192.168.0.2", "192.168.1.2", "2001:db8::1"],
                             "nodePortAddresses": ["primary"]})
-    assert cfg.node_port_addresses == ("192.168.0.2/32", "2001:db8::1/128")
+    assert cfg.node_port_primary and cfg.node_port_addresses == ()
     assert cfg.node_port_ips(4) == ("192.168.0.2",)
+    assert cfg.node_port_ips(6) == ("2001:db8::1",)
+    # The node IPs given later (--node-ip flags, the Node object) are the ones
+    # "primary" means: it used to expand at load time, so with --node-ip it
+    # meant every node IP.
+    flags = with_overrides(config_from_dict({"nodePortAddresses": ["primary"]}),
+                           node_ips=("192.168.1.2", "192.168.0.2"))
+    assert flags.node_port_ips(4) == ("192.168.1.2",)
+    mixed = config_from_dict({"nodeIPs": ["192.168.0.2", "10.1.0.5", "10.2.0.5"],
+                              "nodePortAddresses": ["primary", "10.2.0.0/16"]})
+    assert mixed.node_port_ips(4) == ("192.168.0.2", "10.2.0.5")
+    keywords = config_from_dict({"nodeIPs": ["192.168.0.2", "10.1.0.5"],
+                                 "nodePortAddresses": ["all"]})
+    assert keywords.node_port_ips(4) == ("192.168.0.2", "10.1.0.5")
 
 
 @pytest.mark.parametrize("data,key", [

@@ -3,6 +3,7 @@ through the real `kubernetes` client and a kubeconfig file."""
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -398,18 +399,16 @@ def test_stop_is_prompt_and_final(api: FakeKubeAPI, make_source) -> None:
     assert sink.count() == events
 
 
-def test_backoff_grows_and_is_jittered() -> None:
-    fixed = Backoff(initial=0.8, cap=30.0, jitter=1.0, rand=lambda: 0.0)
-    assert [fixed.next() for _ in range(8)] == pytest.approx(
-        [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]
-    )
+def test_backoff_is_bounded_and_jittered() -> None:
+    fixed = Backoff(initial=0.2, cap=1.0, jitter=0.5, rand=lambda: 0.0)
+    assert [fixed.next() for _ in range(6)] == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
     fixed.reset()
-    assert fixed.next() == pytest.approx(0.8)
+    assert fixed.next() == pytest.approx(0.2)
     rng = random.Random(7)
-    jittered = Backoff(initial=1.0, cap=8.0, jitter=1.0, rand=rng.random)
+    jittered = Backoff(initial=0.2, cap=1.0, jitter=0.5, rand=rng.random)
     delays = [jittered.next() for _ in range(6)]
-    bases = [1, 2, 4, 8, 8, 8]
-    assert all(b <= d < 2 * b for d, b in zip(delays, bases, strict=True))
+    bases = [0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert all(b / 2 <= d <= b for d, b in zip(delays, bases, strict=True))
     assert len({round(d / b, 6) for d, b in zip(delays, bases, strict=True)}) == 6  # jittered
 
 
@@ -423,8 +422,136 @@ def test_backoff_while_down_grows_per_kind(api: FakeKubeAPI, make_source) -> Non
     for kind in ("Service", "EndpointSlice", "Node"):
         delays = sleep.of(kind)[:6]
         bases = [0.1, 0.2, 0.4, 0.8, 0.8, 0.8]
-        assert all(b <= d <= 2 * b for d, b in zip(delays, bases, strict=True)), delays
+        assert all(b / 2 <= d <= b for d, b in zip(delays, bases, strict=True)), delays
         assert delays[3] > delays[0]
+
+
+def test_every_retry_comes_within_a_second(api: FakeKubeAPI, make_source) -> None:
+    """However long the outage, the next attempt is at most 1 s away: the
+    agent converges within about a second of the API server answering (it
+    used to wait up to 24 s: client-go's 30 s cap)."""
+    populate(api)
+    sleep = SleepRecorder()
+    src, sink = make_source(sleep=sleep)
+    assert src.wait_synced(5)
+    api.stop()
+    wait_until(lambda: all(len(sleep.of(k)) >= 10 for k in ("Service", "EndpointSlice", "Node")),
+               timeout=10)
+    api.create(service("default", "while-down", "10.96.2.1"))
+    api.start()
+    wait_until(lambda: "while-down" in sink.names("Service"))
+    delays = [d for k in ("Service", "EndpointSlice", "Node") for d in sleep.of(k)]
+    assert max(delays) <= 1.0, delays
+    assert min(delays) > 0
+
+
+def test_any_successful_request_resets_the_backoff(api: FakeKubeAPI, make_source) -> None:
+    """A second outage starts from the shortest delay again, also when no
+    watch event came in between (a quiet cluster: the backoff used to be
+    reset by watch events only, so later outages started with long waits)."""
+    populate(api)
+    sleep = SleepRecorder()
+    src, sink = make_source(sleep=sleep, backoff_initial=0.1, backoff_cap=0.8,
+                            rand=lambda: 0.0)
+    assert src.wait_synced(5)
+    for _ in range(2):
+        wait_until(lambda: api.watch_count() == 3)
+        before = len(sleep.of("Node"))
+        api.stop()
+        wait_until(lambda b=before: len(sleep.of("Node")) >= b + 5)
+        api.start()
+        wait_until(lambda: api.watch_count() == 3)
+    delays = sleep.of("Node")
+    second = delays[len(delays) // 2:]
+    assert second[0] == pytest.approx(0.1), delays  # a fresh start, not 0.8
+    assert len(sink.of("Node")) == 3  # one relist per outage, no events in between
+
+
+def _outage_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "pyagent.sources.kube"]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["refused", "tls-eof"])
+def test_an_outage_is_one_line_when_it_starts_and_when_it_ends(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, tls: bool) -> None:
+    """No tracebacks, no multi-line SSL errors: one short warning per kind when
+    the API server stops answering, one info line when it is back."""
+    caplog.set_level(logging.DEBUG, logger="pyagent.sources.kube")
+    with FakeKubeAPI(tls=tls) as api:
+        populate(api)
+        sleep = SleepRecorder()
+        src = KubeSource(RecordingSink(), NODE, kubeconfig=str(api.write_kubeconfig(
+            tmp_path / "kc")), sleep=sleep, watch_timeout=(30, 30))
+        src.start()
+        try:
+            assert src.wait_synced(10)
+            wait_until(lambda: api.watch_count() == 3)
+            api.stop()
+            if tls:
+                api.close_on_accept()  # TLS handshakes end in EOF, as mid-restart
+            wait_until(lambda: all(len(sleep.of(k)) >= 4 for k in ("Service", "Node")),
+                       timeout=15)
+            api.start()
+            wait_until(lambda: api.watch_count() == 3, timeout=10)
+        finally:
+            src.stop()
+    records = _outage_records(caplog)
+    assert records
+    for r in records:
+        msg = r.getMessage()
+        assert r.exc_info is None and "\n" not in msg and len(msg) < 300, msg
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    for kind in ("Service", "EndpointSlice", "Node"):
+        mine = [w for w in warnings if w.startswith(f"{kind}:")]
+        assert len(mine) == 1, warnings  # when it starts; reminders come after a minute
+    if tls:  # the debug lines show what the client saw, still one line each
+        assert any("SSL" in r.getMessage() for r in records), [r.getMessage() for r in records]
+    back = [r.getMessage() for r in records if "answers again" in r.getMessage()]
+    assert len(back) == 3, back
+
+
+def test_restored_etcd_with_a_lower_resource_version_converges(api: FakeKubeAPI,
+                                                               make_source) -> None:
+    """The API server comes back on an etcd restored from a backup: what was
+    written after the backup is gone, and its resourceVersions are handed out
+    again to new writes. The source ends up with exactly the server's state."""
+    populate(api)
+    backup = api.snapshot()
+    src, sink = make_source()
+    assert src.wait_synced(5)
+    api.create(service("default", "after-backup", "10.96.3.1"))
+    api.update(service("default", "web", "10.96.0.10", port=81))
+    api.delete("Service", "kube-system", "dns")
+    wait_until(lambda: sink.names("Service") == ["after-backup", "web"])
+    high = int(src.resource_version("Service"))
+    api.restore(backup)
+    # New writes reuse the resourceVersions the lost ones had, and pass them.
+    for i in range(6):
+        api.create(service("default", f"new-{i}", f"10.96.4.{i + 1}"))
+    api.update(service("default", "web", "10.96.0.10", port=82))
+    assert api.resource_version > high
+    wait_until(lambda: sink.names("Service") == ["dns", "new-0", "new-1", "new-2", "new-3",
+                                                 "new-4", "new-5", "web"], timeout=10)
+    web = sink.state["Service"][("default", "web")]
+    assert web["spec"]["ports"][0]["port"] == 82
+    api.create(service("default", "later", "10.96.5.1"))
+    wait_until(lambda: "later" in sink.names("Service"))
+
+
+def test_watch_from_a_version_the_server_lacks_relists_at_once(api: FakeKubeAPI,
+                                                                make_source) -> None:
+    populate(api)
+    backup = api.snapshot()
+    api.create(service("default", "after-backup", "10.96.3.1"))
+    sleep = SleepRecorder()
+    src, sink = make_source(sleep=sleep)
+    assert src.wait_synced(5)
+    wait_until(lambda: api.watch_count() == 3)
+    api.restore(backup, graceful=True)  # resuming from our version gets 504 Too large
+    wait_until(lambda: sink.names("Service") == ["dns", "web"], timeout=10)
+    # The watch the old server ended at once waits one short delay; the 504
+    # that follows is answered by a relist at once, not after another backoff.
+    assert len(sleep.of("Service")) <= 1, sleep.of("Service")
 
 
 def test_make_api_client_uses_kubeconfig(api: FakeKubeAPI, kubeconfig: str) -> None:
@@ -442,6 +569,64 @@ def test_in_cluster_config_is_used_without_kubeconfig(monkeypatch: pytest.Monkey
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(ConfigException, match="Service host/port is not set"):
         make_api_client(None)
+
+
+@pytest.fixture
+def service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import pyagent.sources.kube as kube
+
+    (tmp_path / "token").write_text("sa-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nx\n")
+    monkeypatch.setattr(kube, "SA_TOKEN", str(tmp_path / "token"))
+    monkeypatch.setattr(kube, "SA_CA", str(tmp_path / "ca.crt"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return tmp_path
+
+
+def test_master_replaces_the_in_cluster_address(service_account: Path) -> None:
+    """On a node without kube-proxy the in-cluster address is a ClusterIP only
+    this agent could program: --master (or pyagent.k8sServiceHost) names the
+    API server, with the pod's service account token and CA."""
+    client = make_api_client(None, "https://10.0.0.1:6443")
+    try:
+        cfg = client.configuration
+        assert cfg.host == "https://10.0.0.1:6443"
+        assert cfg.api_key["BearerToken"] == "bearer sa-token"
+        assert cfg.ssl_ca_cert == str(service_account / "ca.crt")
+        cfg.refresh_api_key_hook(cfg)  # the token refresh keeps our address
+        assert cfg.host == "https://10.0.0.1:6443"
+    finally:
+        client.close()
+
+
+def test_master_overrides_a_kubeconfig_and_works(api: FakeKubeAPI, tmp_path: Path) -> None:
+    other = tmp_path / "kc"
+    other.write_text(api.write_kubeconfig(tmp_path / "real").read_text().replace(
+        api.url, "http://127.0.0.1:9"))  # a kubeconfig naming a dead address
+    client = make_api_client(str(other), api.url)
+    populate(api)
+    sink = RecordingSink()
+    src = KubeSource(sink, NODE, api_client=client, watch_timeout=(30, 30))
+    src.start()
+    try:
+        assert src.wait_synced(5)
+        assert sink.names("Service") == ["dns", "web"]
+    finally:
+        src.stop()
+        client.close()
+
+
+def test_master_alone_without_service_account(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    import pyagent.sources.kube as kube
+
+    monkeypatch.setattr(kube, "SA_TOKEN", str(tmp_path / "missing"))
+    client = make_api_client(None, "http://127.0.0.1:8080")
+    try:
+        assert client.configuration.host == "http://127.0.0.1:8080"
+        assert not client.configuration.api_key
+    finally:
+        client.close()
 
 
 def test_node_name_required(kubeconfig: str) -> None:
