@@ -136,11 +136,23 @@ def test_hooks_are_inserted_once_firewall_first() -> None:
     ex = FakeExec()
     IptablesDataplane(CFG, ex=ex, families=(4,)).setup()
     inserts = [c for c in ex.commands if "-I" in c]
-    assert [c[c.index("-I") + 1] for c in inserts][:3] == ["OUTPUT", "FORWARD", "INPUT"]
     assert inserts[-1][-1] == "PYAGENT-SERVICES" and inserts[-2][-1] == "PYAGENT-SERVICES"
-    filter_inserts = [c[-1] for c in inserts if "filter" in c]
-    # Inserted at position 1 in reverse, so FIREWALL ends up before SERVICES.
-    assert filter_inserts.index("PYAGENT-FIREWALL") > filter_inserts.index("PYAGENT-SERVICES")
+    # Each is inserted at position 1, so a built-in chain ends up with them in
+    # reverse order of insertion: FIREWALL, then SERVICES, then (FORWARD only)
+    # the KUBE-FORWARD equivalent, whose ACCEPTs must not skip the drops.
+    final = [c[-1] for c in reversed(inserts) if "filter" in c and "FORWARD" in c]
+    assert final == ["PYAGENT-FIREWALL", "PYAGENT-SERVICES", "PYAGENT-FORWARD"]
+    inputs = [c[-1] for c in reversed(inserts) if "filter" in c and "INPUT" in c]
+    assert inputs == ["PYAGENT-FIREWALL", "PYAGENT-SERVICES"]
+
+
+def test_forward_chain_is_kube_proxys_kube_forward() -> None:
+    t, _, _ = rules_for(sps())
+    assert t["filter"]["PYAGENT-FORWARD"] == [
+        ["-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
+        ["-m", "mark", "--mark", "0x4000/0x4000", "-j", "ACCEPT"],
+        ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ["-d", "10.0.0.0/8", "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"]]
 
 
 # --- 2. incremental syncs --------------------------------------------------------------

@@ -56,7 +56,7 @@ class IptablesDataplane:
             # Create the chains the hooks jump to, without flushing existing
             # ones: a restarted agent keeps serving until its first sync.
             base = {("nat", r.SERVICES), ("nat", r.NODEPORTS), ("nat", r.POSTROUTING),
-                    ("filter", r.FIREWALL), ("filter", r.SERVICES)}
+                    ("filter", r.FIREWALL), ("filter", r.SERVICES), ("filter", r.FORWARD)}
             missing = base - existing
             ipt.restore(restore_text({t: ({c: () for tt, c in missing if tt == t}, set())
                                       for t in TABLES}))
@@ -137,6 +137,7 @@ class IptablesDataplane:
         chains[("nat", r.SERVICES)] = (*services, *r.nodeport_dispatch())
         chains[("nat", r.NODEPORTS)] = tuple(nodeports)
         chains[("filter", r.FIREWALL)] = tuple(r.firewall())
+        chains[("filter", r.FORWARD)] = tuple(r.forward())
         chains[("filter", r.SERVICES)] = (*filt, *r.filter_tail(cips))
         return chains
 

@@ -90,11 +90,24 @@ def pod_cidrs(config: NodeConfig, family: int) -> tuple[str, ...]:
     return tuple(c for c in config.cluster_cidrs if (":" in c) == (family == 6))
 
 
+def pod_interface(config: NodeConfig) -> str:
+    """kube-proxy's interface-based local traffic detectors (detectLocalMode
+    InterfaceNamePrefix: "prefix+", BridgeInterface: the bridge): pods are
+    what comes in through it. Empty for the CIDR-based ones."""
+    if config.local_detect_mode in ("InterfaceNamePrefix", "BridgeInterface"):
+        return config.local_interface
+    return ""
+
+
+def has_pod_detector(config: NodeConfig, family: int) -> bool:
+    return bool(pod_cidrs(config, family) or pod_interface(config))
+
+
 def clusterip_masquerade(config: NodeConfig, family: int) -> str:
     """'all', 'non-pod' or 'none': which ClusterIP sources are masqueraded."""
     if config.masquerade_all:
         return "all"
-    return "non-pod" if pod_cidrs(config, family) else "none"
+    return "non-pod" if has_pod_detector(config, family) else "none"
 
 
 def loopback(family: int) -> str:

@@ -61,6 +61,7 @@ class Renderer:
         self.POSTROUTING, self.FIREWALL = p + "POSTROUTING", p + "FIREWALL"
         self.MARK_MASQ, self.MARK_DROP = p + "MARK-MASQ", p + "MARK-DROP"
         self.NONPOD = p + "MASQ-NONPOD"
+        self.FORWARD = p + "FORWARD"
 
     # --- per service port ------------------------------------------------------
     def chain(self, kind: str, *parts: object) -> str:
@@ -134,7 +135,7 @@ class Renderer:
         masq = [f"{p} -j {self.MARK_MASQ}"] if self.masquerade else []
         if not sps.service.external_policy_local:
             return [*masq, f"{p} {to_cluster}"]
-        rules = [f"{p} -s {cidr} {to_cluster}" for cidr in P.pod_cidrs(self.config, self.family)]
+        rules = [f"{p} {src} {to_cluster}" for src in self._pod_matches()]
         for src in P.node_local_sources(self.config, self.family):
             if self.masquerade:
                 rules.append(f"{p} -s {src} -j {self.MARK_MASQ}")
@@ -191,11 +192,19 @@ class Renderer:
                 f"-A {self.POSTROUTING} -j MARK --xor-mark {MASQ_MARK}",
                 f"-A {self.POSTROUTING} -j MASQUERADE --random-fully"],
         }
-        cidrs = P.pod_cidrs(self.config, self.family)
-        if cidrs:
-            chains[self.NONPOD] = [*(f"-A {self.NONPOD} -s {c} -j RETURN" for c in cidrs),
+        pods = self._pod_matches()
+        if pods:
+            chains[self.NONPOD] = [*(f"-A {self.NONPOD} {m} -j RETURN" for m in pods),
                                    f"-A {self.NONPOD} -j {self.MARK_MASQ}"]
         return chains
+
+    def _pod_matches(self) -> list[str]:
+        """The local traffic detector's matches: pod CIDRs (-s), or the pods'
+        interface (-i; kube-proxy's InterfaceNamePrefix / BridgeInterface)."""
+        iface = P.pod_interface(self.config)
+        if iface:
+            return [f"-i {iface}"]
+        return [f"-s {c}" for c in P.pod_cidrs(self.config, self.family)]
 
     def nodeport_dispatch(self) -> list[str]:
         """Last rules of nat SERVICES: NodePorts on the addresses that serve them."""
@@ -216,6 +225,9 @@ class Renderer:
     def firewall(self) -> list[str]:
         return [f"-A {self.FIREWALL} -m mark --mark {DROP_MARK}/{DROP_MARK} -j DROP"]
 
+    def forward(self) -> list[str]:
+        return forward_rules(self.FORWARD, P.pod_cidrs(self.config, self.family))
+
     def hooks(self) -> list[tuple[str, str, list[str]]]:
         """(table, built-in chain, rule args) jumps into our chains."""
         c = ["-m", "comment", "--comment", "pyagent"]
@@ -228,4 +240,18 @@ class Renderer:
             *(("filter", hook, [*c, "-m", "conntrack", "--ctstate", "NEW",
                                  "-j", self.SERVICES])
                for hook in ("INPUT", "FORWARD", "OUTPUT")),
+            # After the drops and rejects above: kube-proxy's KUBE-FORWARD.
+            ("filter", "FORWARD", [*c, "-j", self.FORWARD]),
         ]
+
+
+def forward_rules(chain: str, pod_cidrs: tuple[str, ...]) -> list[str]:
+    """kube-proxy's KUBE-FORWARD, so that Service traffic is forwarded on a
+    node whose FORWARD policy is DROP (Docker sets that): conntrack INVALID
+    dropped, masquerade-marked and established/related traffic accepted; and,
+    beyond kube-proxy, new connections DNATed to a pod CIDR (a pod's or an
+    eTP=Local connection to a Service, which is not masqueraded)."""
+    return [f"-A {chain} -m conntrack --ctstate INVALID -j DROP",
+            f"-A {chain} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
+            f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            *(f"-A {chain} -d {c} -m conntrack --ctstate DNAT -j ACCEPT" for c in pod_cidrs)]

@@ -83,6 +83,9 @@ class NftablesDataplane:
         self.written = Desired()
         self.leftover: tuple[set[str], set[str]] = (set(), set())
         self.repair = True  # the next full sync rewrites everything
+        # FORWARD accepts in the iptables filter table (forward.py); off with a
+        # fake nft (unit tests), where no real iptables may be touched either.
+        self.forward_helper = nft is None
 
     def setup(self) -> None:
         found = self.nft.objects()
@@ -93,12 +96,20 @@ class NftablesDataplane:
         lines = [f"add table {R.TABLE}"]
         lines += [f"add chain {R.TABLE} {c} {{ {spec} }}" for c, spec in R.BASE_CHAINS.items()]
         self.nft.run("\n".join(lines) + "\n")
+        if self.forward_helper:
+            from pyagent.dataplanes.nftables import forward
+
+            forward.ensure(self.config)
 
     def close(self) -> None:
         pass
 
     def cleanup(self) -> None:
         self.nft.delete_table()
+        if self.forward_helper:
+            from pyagent.dataplanes.nftables import forward
+
+            forward.remove()
         self.written = Desired()
         self.frags.clear()
 
@@ -131,6 +142,10 @@ class NftablesDataplane:
         if rewrite:
             self.leftover = (set(), set())
             self.repair = False
+        if full and self.forward_helper:  # a filter table made (or rebuilt) since
+            from pyagent.dataplanes.nftables import forward
+
+            forward.ensure(self.config)
         return status
 
     def desired(self) -> Desired:
@@ -217,8 +232,19 @@ def transaction(have: Desired, want: Desired, full: bool,
 # --- mode detection and cleanup (pyagent cleanup, mode switches) ---------------
 
 def present(config: NodeConfig) -> bool:
-    return Nft().objects() is not None
+    from pyagent.dataplanes.nftables import forward
+
+    return Nft().objects() is not None or bool(
+        [i for i in forward._filter_tables() if i.chains("filter", forward.CHAIN)])
 
 
 def remove(config: NodeConfig) -> str:
-    return f"deleted table {R.TABLE}" if Nft().delete_table() else "nothing to clean"
+    from pyagent.dataplanes.nftables import forward
+
+    helpers = forward.remove()
+    deleted = Nft().delete_table()
+    if not deleted and not helpers:
+        return "nothing to clean"
+    return ", ".join([*([f"deleted table {R.TABLE}"] if deleted else []),
+                      *([f"removed {forward.CHAIN} from {helpers} filter tables"]
+                        if helpers else [])])

@@ -75,7 +75,7 @@ class Renderer:
                 if masq == "all":
                     rules.append("jump mark-for-masquerade")
                 elif masq == "non-pod":
-                    rules.append(f"{fam(f)} saddr != @pod-cidrs{f} jump mark-for-masquerade")
+                    rules.append(f"{self._pod_match(f, negate=True)} jump mark-for-masquerade")
                 which = "local" if sp.internal_policy_local else "cluster"
                 rules.append(self.balance(sps, which, P.cluster_ip_set(sps), frag))
                 frag.chains[cip] = rules
@@ -121,13 +121,24 @@ class Renderer:
         if not sps.service.external_policy_local:
             return ["jump mark-for-masquerade", to_cluster]
         rules = []
-        if P.pod_cidrs(self.config, f):
-            rules.append(f"{fam(f)} saddr @pod-cidrs{f} {to_cluster}")
+        if P.has_pod_detector(self.config, f):
+            rules.append(f"{self._pod_match(f)} {to_cluster}")
         rules += [f"{fam(f)} saddr @node-local{f} jump mark-for-masquerade",
                   f"{fam(f)} saddr @node-local{f} {to_cluster}"]
         local = P.local_set(sps)
         rules.append(self.balance(sps, "local", local, frag) if local else "drop")
         return rules
+
+    def _pod_match(self, f: int, negate: bool = False) -> str:
+        """The local traffic detector: from the pod CIDRs, or (kube-proxy's
+        interface detectors) in through the pods' interface ("veth+" is the
+        iptables spelling of the prefix match nft writes "veth*")."""
+        op = "!= " if negate else ""
+        iface = P.pod_interface(self.config)
+        if iface:
+            name = iface[:-1] + "*" if iface.endswith("+") else iface
+            return f'iifname {op}"{name}"'
+        return f"{fam(f)} saddr {op}@pod-cidrs{f}"
 
     def balance(self, sps: ServicePortState, which: str, eps: tuple[Endpoint, ...],
                 frag: Fragment) -> str:
