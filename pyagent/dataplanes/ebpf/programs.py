@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ebpf import bpffs as fs
@@ -34,13 +33,13 @@ from ebpf import cgroup as cg
 from ebpf import compiler, libbpf
 from ebpf import probe as kprobe
 from ebpf.maps import Map
+from pyagent import bpf_sources
 from pyagent.dataplanes.ebpf import layout
 
 log = logging.getLogger(__name__)
 
-# The C sources: the checkout's bpf_src/, or PYAGENT_BPF_SRC (container images).
-BPF_SRC_DIR = os.environ.get("PYAGENT_BPF_SRC") or str(
-    Path(__file__).resolve().parents[3] / "bpf_src")
+# The C sources: PYAGENT_BPF_SRC, the checkout's bpf_src/, or the installed copy.
+BPF_SRC_DIR = bpf_sources.directory()
 SOURCE = os.path.join(BPF_SRC_DIR, "sock_lb.c")
 PROGS_SUBDIR = "progs"
 LEGACY_SUBDIR = "attached"
