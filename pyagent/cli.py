@@ -11,7 +11,7 @@ from pyagent.kubeproxy_flags import version_text
 
 # Each module exposes register(subparsers); its parser sets `func(args) -> int`.
 COMMANDS = ("cmd_run", "cmd_plan", "cmd_trace", "cmd_maps", "cmd_services", "cmd_cleanup",
-            "cmd_bpf")
+            "cmd_bpf", "cmd_mount_host")
 
 
 def build_parser() -> argparse.ArgumentParser:

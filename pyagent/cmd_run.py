@@ -246,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
                  f"kubeconfig {config.kubeconfig}" if config.kubeconfig else "in-cluster "
                  "service account" if not config.api_server else "--master")
     config = resolve_node(config, args, api_client)
+    if config.mode == "ebpf":
+        from pyagent import kheaders
+
+        log.info("%s", kheaders.ensure())
     dataplane = make_dataplane(config)
     obs = Observability(config)
     agent = Agent(config, dataplane, observers=[obs])

@@ -756,12 +756,13 @@ def node(name: str, ip: str = "192.168.0.10") -> dict:
 
 
 def serve_stdio() -> None:
-    """`python tests/kubeapi.py serve [--tls]`: print `ready PORT`, then apply
+    """`python tests/kubeapi.py serve [--tls]`: print `ready PORT [CERT]`, then apply
     one JSON command per stdin line ({"op": "create", "obj": {...}},
     {"op": "delete", "kind": K, "namespace": NS, "name": N}), answering `ok`
     or `error MESSAGE`; ends at EOF."""
     api = FakeKubeAPI(tls="--tls" in sys.argv).start()
-    print(f"ready {api.port}", flush=True)
+    cert = api._certificate()[0] if api.tls else ""
+    print(f"ready {api.port} {cert}".strip(), flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue

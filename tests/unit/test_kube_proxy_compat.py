@@ -268,3 +268,24 @@ def test_plan_takes_the_kubeadm_config(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     (entry,) = json.loads(res.stdout)["servicePorts"]
     assert entry["localEndpoints"] == ["10.8.2.5:8080"]
+
+
+def test_interface_detectors_in_the_rules() -> None:
+    """InterfaceNamePrefix / BridgeInterface: pods are what comes in through
+    the interface, in the masquerade and eTP=Local rules of every packet mode."""
+    from pyagent.dataplanes.iptables.rules import Renderer
+    from pyagent.dataplanes.nftables.rules import Renderer as NftRenderer
+
+    prefix = run_config(["--detect-local-mode=InterfaceNamePrefix",
+                         "--pod-interface-name-prefix=veth", "--node-ip=192.168.0.2"])
+    bridge = run_config(["--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0",
+                         "--node-ip=192.168.0.2"])
+    nodecidr = run_config(["--detect-local-mode=NodeCIDR", "--node-ip=192.168.0.2"])
+    for cfg, ipt, nft in ((prefix, "-i veth+", 'iifname != "veth*"'),
+                          (bridge, "-i cbr0", 'iifname != "cbr0"')):
+        for family in (4, 6):
+            nat = Renderer(cfg, family).base_nat()
+            assert nat["PYAGENT-MASQ-NONPOD"][0] == f"-A PYAGENT-MASQ-NONPOD {ipt} -j RETURN"
+        assert nft in NftRenderer(cfg)._pod_match(4, negate=True)
+    # NodeCIDR before start: no pod CIDRs yet (the run fills them from the Node)
+    assert "PYAGENT-MASQ-NONPOD" not in Renderer(nodecidr, 4).base_nat()
