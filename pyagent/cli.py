@@ -16,7 +16,7 @@ COMMANDS = ("cmd_run", "cmd_plan", "cmd_trace", "cmd_maps", "cmd_services", "cmd
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pyagent",
+        prog="pyagent", allow_abbrev=False,
         description="eBPF Kubernetes Service load balancer (kube-proxy replacement)",
         epilog="Run `pyagent COMMAND --help` for the options of each command.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
