@@ -74,9 +74,6 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
             changes["cluster_cidrs"] = cidrs
         else:
             notes.append(f"--cluster-cidr not used: detectLocalMode is {config.local_detect_mode}")
-    for flag in ("healthz_bind_address", "metrics_bind_address"):
-        if getattr(args, flag, None) is not None:
-            changes[flag] = getattr(args, flag)
     kubeconfig = getattr(args, "kubeconfig", None)
     if kubeconfig:
         changes["kubeconfig"] = kubeconfig

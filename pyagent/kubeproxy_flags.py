@@ -235,8 +235,12 @@ def apply(args: argparse.Namespace, config: NodeConfig) -> NodeConfig:
             changes[attr] = value
     for flag, attr, default in (("healthz-port", "healthz_bind_address", 10256),
                                 ("metrics-port", "metrics_bind_address", 10249)):
+        # --healthz-bind-address (kube-proxy's and pyagent's), then the port flag
+        if (address := getattr(args, attr, None)) is not None:
+            changes[attr] = C.with_default_port(address, default) if address else ""
         if (text := _given(args, flag)) is not None:
-            changes[attr] = _deprecated_port(getattr(config, attr), text, flag, default)
+            changes[attr] = _deprecated_port(changes.get(attr, getattr(config, attr)), text,
+                                             flag, default)
     by_reason: dict[str, list[str]] = {}
     for flag, why in IGNORED_FLAGS.items():
         value = _given(args, flag)

@@ -43,12 +43,15 @@ class Observability:
                                  backend_connections=reader("backend_connections"))
 
     def start(self) -> None:
-        _, self.healthz_port, stop = start_health_server(self.config.healthz_bind_address,
-                                                          self.health)
-        self._stops.append(stop)
-        _, self.metrics_port, stop = start_metrics_server(
-            self.config.metrics_bind_address, self.metrics.registry, self.config.mode)
-        self._stops.append(stop)
+        # An empty address turns a server off (kube-proxy's --metrics-port=0).
+        if self.config.healthz_bind_address:
+            _, self.healthz_port, stop = start_health_server(self.config.healthz_bind_address,
+                                                              self.health)
+            self._stops.append(stop)
+        if self.config.metrics_bind_address:
+            _, self.metrics_port, stop = start_metrics_server(
+                self.config.metrics_bind_address, self.metrics.registry, self.config.mode)
+            self._stops.append(stop)
         log.info("healthz on port %d, metrics on port %d", self.healthz_port, self.metrics_port)
 
     def stop(self) -> None:

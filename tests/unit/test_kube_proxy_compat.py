@@ -289,3 +289,18 @@ def test_interface_detectors_in_the_rules() -> None:
         assert nft in NftRenderer(cfg)._pod_match(4, negate=True)
     # NodeCIDR before start: no pod CIDRs yet (the run fills them from the Node)
     assert "PYAGENT-MASQ-NONPOD" not in Renderer(nodecidr, 4).base_nat()
+
+
+def test_deprecated_port_flags_and_an_empty_address_turn_servers_off() -> None:
+    from pyagent.observe import Observability
+
+    cfg = run_config(["--metrics-port=0", "--healthz-port=0"])
+    assert cfg.metrics_bind_address == "" and cfg.healthz_bind_address == ""
+    obs = Observability(cfg)
+    obs.start()
+    try:
+        assert obs.metrics_port == 0 and obs.healthz_port == 0
+    finally:
+        obs.stop()
+    moved = run_config(["--healthz-bind-address=127.0.0.1:10256", "--healthz-port=10999"])
+    assert moved.healthz_bind_address == "127.0.0.1:10999"
