@@ -23,6 +23,7 @@ Idempotent: a second run finds nothing and says so.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -157,7 +158,9 @@ def _ipvs_state() -> tuple[bool, list[tuple], set[str]]:
         vips = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0])} if idx else set()
         local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
     servers: list[tuple] = []
-    with contextlib.suppress(Exception):  # no IPVS in this kernel: nothing there
+    if not os.path.exists("/proc/net/ip_vs"):  # not loaded: nothing there (and asking
+        return bool(idx), servers, vips        # IPVS's netlink family would load it)
+    with contextlib.suppress(Exception):
         from pyagent.dataplanes.ipvs.kernel import IpvsKernel
 
         kernel = IpvsKernel()
