@@ -14,6 +14,7 @@ families, set with the default iptables binary, as Docker does):
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -63,13 +64,14 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _wait_served(c: Cluster, proc: subprocess.Popen, log: Path) -> None:
-    """Until the agent answers on the NodePort from the node itself (not forwarded)."""
-    deadline = time.monotonic() + 60
+    """Until the NodePort is in the rules (iptables, nftables) or IPVS."""
+    deadline = time.monotonic() + 60 * float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         out = c.node_exec(0, "iptables-save", check=False).stdout + c.node_exec(
             0, "nft", "list", "ruleset", check=False).stdout
-        if str(NODE_PORT) in out:
+        ipvs = c.node_exec(0, "cat", "/proc/net/ip_vs", check=False).stdout
+        if str(NODE_PORT) in out or f":{NODE_PORT:04X}" in ipvs:
             return
         time.sleep(0.3)
     raise AssertionError(f"agent did not program the NodePort\n{log.read_text()[-3000:]}")
