@@ -101,9 +101,10 @@ def test_forwarded_service_traffic_passes_a_drop_policy(cluster: Cluster, mode: 
         assert "-P FORWARD DROP" in policy  # still DROP: nothing was opened wholesale
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=20 * float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1")))
         cluster.agent(0, ["cleanup", "--mode", mode, "--bpffs", str(node.bpffs / "pyagent")],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(timeout=60)
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(
+            timeout=60 * float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1")))
     # cleanup takes the accepts away again (and the policy stays as it was)
     left = cluster.node_exec(0, "iptables-save", "-t", "filter").stdout
     assert "PYAGENT" not in left and "PYANFT" not in left and "PYAIPVS" not in left, left
