@@ -213,6 +213,6 @@ class PodCIDRGuard:
 
 
 def _one_line(exc: BaseException) -> str:
-    from pyagent.sources.kube import describe_error
+    from pyagent.sources.kube_errors import describe_error
 
     return describe_error(exc)

@@ -37,6 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyagent.sources.base import KINDS, Kind, ObjectSink
+from pyagent.sources.kube_client import make_api_client
+from pyagent.sources.kube_errors import (
+    describe_error,
+    older,
+    status_message,
+    too_large,
+    too_large_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,70 +91,12 @@ class TooLarge(Exception):
     (restored from a backup); list again, from its current state."""
 
 
-# The pod's service account, as kubelet mounts it (module attributes: tests
-# point them elsewhere).
-SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-
-
-def make_api_client(kubeconfig: str | None = None, master: str | None = None) -> Any:
-    """An ApiClient: from a kubeconfig file, else the in-cluster service account.
-
-    `master` (kube-proxy's --master, pyagent.k8sServiceHost/Port) replaces the
-    server address of either: on a node without kube-proxy the in-cluster
-    address is a ClusterIP that only this agent could program. Without a
-    kubeconfig and without a service account, `master` alone is used
-    unauthenticated, as kube-proxy does."""
-    import os
-    from urllib.parse import urlsplit
-
-    from kubernetes import client, config
-    from kubernetes.config.incluster_config import (
-        SERVICE_HOST_ENV_NAME,
-        SERVICE_PORT_ENV_NAME,
-        InClusterConfigLoader,
-    )
-
-    cfg = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        if master:
-            _pin_host(cfg, master.rstrip("/"))
-    elif master:
-        url = urlsplit(master if "://" in master else f"https://{master}")
-        if url.scheme == "https" and os.path.isfile(SA_TOKEN):
-            env = {SERVICE_HOST_ENV_NAME: url.hostname or "",
-                   SERVICE_PORT_ENV_NAME: str(url.port or 443)}
-            InClusterConfigLoader(SA_TOKEN, SA_CA, environ=env).load_and_set(cfg)
-        else:
-            cfg.host = f"{url.scheme}://{url.netloc}"
-    else:
-        InClusterConfigLoader(SA_TOKEN, SA_CA).load_and_set(cfg)
-    cfg.retries = False  # our backoff decides when to retry
-    return client.ApiClient(cfg)
-
-
 @dataclass(frozen=True)
 class _Resource:
     kind: Kind
     api_version: str
     list_fn: Callable[..., Any]  # the client's list_* function
     selectors: dict[str, str] = field(default_factory=dict)
-
-
-def _pin_host(cfg: Any, host: str) -> None:
-    """Set the server address, also across the loader's credential refresh
-    hook (which rewrites the whole configuration from the kubeconfig)."""
-    cfg.host = host
-    hook = cfg.refresh_api_key_hook
-    if hook is None:
-        return
-
-    def refresh(c: Any) -> None:
-        hook(c)  # reinstalls its own hook: put ours back in front
-        c.host = host
-        c.refresh_api_key_hook = refresh
-    cfg.refresh_api_key_hook = refresh
 
 
 def _resources(api_client: Any, node_name: str, label_selector: str) -> list[_Resource]:
@@ -267,8 +217,8 @@ class _Reflector:
         except Exception as e:
             if _gone_status(e):
                 raise Gone(f"HTTP 410: {getattr(e, 'reason', e)}") from e
-            if _too_large(e):
-                raise TooLarge(_status_message(e)) from e
+            if too_large(e):
+                raise TooLarge(status_message(e)) from e
             raise
         self._succeeded()
         return resp
@@ -302,7 +252,7 @@ class _Reflector:
         if src.stopping:
             return
         listed = meta.get("resourceVersion") or ""
-        if _older(listed, self.resource_version):
+        if older(listed, self.resource_version):
             log.warning("%s: the API server's resourceVersion went back from %s to %s (etcd "
                         "restored from a backup?): everything is replaced by its current "
                         "list", self.kind, self.resource_version, listed)
@@ -358,7 +308,7 @@ class _Reflector:
             msg = f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}"
             if obj.get("code") == 410:
                 raise Gone(msg)
-            if _too_large_status(obj):
+            if too_large_status(obj):
                 raise TooLarge(msg)
             raise RuntimeError(msg)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
@@ -383,75 +333,6 @@ class _Reflector:
         except Exception:
             with contextlib.suppress(Exception):
                 resp.close()
-
-
-def _status_body(exc: BaseException) -> dict:
-    try:
-        body = json.loads(getattr(exc, "body", None) or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _too_large_status(status: dict) -> bool:
-    """The Status the API server sends for a resourceVersion it does not
-    have yet (504 "Too large resource version", cause ResourceVersionTooLarge)."""
-    causes = (status.get("details") or {}).get("causes") or []
-    return (any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge"
-                for c in causes)
-            or "too large resource version" in str(status.get("message", "")).lower())
-
-
-def _too_large(exc: BaseException) -> bool:
-    return getattr(exc, "status", None) in (504, 500) and _too_large_status(_status_body(exc))
-
-
-def _status_message(exc: BaseException) -> str:
-    message = _status_body(exc).get("message") or getattr(exc, "reason", "")
-    return f"HTTP {getattr(exc, 'status', '?')}: {message}"
-
-
-def _older(rv: str, than: str) -> bool:
-    """Whether resourceVersion `rv` is below `than` (they are etcd revisions;
-    an opaque one is never called older)."""
-    try:
-        return bool(than) and int(rv) < int(than)
-    except ValueError:
-        return False
-
-
-def describe_error(exc: BaseException) -> str:
-    """One short line for a failed request: the HTTP status, or the innermost
-    cause of a connection failure (urllib3 nests them: MaxRetryError ->
-    SSLError -> SSLEOFError...), never a traceback or a multi-line body."""
-    status = getattr(exc, "status", None)
-    if status:
-        text = f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
-        message = _status_body(exc).get("message")
-        return _squeeze(f"{text}: {message}" if message else text)
-    inner: BaseException = exc
-    seen = set()
-    while id(inner) not in seen:
-        seen.add(id(inner))
-        nxt = getattr(inner, "reason", None)
-        if not isinstance(nxt, BaseException):
-            nxt = inner.__cause__ or inner.__context__
-        if not isinstance(nxt, BaseException):
-            break
-        inner = nxt
-    what = "API server unreachable" if inner is not exc or _is_connection(exc) else \
-        type(exc).__name__
-    detail = str(inner.args[-1] if isinstance(inner, OSError) and inner.args else inner)
-    return _squeeze(f"{what} ({type(inner).__name__}: {detail})")
-
-
-def _is_connection(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
-
-
-def _squeeze(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class KubeSource:

@@ -573,7 +573,7 @@ def test_in_cluster_config_is_used_without_kubeconfig(monkeypatch: pytest.Monkey
 
 @pytest.fixture
 def service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import pyagent.sources.kube as kube
+    import pyagent.sources.kube_client as kube
 
     (tmp_path / "token").write_text("sa-token")
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nx\n")
@@ -618,7 +618,7 @@ def test_master_overrides_a_kubeconfig_and_works(api: FakeKubeAPI, tmp_path: Pat
 
 def test_master_alone_without_service_account(monkeypatch: pytest.MonkeyPatch,
                                              tmp_path: Path) -> None:
-    import pyagent.sources.kube as kube
+    import pyagent.sources.kube_client as kube
 
     monkeypatch.setattr(kube, "SA_TOKEN", str(tmp_path / "missing"))
     client = make_api_client(None, "http://127.0.0.1:8080")
