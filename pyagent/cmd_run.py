@@ -157,9 +157,9 @@ def resolve_node(config: NodeConfig, args: argparse.Namespace, api_client: Any
                         config.node_name, f", {local[0]} first" if local else "")
         ips = tuple(dict.fromkeys(primary + local))
         changes["node_ips"] = ips
-        log.info("node IPs: %s (primary %s, from %s)", ", ".join(ips) or "none",
-                 ", ".join(primary) or "none",
-                 "the Node object and the local interfaces" if primary else "local interfaces")
+        log.info("node IPs: %s (%s)", ", ".join(ips) or "none",
+                 f"primary {', '.join(primary)} from the Node object, then the local addresses"
+                 if primary else "the local addresses; the first is the primary")
     if want_cidrs:
         cidrs = nodeinfo.pod_cidrs(node)
         if not cidrs:

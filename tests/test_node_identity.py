@@ -78,7 +78,7 @@ def test_node_ports_served_without_node_ip_or_interface(cluster: Cluster, mode: 
         # Both backends, the remote one too (masqueraded, eTP=Cluster).
         assert set(res.counts) == {p.name for p in cluster.pods}, res
         text = log.read_text()
-        assert f"primary {node.ip4}, {node.ip6}" in text, text
+        assert f"primary {node.ip4}, {node.ip6} from the Node object" in text, text
         assert "203.0.113.7" not in text.split("node IPs:")[1].split("\n")[0]
         if mode == "ebpf":
             assert "interface eth0 holds node IP" in text, text
