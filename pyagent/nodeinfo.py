@@ -199,10 +199,13 @@ class PodCIDRGuard:
             self.changed(f"Node {self.node_name}: podCIDRs changed from "
                          f"{', '.join(self.cidrs)} to {', '.join(now)}")
 
-    def replace(self, kind: str, objects: list[dict]) -> None:
+    def replace(self, kind: str, objects: list[dict], **kw: Any) -> None:
         for obj in objects:
             self._check(kind, obj)
-        self.sink.replace(kind, objects)
+        self.sink.replace(kind, objects, **kw)
+
+    def report(self, problems: Any) -> None:
+        self.sink.report(problems)
 
     def upsert(self, kind: str, obj: dict) -> None:
         self._check(kind, obj)

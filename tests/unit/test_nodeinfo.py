@@ -79,11 +79,24 @@ def test_pod_cidr_guard_calls_back_on_a_change() -> None:
     seen: list[str] = []
 
     class Sink:
-        def replace(self, *a: object) -> None: ...
-        def upsert(self, *a: object) -> None: ...
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def replace(self, *a: object, **kw: object) -> None:
+            self.calls.append(f"replace {sorted(kw)}")
+
+        def report(self, problems: object) -> None:
+            self.calls.append("report")
+
+        def upsert(self, *a: object) -> None:
+            self.calls.append("upsert")
+
         def delete(self, *a: object) -> None: ...
-    guard = nodeinfo.PodCIDRGuard(Sink(), "n", ("10.244.1.0/24",), seen.append)
-    guard.replace("Node", [node(podCIDRs=["10.244.1.0/24"])])
+    sink = Sink()
+    guard = nodeinfo.PodCIDRGuard(sink, "n", ("10.244.1.0/24",), seen.append)
+    guard.replace("Node", [node(podCIDRs=["10.244.1.0/24"])], refused={}, origins={})
+    guard.report([])
+    assert sink.calls == ["replace ['origins', 'refused']", "report"]  # passed on whole
     guard.upsert("Node", {**node(podCIDRs=["10.244.1.0/24"]), "metadata": {"name": "other"}})
     assert seen == []
     guard.upsert("Node", node(podCIDRs=["10.244.9.0/24"]))
