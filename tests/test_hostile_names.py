@@ -38,7 +38,8 @@ TESTS = Path(__file__).resolve().parent
 PREFIX = {"iptables": "PYAGENT-", "ipvs": "PYAIPVS-", "userspace": "PYAUSR-"}
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 IPTABLES_NFT_TABLES = {"nat", "filter", "mangle", "raw", "security"}
-TARGETS = {"DROP", "REJECT", "RETURN", "DNAT", "MARK", "MASQUERADE", "REDIRECT"}  # no ACCEPT
+# No ACCEPT, except the fixed rules of <prefix>FORWARD (kube-proxy's KUBE-FORWARD)
+TARGETS = {"DROP", "REJECT", "RETURN", "DNAT", "MARK", "MASQUERADE", "REDIRECT"}
 
 SCRIPT = """
 import json, socket, sys, time
@@ -161,7 +162,8 @@ def assert_only_ours(lab, mode: str) -> None:
         for flag in ("-j", "-g"):
             if flag in args:
                 target = args[args.index(flag) + 1]
-                assert target.startswith(prefix) or target in TARGETS, rule
+                assert (target.startswith(prefix) or target in TARGETS
+                        or (target == "ACCEPT" and chain == f"{prefix}FORWARD")), rule
         if "--to-destination" in args:
             assert re.fullmatch(r"10\.244\.0\.1[01]:8080",
                                 args[args.index("--to-destination") + 1]), rule
