@@ -49,6 +49,18 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
                         "default: the ones holding the node IPs; 'none': no TC programs)")
     p.add_argument("--pod-interface", action="append",
                    help="pod-side TC hook: the pod bridge or a pod's host veth (repeatable)")
+    p.add_argument("--bpf-lb-map-max", type=_map_max, metavar="N",
+                   help="entries of each eBPF map holding Service state "
+                   "(pyagent.bpfLbMapMax; default: the built-in sizes)")
+
+
+def _map_max(text: str) -> int:
+    from pyagent.config import lb_map_max
+
+    try:
+        return lb_map_max(int(text), "--bpf-lb-map-max")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def node_config(args: argparse.Namespace) -> NodeConfig:
@@ -77,6 +89,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     kubeconfig = getattr(args, "kubeconfig", None)
     if kubeconfig:
         changes["kubeconfig"] = kubeconfig
+    if getattr(args, "bpf_lb_map_max", None):
+        changes["bpf_lb_map_max"] = args.bpf_lb_map_max
     config = dataclasses.replace(config, **changes)
     if not config.node_name:
         config = dataclasses.replace(config, node_name=socket.gethostname().lower())

@@ -55,6 +55,9 @@ class NodeConfig:
     pod_interfaces: tuple[str, ...] = ()
     # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
     lb_algorithm: str = "random"
+    # entries of each eBPF map holding Service state (Cilium's bpf-lb-map-max);
+    # None: bpf_src/lb_types.h's defaults. See dataplanes/ebpf/capacity.py.
+    bpf_lb_map_max: int | None = None
     ipvs_scheduler: str = "rr"  # KubeProxyConfiguration ipvs.scheduler
     service_cidrs: tuple[str, ...] = ()
     localhost_node_ports: bool = False
@@ -158,9 +161,10 @@ LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "InterfaceNamePrefix", "BridgeInterfac
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
-    "parseLimits",
+    "parseLimits", "bpfLbMapMax",
     "k8sServiceHost", "k8sServicePort",
 })
+LB_MAP_MAX_RANGE = (1, 1 << 24)
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
@@ -285,6 +289,8 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
     if values.get("lb_algorithm", "random") not in LB_ALGORITHMS:
         raise ValueError(f"pyagent.lbAlgorithm: {values['lb_algorithm']!r} is not one of "
                          f"{', '.join(LB_ALGORITHMS)}")
+    if py.get("bpfLbMapMax") is not None:
+        values["bpf_lb_map_max"] = lb_map_max(py["bpfLbMapMax"], "pyagent.bpfLbMapMax")
     ipvs = _mapping(data, "ipvs")
     if ipvs.get("scheduler") not in (None, ""):
         values["ipvs_scheduler"] = _string_value(ipvs["scheduler"], "ipvs.scheduler")
@@ -395,6 +401,14 @@ def with_default_port(address: str, port: int) -> str:
     if parse_ip(host) is None:
         return address  # HOST:PORT already (or invalid: the server reports it)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def lb_map_max(value: object, key: str) -> int:
+    """A map size: an integer in LB_MAP_MAX_RANGE (entries per map)."""
+    low, high = LB_MAP_MAX_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key}: expected an integer from {low} to {high}, got {value!r}")
+    return value
 
 
 def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -64,6 +64,9 @@ class ServicePort:
     service_type: str = "ClusterIP"
     traffic_distribution: str | None = None
     lb_algorithm: str | None = None  # annotation pyagent.io/lb-algorithm
+    # metadata.creationTimestamp (epoch seconds; None when absent): when the
+    # eBPF maps are full, older Services are programmed first
+    created: float | None = None
 
     @property
     def key(self) -> ServicePortKey:

@@ -11,6 +11,7 @@ them anyway.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -265,6 +266,7 @@ def parse_service(obj: Mapping[str, Any], *, honour_ip_mode: bool = True) -> Par
     algorithm = _str(annotations.get(LB_ALGORITHM_ANNOTATION),
                      f"metadata.annotations[{LB_ALGORITHM_ANNOTATION}]") or None
     distribution = _str(spec.get("trafficDistribution"), "spec.trafficDistribution") or None
+    created = creation_time(_dict(obj.get("metadata"), "metadata").get("creationTimestamp"))
 
     out = []
     for cluster_ip in cluster_ips:
@@ -283,8 +285,27 @@ def parse_service(obj: Mapping[str, Any], *, honour_ip_mode: bool = True) -> Par
                 service_type=svc_type or "ClusterIP",
                 traffic_distribution=distribution,
                 lb_algorithm=algorithm,
+                created=created,
             ))
     return ParsedService(key, tuple(out))
+
+
+def creation_time(value: object) -> float | None:
+    """metadata.creationTimestamp as epoch seconds: RFC 3339 text (what the
+    API server sends) or a YAML timestamp; None when absent or unreadable
+    (it only orders Services when maps are full, never rejects one)."""
+    if isinstance(value, dt.datetime):
+        stamp = value
+    elif isinstance(value, str) and value:
+        try:
+            stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
 
 
 def _of_family(values: list, family: int) -> tuple[str, ...]:

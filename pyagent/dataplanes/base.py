@@ -17,6 +17,19 @@ from pyagent.state import ServicePortState
 SyncStatus = dict[ServiceKey, str | None]
 
 
+class Refusal(str):
+    """A SyncStatus message that also says why, for metrics and `pyagent
+    status`: `reason` (e.g. "map_full") and the map concerned, if any."""
+
+    reason: str
+    map: str
+
+    def __new__(cls, message: str, reason: str, map: str = "") -> Refusal:  # noqa: A002
+        self = super().__new__(cls, message)
+        self.reason, self.map = reason, map
+        return self
+
+
 class Dataplane(Protocol):
     name: str
 

@@ -17,7 +17,7 @@ from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
 from pyagent.dataplanes.ebpf import programs
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
-from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries
+from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
@@ -26,6 +26,20 @@ from pyagent.model import ServiceKey, join_host_port
 from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
+
+
+def age_order(states: Mapping[ServiceKey, tuple[ServicePortState, ...]]):
+    """Sort key of Services for the reconciler: oldest creationTimestamp first
+    (unknown ones after every known one), then namespace/name. When capacity
+    runs out, Services earlier in this order are programmed first."""
+    created: dict[ServiceKey, float] = {}
+    for svc, ports in states.items():
+        stamp = ports[0].service.created if ports else None
+        created[svc] = float("inf") if stamp is None else stamp
+
+    def key(svc: ServiceKey) -> tuple[float, ServiceKey]:
+        return (created.get(svc, float("-inf")), svc)  # deletions first: nothing to check
+    return key
 
 
 class EbpfDataplane:
@@ -47,20 +61,25 @@ class EbpfDataplane:
         """Load (reusing pinned maps) and adopt. The programs are attached at
         the first full sync, once the maps hold the desired state: after a
         layout upgrade (new, empty maps) no connection ever sees them empty."""
-        self.lb = programs.load_out_of_process(self.bpffs)
-        self._adopt()
-        self.stats = Stats(self.lb.maps, self)
-        self._attached = False
+        caps = programs.Capacities.for_lb_map_max(self.config.bpf_lb_map_max)
+        self.lb = programs.load_out_of_process(self.bpffs, caps)
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc
 
             ips = self.config.node_ips
             self.tc = tc.setup(self.bpffs, self.config.interfaces, self.config.pod_interfaces,
                                snat_ip4=next((ip for ip in ips if ":" not in ip), None),
-                               snat_ip6=next((ip for ip in ips if ":" in ip), None))
+                               snat_ip6=next((ip for ip in ips if ":" in ip), None),
+                               capacities=caps,
+                               tc_capacities=tc.TcCapacities.for_lb_map_max(
+                                   self.config.bpf_lb_map_max))
             log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
                      ",".join(self.config.pod_interfaces) or "-")
-        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None)
+        self._adopt()
+        self.stats = Stats(self.lb.maps, self)
+        self._attached = False
+        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
+                                      cgroup=self.cgroup)
 
     def _attach(self) -> None:
         assert self.lb is not None
@@ -74,11 +93,14 @@ class EbpfDataplane:
 
     def _adopt(self) -> None:
         assert self.lb is not None
+        tc_maps = self.tc.maps if self.tc is not None else None
         state = decode(read_entries(self.lb.maps))
+        if tc_maps is not None:
+            state = with_tc_state(state, tc_maps)
         if state.frontends:
             log.info("adopted %d frontends and %d backends from pinned maps",
                      len(state.frontends), len(state.backend_ids))
-        self.reconciler = Reconciler(KernelWriter(self.lb.maps), state)
+        self.reconciler = Reconciler(KernelWriter(self.lb.maps, tc_maps), state)
 
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
@@ -97,7 +119,8 @@ class EbpfDataplane:
             for svc in set(self.reconciler.by_service) - set(changes):
                 changes[svc] = []
         try:
-            status = self.reconciler.apply(changes, prune_unowned=full)
+            status = self.reconciler.apply(changes, prune_unowned=full,
+                                           order=age_order(states))
         except Exception:
             # The maps are consistent (make-before-break) but our bookkeeping
             # may not match them: rebuild it from the kernel before retrying.
@@ -106,8 +129,13 @@ class EbpfDataplane:
         if self.janitor is not None:
             self.janitor.removed(self.reconciler.last_released)
         if self.tc is not None:
-            self._sync_source_ranges(changes, full)
-            self._sync_maglev(changes, full)
+            # What the TC path needs of the Services as programmed (a refused
+            # Service keeps its last good state here too).
+            programmed = {svc: self.reconciler.frontends_of(svc) for svc in changes}
+            self._sync_source_ranges(programmed, full)
+            self._sync_maglev(programmed, full)
+            if full:
+                self.reconciler.recount_tc()
         if full and not self._attached:
             self._attach()
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
@@ -115,22 +143,25 @@ class EbpfDataplane:
                 len(changes), self.reconciler.last_ops)
         return status
 
-    def _sync_source_ranges(self, changes: Mapping[ServiceKey, list[Frontend]],
+    def _sync_source_ranges(self, programmed: Mapping[ServiceKey, list[Frontend]],
                             full: bool) -> None:
         """loadBalancerSourceRanges of the frontends just written (after their
-        master entries: until then a new LB frontend denies every source)."""
+        master entries: until then a new LB frontend denies every source);
+        service ids given up by this sync lose theirs."""
         from pyagent.dataplanes.ebpf import tc
 
         assert self.reconciler is not None and self.tc is not None
-        desired = {}
-        for fes in changes.values():
+        desired: dict[int, tuple[str, ...]] = {
+            rev_id: () for rev_id in self.reconciler.last_freed_revs}
+        for fes in programmed.values():
             for fe in fes:
                 rev_id = self.reconciler.rev_id(fe)
-                if fe.source_ranges and rev_id is not None:
-                    desired[rev_id] = fe.source_ranges
+                if rev_id is not None and (fe.source_ranges or rev_id not in desired):
+                    desired[rev_id] = desired.get(rev_id, ()) + fe.source_ranges
         tc.sync_source_ranges(self.tc.maps, desired, prune=full)
 
-    def _sync_maglev(self, changes: Mapping[ServiceKey, list[Frontend]], full: bool) -> None:
+    def _sync_maglev(self, programmed: Mapping[ServiceKey, list[Frontend]],
+                     full: bool) -> None:
         """Maglev tables of the EXTERNAL frontends just written (TC path only);
         a Service that stopped using Maglev, or went, loses its tables."""
         from pyagent.dataplanes.ebpf import layout as L
@@ -139,7 +170,7 @@ class EbpfDataplane:
         assert self.reconciler is not None and self.tc is not None
         r = self.reconciler
         tables: dict[int, list[tuple[int, str]]] = {}
-        for svc, fes in changes.items():
+        for svc, fes in programmed.items():
             revs = set()
             for fe in fes:
                 rev_id = r.rev_id(fe)
@@ -154,6 +185,8 @@ class EbpfDataplane:
                 self._maglev_revs[svc] = revs
             else:
                 self._maglev_revs.pop(svc, None)
+        for rev_id in r.last_freed_revs:  # e.g. adopted frontends pruned
+            tables.setdefault(rev_id, [])
         if tables or full:
             maglev.sync_tables(self.tc.maps, tables, prune=full)
 

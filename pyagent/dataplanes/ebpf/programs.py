@@ -176,16 +176,36 @@ class Capacities:
     stats: int = layout.STATS_MAP_MAX
     backend_stats: int = layout.BACKEND_STATS_MAX
 
+    @classmethod
+    def for_lb_map_max(cls, n: int | None) -> Capacities:
+        """The sizes `pyagent.bpfLbMapMax` / --bpf-lb-map-max gives (None: the
+        header's defaults). It sizes every map that holds Service state; the
+        per-socket LRU maps (socket rev-NAT, affinity) keep theirs. rev-NAT
+        ids are 16-bit, so the maps they index stop at 65536 entries."""
+        if n is None:
+            return cls()
+        ids = min(n, 0xFFFF)
+        return cls(services=n, backends=n, revnat=min(n, 0x10000), stats=ids + 1,
+                   backend_stats=min(n, layout.BACKEND_STATS_MAX))
+
     def defines(self) -> dict[str, int]:
-        return {
-            "LB_SERVICE_MAP_MAX": self.services,
-            "LB_BACKEND_MAP_MAX": self.backends,
-            "LB_REVNAT_MAP_MAX": self.revnat,
-            "LB_SOCK_REVNAT_MAP_MAX": self.sock_revnat,
-            "LB_AFFINITY_MAP_MAX": self.affinity,
-            "LB_STATS_MAP_MAX": self.stats,
-            "LB_BACKEND_STATS_MAX": self.backend_stats,
-        }
+        return {define: getattr(self, name) for name, define in CAPACITY_DEFINES.items()}
+
+    @classmethod
+    def from_defines(cls, values: dict[str, int]) -> Capacities:
+        by_define = {d: n for n, d in CAPACITY_DEFINES.items()}
+        return cls(**{by_define[d]: v for d, v in values.items()})
+
+
+CAPACITY_DEFINES = {  # Capacities field -> the -D define of lb_types.h
+    "services": "LB_SERVICE_MAP_MAX",
+    "backends": "LB_BACKEND_MAP_MAX",
+    "revnat": "LB_REVNAT_MAP_MAX",
+    "sock_revnat": "LB_SOCK_REVNAT_MAP_MAX",
+    "affinity": "LB_AFFINITY_MAP_MAX",
+    "stats": "LB_STATS_MAP_MAX",
+    "backend_stats": "LB_BACKEND_STATS_MAX",
+}
 
 
 @dataclass
@@ -253,10 +273,11 @@ def source_text(capacities: Capacities | None = None) -> str:
 
 
 def incompatible_pins(bpffs: str, specs: dict[str, layout.MapSpec] | None = None,
-                      ) -> list[tuple[str, str]]:
+                      sizes: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Current-version pins (of `specs`, default the LB maps) whose type or
-    key/value sizes differ from the layout (BCC would reuse them blindly):
-    [(path, why)]."""
+    key/value sizes differ from the layout (BCC would reuse them blindly), or
+    whose max_entries differ from `sizes` (capacity -D defines, e.g.
+    Capacities().defines()): [(path, why)]."""
     out = []
     for spec in (specs if specs is not None else layout.MAPS).values():
         path = spec.pin_path(bpffs)
@@ -269,14 +290,19 @@ def incompatible_pins(bpffs: str, specs: dict[str, layout.MapSpec] | None = None
             os.close(fd)
         want = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
         have = (info.type, info.key_size, info.value_size)
+        size = (sizes or {}).get(spec.capacity_define)
         if have != want:
             out.append((path, f"(type, key, value) = {have}, layout wants {want}"))
+        elif size is not None and info.max_entries != size:
+            # another size is another layout: BCC would reuse the pin as it is
+            out.append((path, f"max_entries {info.max_entries}, configured {size}"))
     return out
 
 
-def check_pinned_maps(bpffs: str, specs: dict[str, layout.MapSpec] | None = None) -> None:
+def check_pinned_maps(bpffs: str, specs: dict[str, layout.MapSpec] | None = None,
+                      sizes: dict[str, Any] | None = None) -> None:
     """Refuse incompatible pinned maps (see incompatible_pins)."""
-    for path, why in incompatible_pins(bpffs, specs):
+    for path, why in incompatible_pins(bpffs, specs, sizes):
         raise RuntimeError(f"pinned map {path} has {why}; "
                            "remove it (pyagent cleanup) or bump LB_LAYOUT_VERSION")
 
@@ -317,7 +343,7 @@ def load(bpffs: str, capacities: Capacities | None = None,
     variant = variant or kernel_variant()
     fs.ensure(bpffs)
     os.makedirs(maps_dir(bpffs), exist_ok=True)
-    check_pinned_maps(bpffs)
+    check_pinned_maps(bpffs, sizes=(capacities or Capacities()).defines())
     b = compiler.compile_file(SOURCE, [BPF_SRC_DIR], defines(bpffs, capacities, variant))
     try:
         prog_fds = {
@@ -340,12 +366,14 @@ def pin_programs(lb: SockLB, bpffs: str) -> None:
         fs.pin(lb.prog_fds[h.func], path)
 
 
-def load_out_of_process(bpffs: str) -> SockLB:
+def load_out_of_process(bpffs: str, capacities: Capacities | None = None) -> SockLB:
     """Compile and load in a child process that pins the programs, then open
     the pins here: BCC and LLVM (about 140 MB of RSS) never enter the agent,
     and a compiler crash cannot take the agent down."""
     fs.ensure(bpffs)
-    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs],
+    sizes = [f"--size={name}={value}" for name, value in
+             (capacities or Capacities()).defines().items()]
+    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs, *sizes],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"loading the socket LB failed:\n{res.stderr.strip()}")
@@ -461,13 +489,19 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--bpffs", required=True)
-    bpffs = ap.parse_args().bpffs
-    # An incompatible map under the current name is replaced deliberately and
-    # loudly; its entries are rewritten by the next full sync.
-    for path, why in incompatible_pins(bpffs) if os.path.isdir(maps_dir(bpffs)) else []:
+    ap.add_argument("--size", action="append", default=[], metavar="DEFINE=N",
+                    help="a capacity -D define (Capacities field), e.g. LB_SERVICE_MAP_MAX=1024")
+    args = ap.parse_args()
+    bpffs = args.bpffs
+    caps = Capacities.from_defines({d: int(v) for d, v in
+                                    (item.split("=", 1) for item in args.size)})
+    # An incompatible map under the current name (another layout or size) is
+    # replaced deliberately and loudly; the next full sync rewrites its entries.
+    for path, why in (incompatible_pins(bpffs, sizes=caps.defines())
+                      if os.path.isdir(maps_dir(bpffs)) else []):
         print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
         fs.unpin(path)
-    lb = load(bpffs)
+    lb = load(bpffs, caps)
     try:
         pin_programs(lb, bpffs)
     finally:

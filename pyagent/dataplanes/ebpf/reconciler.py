@@ -2,34 +2,65 @@
 
 It owns the bookkeeping the maps need: stable service (rev-NAT) ids and
 reference-counted backend ids, which frontend belongs to which Service, and
-how full each map is. Every sync is executed in phases so that no lookup in
-the kernel can ever see a slot pointing at a missing backend or a master
-entry counting a slot that does not exist yet (make-before-break):
+how full each map and id space is (capacity.Ledger). Every sync is executed
+in phases so that no lookup in the kernel can ever see a slot pointing at a
+missing backend or a master entry counting a slot that does not exist yet
+(make-before-break):
 
   1 new backends, 2 new rev-NAT entries, 3 slots, 4 master entries
   (writes and deletes), 5 surplus slots, 6 freed rev-NAT ids, 7 freed backends.
 
-Capacity is checked per Service before anything is written, so a Service the
-maps cannot hold is refused with a clear error and keeps its last good state,
-and the others are applied.
+Capacity is all-or-nothing per Service: everything a Service needs (map
+entries, slots, ids, affinity membership, Maglev tables, source ranges) is
+counted and checked before any of it is planned, so a Service the maps
+cannot hold is refused with an error naming the map, keeps its last good
+state, and none of its new entries is written.
+
+Who wins when capacity runs out: Services are planned in the order the
+caller gives (the dataplane: oldest creationTimestamp first, then
+namespace/name), and what is programmed is never taken away to make room,
+so a newer Service never evicts an older one. Entries freed by a sync count
+as free once their deletes ran; Services refused for room are then tried
+once more in the same apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from pyagent.dataplanes.base import Refusal
 from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.ebpf.capacity import (
+    AFFMATCH,
+    BACKEND_IDS,
+    BACKENDS,
+    FRONTEND_CONFLICT,
+    MAGLEV,
+    MAP_FULL,
+    MAX_BACKEND_ID,
+    MAX_REV_ID,
+    REV_IDS,
+    REVNAT,
+    SERVICES,
+    SRCRANGE,
+    TOO_MANY_BACKENDS,
+    CapacityError,
+    Ledger,
+    Resource,
+)
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
 
+__all__ = ["AFFMATCH", "BACKENDS", "REVNAT", "SERVICES", "MAX_REV_ID", "MAX_BACKEND_ID",
+           "CapacityError", "KernelState", "Op", "Reconciler"]
+
 ServiceKey = tuple[str, str]
-# Logical map names; the writer picks the v4 or v6 map from the address.
-SERVICES, BACKENDS, REVNAT = "services", "backends", "revnat"
-AFFMATCH = "affmatch"  # family-less (0): backend id, rev-NAT id, scope -> 1
 NPHASES = 7
-MAX_REV_ID = 0xFFFF
-MAX_BACKEND_ID = 0xFFFFFFFF
+TC_KINDS = (MAGLEV, SRCRANGE)  # written by the dataplane after apply(), not in phases
+LB_KINDS = (SERVICES, BACKENDS, REVNAT, AFFMATCH, REV_IDS, BACKEND_IDS)
 
 
 def family(ip: str) -> int:
@@ -39,7 +70,7 @@ def family(ip: str) -> int:
 class Op(NamedTuple):
     """One map write (value) or delete (value None). A tuple: a full sync makes 200k."""
 
-    map: str  # SERVICES | BACKENDS | REVNAT
+    map: str  # SERVICES | BACKENDS | REVNAT | AFFMATCH
     family: int
     key: tuple
     value: tuple | None  # None: delete
@@ -61,6 +92,8 @@ class KernelState:
     frontends: dict[tuple, tuple[Frontend, int]] = field(default_factory=dict)
     backend_ids: dict[tuple[str, int, int], int] = field(default_factory=dict)
     stray: list[Op] = field(default_factory=list)  # deletes for orphaned entries
+    # entries of the TC-path maps (Maglev tables, source ranges), by resource
+    tc_used: dict[Resource, int] = field(default_factory=dict)
 
 
 def master_value(fe: Frontend, rev_id: int) -> tuple:
@@ -74,13 +107,29 @@ def backend_value(b: Backend) -> tuple:
     return (b.ip, b.port, b.proto, L.BackendState.ACTIVE, L.BACKEND_F_LOCAL if b.local else 0, 0)
 
 
-class CapacityError(Exception):
-    pass
+def maglev_tables(fe: Frontend | None) -> int:
+    """Maglev tables a frontend needs (TC path: external scope, with backends)."""
+    return int(fe is not None and fe.scope == L.SCOPE_EXTERNAL
+               and fe.algorithm == L.Algorithm.MAGLEV and bool(fe.backends))
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(cidr: str) -> tuple[int, str]:
+    net = ipaddress.ip_network(cidr.strip(), strict=False)
+    return net.version, str(net)
+
+
+def source_ranges(fe: Frontend | None) -> frozenset[tuple[int, str]]:
+    """The source-range trie entries of a frontend, as (family, network)."""
+    if fe is None or not fe.source_ranges:
+        return frozenset()
+    return frozenset(_network(c) for c in fe.source_ranges)
 
 
 class Reconciler:
     def __init__(self, writer: MapWriter, adopted: KernelState | None = None) -> None:
         self.writer = writer
+        self.ledger = Ledger(writer.capacity())
         self.kernel: dict[tuple, Frontend] = {}
         self.owner: dict[tuple, ServiceKey | None] = {}
         self.by_service: dict[ServiceKey, set[tuple]] = {}
@@ -89,54 +138,70 @@ class Reconciler:
         self.backend_ids: dict[tuple[str, int, int], int] = {}
         self.backend_refs: dict[int, int] = {}
         self.backends: dict[int, Backend] = {}
-        self.used: dict[tuple[str, int], int] = {}
         self._next_rev, self._next_backend = 1, 1
-        self._free_rev: list[int] = []
+        self._free_rev: list[int] = []  # a stack: pop() gives the lowest first after adopt
         self._free_backend: list[int] = []
         self._freed_rev: list[int] = []
         self.last_ops = 0  # map writes and deletes of the last apply()
         self.last_released: list[Backend] = []  # backends the last apply() removed
+        self.last_freed_revs: list[int] = []  # rev-NAT ids the last apply() gave up
+        self.refused: dict[ServiceKey, CapacityError] = {}  # Services refused now
         self._unused: set[int] = set()  # backend ids whose count fell to zero
         self._stray: list[Op] = []
+        self._reserved_rev: set[int] = set()  # ids of stray entries, free once deleted
+        self._reserved_backend: set[int] = set()
         if adopted:
             self._adopt(adopted)
 
+    @property
+    def used(self) -> dict[Resource, int]:
+        return self.ledger.used
+
     # -- adoption of what a previous agent left in the pinned maps ----------
     def _adopt(self, st: KernelState) -> None:
+        led = self.ledger
         for key, (fe, rev_id) in st.frontends.items():
             self.kernel[key] = fe
             self.owner[key] = None  # claimed by the first Service that wants it
             self.rev_ids.setdefault(fe.addr, rev_id)
             self.rev_refs[rev_id] = self.rev_refs.get(rev_id, 0) + 1
-            self._count(SERVICES, fe.ip, 1 + len(fe.slots))
+            led.add((SERVICES, family(fe.ip)), 1 + len(fe.slots))
         for bkey, bid in st.backend_ids.items():
             self.backend_ids[bkey] = bid
             self.backend_refs.setdefault(bid, 0)
             self.backends[bid] = Backend(*bkey)
-            self._count(BACKENDS, bkey[0], 1)
+            led.add((BACKENDS, family(bkey[0])))
         for fe in self.kernel.values():
             for b in fe.slots:
                 self.backend_refs[self.backend_ids[b.key]] += 1
+            led.add((AFFMATCH, 0), len(self._affinity_entries(fe)))
         for addr in self.rev_ids:
-            self._count(REVNAT, addr[0], 1)
-        for fe in self.kernel.values():
-            self._count(AFFMATCH, "", len(self._affinity_entries(fe)))
-        self._next_rev = max(self.rev_refs, default=0) + 1
-        self._next_backend = max(self.backend_refs, default=0) + 1
+            led.add((REVNAT, family(addr[0])))
+        # Stray entries stay in the maps until the first full sync deletes
+        # them: they take room, and their ids must not be handed out before.
+        for op in st.stray:
+            led.add((op.map, op.family))
+            if op.map == REVNAT and op.key[0] not in self.rev_refs:
+                self._reserved_rev.add(op.key[0])
+            elif op.map == BACKENDS and op.key[0] not in self.backend_refs:
+                self._reserved_backend.add(op.key[0])
+        for res, n in st.tc_used.items():
+            led.add(res, n)
+        self._next_rev, self._free_rev = _id_space(set(self.rev_refs) | self._reserved_rev)
+        self._next_backend, self._free_backend = _id_space(
+            set(self.backend_refs) | self._reserved_backend)
+        led.add((REV_IDS, 0), len(set(self.rev_refs) | self._reserved_rev))
+        led.add((BACKEND_IDS, 0), len(set(self.backend_refs) | self._reserved_backend))
         self._unused = {i for i, n in self.backend_refs.items() if n == 0}  # orphans go
         self._stray = list(st.stray)
 
     # -- bookkeeping --------------------------------------------------------
-    def _count(self, m: str, ip: str, n: int) -> None:
-        k = (m, family(ip))
-        self.used[k] = self.used.get(k, 0) + n
-
     def _alloc(self, free: list[int], nxt: str, limit: int) -> int:
         if free:
             return free.pop()
         val = getattr(self, nxt)
-        if val > limit:
-            raise CapacityError("id space exhausted")
+        if val > limit:  # the capacity check counts ids: this is a bug
+            raise RuntimeError(f"no id left below {limit} after a passed capacity check")
         setattr(self, nxt, val + 1)
         return val
 
@@ -146,32 +211,79 @@ class Reconciler:
     def rev_id(self, fe: Frontend) -> int | None:
         return self.rev_ids.get(fe.addr)
 
+    def pressure(self) -> dict[str, float]:
+        return self.ledger.pressure()
+
     # -- the sync -----------------------------------------------------------
     def apply(self, changes: Mapping[ServiceKey, Iterable[Frontend]],
-              prune_unowned: bool = False) -> dict[ServiceKey, str | None]:
+              prune_unowned: bool = False,
+              order: Callable[[ServiceKey], Any] | None = None) -> dict[ServiceKey, str | None]:
         """Make the maps hold `changes` (the complete frontend list of each
-        Service named; an empty list removes it). With `prune_unowned`, also
-        remove frontends no Service claims (after a full initial sync).
-        Returns per Service None (ok) or why it was refused."""
-        phases: list[list[Op]] = [[] for _ in range(NPHASES)]
-        status: dict[ServiceKey, str | None] = {}
-        for svc in sorted(changes):
-            try:
-                self._plan_service(svc, list(changes[svc]), phases)
-                status[svc] = None
-            except CapacityError as exc:
-                status[svc] = str(exc)
+        Service named; an empty list removes it), planning Services in
+        `order` (a sort key; default namespace/name). With `prune_unowned`
+        (a full sync: `changes` names every Service), Services not named and
+        frontends no Service claims (adopted ones) are removed.
+        Returns per Service None (ok) or why it was refused (a Refusal)."""
+        # The dataplane wrote the TC-path maps of the previous apply by now.
+        self.ledger.settle(TC_KINDS)
         if prune_unowned:
-            for key in [k for k, o in self.owner.items() if o is None]:
-                self._remove_frontend(key, phases)
-            phases[4].extend(op for op in self._stray if op.map == SERVICES)
-            phases[5].extend(op for op in self._stray if op.map == REVNAT)
-            phases[6].extend(op for op in self._stray if op.map == BACKENDS)
-            self._stray = []
-        self._release(phases)
-        self.last_ops = sum(len(p) for p in phases)
-        self.writer.run([p for p in phases if p])
+            changes = {**{svc: () for svc in self.by_service}, **changes}
+        names = sorted(changes, key=order) if order else sorted(changes)
+        status: dict[ServiceKey, str | None] = {}
+        self.last_ops = 0
+        self.last_released, self.last_freed_revs = [], []
+        wanted = {svc: list(changes[svc]) for svc in names}
+        retry, freed = self._round(names, wanted, status, prune_unowned)
+        if retry and freed:
+            self._round(retry, wanted, status, False)
         return status
+
+    def _round(self, names: list[ServiceKey], wanted: Mapping[ServiceKey, list[Frontend]],
+               status: dict[ServiceKey, str | None],
+               prune_unowned: bool) -> tuple[list[ServiceKey], bool]:
+        phases: list[list[Op]] = [[] for _ in range(NPHASES)]
+        retry: list[ServiceKey] = []
+        for svc in names:
+            try:
+                self._plan_service(svc, wanted[svc], phases)
+                status[svc] = None
+                self.refused.pop(svc, None)
+            except CapacityError as exc:
+                status[svc] = Refusal(str(exc), exc.reason, exc.map)
+                self.refused[svc] = exc
+                if exc.reason == MAP_FULL:
+                    retry.append(svc)
+        if prune_unowned:
+            self._prune(phases)
+        self._release(phases)
+        self.last_ops += sum(len(p) for p in phases)
+        self.writer.run([p for p in phases if p])
+        return retry, self.ledger.settle(LB_KINDS)
+
+    def _prune(self, phases: list[list[Op]]) -> None:
+        """Frontends no Service holds (adopted and unclaimed, or any whose
+        bookkeeping lost its Service) and stray entries go."""
+        for key in [k for k, o in self.owner.items()
+                    if o is None or k not in self.by_service.get(o, ())]:
+            self._remove_frontend(key, phases)
+        where = {SERVICES: 4, AFFMATCH: 5, REVNAT: 5, BACKENDS: 6}
+        # A stray key this sync writes anew (a slot a killed agent wrote
+        # before its master) is overwritten, not deleted.
+        written = {(op.map, op.family, op.key) for phase in phases for op in phase
+                   if op.value is not None} if self._stray else set()
+        for op in self._stray:
+            if (op.map, op.family, op.key) not in written:
+                phases[where[op.map]].append(op)
+            self.ledger.release((op.map, op.family))
+            if op.map == REVNAT and op.key[0] in self._reserved_rev:
+                self._reserved_rev.discard(op.key[0])
+                self._freed_rev.append(op.key[0])
+                self.ledger.release((REV_IDS, 0))
+            elif op.map == BACKENDS and op.key[0] in self._reserved_backend:
+                self._reserved_backend.discard(op.key[0])
+                self._free_backend.append(op.key[0])
+                self.ledger.release((BACKEND_IDS, 0))
+        self._stray = []
 
     def _plan_service(self, svc: ServiceKey, wanted: list[Frontend],
                       phases: list[list[Op]]) -> None:
@@ -181,12 +293,17 @@ class Reconciler:
             if fe.key in new or (holder is not None and holder != svc):
                 raise CapacityError(
                     f"frontend {fe.ip}:{fe.port}/{fe.proto} is already used by "
-                    f"{'/'.join(holder or svc)}")
+                    f"{'/'.join(holder or svc)}", FRONTEND_CONFLICT)
             if len(fe.slots) > L.MAX_SLOTS:
-                raise CapacityError(f"{len(fe.slots)} backends exceed {L.MAX_SLOTS}")
+                raise CapacityError(
+                    f"frontend {fe.ip}:{fe.port} has {len(fe.slots)} backends, more than "
+                    f"the {L.MAX_SLOTS} slots of a services-map entry (16-bit slot numbers)",
+                    TOO_MANY_BACKENDS)
             new[fe.key] = fe
         old_keys = self.by_service.get(svc, set())
-        self._check_capacity(old_keys, new)
+        need, id_family = self._needs(old_keys, new)
+        self.ledger.check(need, id_family)
+        # From here on nothing can fail: the whole Service is planned.
         for key in old_keys - new.keys():
             self._remove_frontend(key, phases)
         for key, fe in new.items():
@@ -197,49 +314,82 @@ class Reconciler:
         else:
             self.by_service.pop(svc, None)
 
-    def _check_capacity(self, old_keys: set[tuple], new: dict[tuple, Frontend]) -> None:
-        need: dict[tuple[str, int], int] = {}
+    def _needs(self, old_keys: set[tuple],
+               new: dict[tuple, Frontend]) -> tuple[dict[Resource, int], int]:
+        """What planning `new` in place of `old_keys` adds to each resource:
+        exactly what _put_frontend will count (releases do not help, the
+        entries they free are deleted after the new ones are written)."""
+        need: dict[Resource, int] = {}
+
+        def add(res: Resource, n: int) -> None:
+            if n > 0:
+                need[res] = need.get(res, 0) + n
+
+        drop: dict[tuple, int] = {}  # addr -> frontends of it this Service removes
+        for key in old_keys - new.keys():
+            addr = self.kernel[key].addr
+            drop[addr] = drop.get(addr, 0) + 1
+        new_addrs: set[tuple] = set()
         new_backends: set[tuple[str, int, int]] = set()
+        id_family = 0
         ids = self.backend_ids
         for key, fe in new.items():
             fam = family(fe.ip)
             old = self.kernel.get(key)
+            for rfam, _ in source_ranges(fe) - source_ranges(old):
+                add((SRCRANGE, rfam), 1)
+            if old is not None and old.kernel_view() == fe.kernel_view():
+                continue
+            add((MAGLEV, 0), maglev_tables(fe) - maglev_tables(old))
+            rev_id = self.rev_ids.get(fe.addr)
+            if old is None:
+                add((SERVICES, fam), 1 + len(fe.slots))
+                fresh = rev_id is None or self.rev_refs[rev_id] == drop.get(fe.addr, 0)
+                if fresh and fe.addr not in new_addrs:
+                    new_addrs.add(fe.addr)
+                    add((REVNAT, fam), 1)
+                    add((REV_IDS, 0), 1)
+                    id_family = id_family or fam
+                    rev_id = None
+            else:
+                add((SERVICES, fam), len(fe.slots) - len(old.slots))
+            for b in fe.slots:
+                if b.key not in ids:
+                    new_backends.add(b.key)
             if fe.flags & L.ServiceFlag.AFFINITY:
-                need[(AFFMATCH, 0)] = need.get((AFFMATCH, 0), 0) + len(fe.backends)
-            k = (SERVICES, fam)
-            need[k] = need.get(k, 0) + len(fe.slots) + 1 - (1 + len(old.slots) if old else 0)
-            if fe.addr not in self.rev_ids:
-                need[(REVNAT, fam)] = need.get((REVNAT, fam), 0) + 1
-            new_backends.update(b.key for b in fe.slots if b.key not in ids)
+                old_match = self._affinity_entries(old) if old is not None else set()
+                members = {b.key for b in fe.backends
+                           if rev_id is None or (ids.get(b.key), rev_id, fe.scope) not in old_match}
+                add((AFFMATCH, 0), len(members))
         for bkey in new_backends:
-            k = (BACKENDS, family(bkey[0]))
-            need[k] = need.get(k, 0) + 1
-        for key in old_keys - new.keys():
-            k = (SERVICES, family(key[0]))
-            need[k] = need.get(k, 0) - (1 + len(self.kernel[key].slots))
-        cap = self.writer.capacity()
-        for k, n in need.items():
-            if n > 0 and self.used.get(k, 0) + n > cap.get(k, 0):
-                raise CapacityError(
-                    f"map {k[0]} (IPv{k[1]}) is full: needs {n} more entries, "
-                    f"{cap.get(k, 0) - self.used.get(k, 0)} free of {cap.get(k, 0)}")
+            add((BACKENDS, family(bkey[0])), 1)
+            add((BACKEND_IDS, 0), 1)
+        return need, id_family or 4
 
     def _put_frontend(self, fe: Frontend, phases: list[list[Op]]) -> None:
+        led = self.ledger
         old = self.kernel.get(fe.key)
+        self._count_ranges(old, fe)
         if old is not None and old.kernel_view() == fe.kernel_view():
-            self.kernel[fe.key] = fe  # only the name may differ
+            self.kernel[fe.key] = fe  # only the name or the source ranges may differ
             return
         fam = family(fe.ip)
         rev_id = self.rev_ids.get(fe.addr)
         old_match = self._affinity_entries(old) if old else set()
         if rev_id is None:
-            rev_id = self._alloc(self._free_rev, "_next_rev", MAX_REV_ID)
+            rev_id = self._alloc(self._free_rev, "_next_rev", led.limits[(REV_IDS, 0)])
             self.rev_ids[fe.addr] = rev_id
             self.rev_refs[rev_id] = 0
             phases[1].append(Op(REVNAT, fam, (rev_id,), (fe.ip, fe.port)))
-            self._count(REVNAT, fe.ip, 1)
+            led.add((REVNAT, fam))
+            led.add((REV_IDS, 0))
         if old is None:
             self.rev_refs[rev_id] += 1
+        tables = maglev_tables(fe) - maglev_tables(old)
+        if tables > 0:
+            led.add((MAGLEV, 0), tables)
+        else:
+            led.release((MAGLEV, 0), -tables)
         ip, port, proto, scope = fe.key
         old_backends = old.slots if old else ()
         slots = fe.slots
@@ -263,8 +413,20 @@ class Reconciler:
         for i in range(len(fe.slots) + 1, len(old_backends) + 1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
         phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(old_match - new_match))
-        self._count(AFFMATCH, "", len(new_match) - len(old_match))
-        self._count(SERVICES, fe.ip, len(fe.slots) - len(old_backends) + (0 if old else 1))
+        led.add((AFFMATCH, 0), len(new_match - old_match))
+        led.release((AFFMATCH, 0), len(old_match - new_match))
+        grown = len(fe.slots) - len(old_backends) + (0 if old else 1)
+        if grown > 0:
+            led.add((SERVICES, fam), grown)
+        else:
+            led.release((SERVICES, fam), -grown)
+
+    def _count_ranges(self, old: Frontend | None, new: Frontend | None) -> None:
+        before, after = source_ranges(old), source_ranges(new)
+        for rfam, _ in after - before:
+            self.ledger.add((SRCRANGE, rfam))
+        for rfam, _ in before - after:
+            self.ledger.release((SRCRANGE, rfam))
 
     def _affinity_entries(self, fe: Frontend) -> set[tuple[int, int, int]]:
         """Membership entries the BPF affinity check needs (ClientIP frontends)."""
@@ -274,20 +436,25 @@ class Reconciler:
         return {(self.backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
 
     def _new_backend(self, b: Backend, phases: list[list[Op]]) -> int:
-        bid = self._alloc(self._free_backend, "_next_backend", MAX_BACKEND_ID)
+        bid = self._alloc(self._free_backend, "_next_backend",
+                          self.ledger.limits[(BACKEND_IDS, 0)])
         self.backend_ids[b.key] = bid
         self.backend_refs[bid] = 0
         self._unused.add(bid)  # until referenced
         self.backends[bid] = b
         phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
-        self._count(BACKENDS, b.ip, 1)
+        self.ledger.add((BACKENDS, family(b.ip)))
+        self.ledger.add((BACKEND_IDS, 0))
         return bid
 
     def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
+        led = self.ledger
         fe = self.kernel[key]
         match = self._affinity_entries(fe)
         phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(match))
-        self._count(AFFMATCH, "", -len(match))
+        led.release((AFFMATCH, 0), len(match))
+        led.release((MAGLEV, 0), maglev_tables(fe))
+        self._count_ranges(fe, None)
         del self.kernel[key]
         self.owner.pop(key, None)
         fam = family(fe.ip)
@@ -296,16 +463,18 @@ class Reconciler:
         for i, b in enumerate(fe.slots, start=1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
             self._unref(self.backend_ids[b.key])
-        self._count(SERVICES, fe.ip, -(1 + len(fe.slots)))
+        led.release((SERVICES, fam), 1 + len(fe.slots))
         rev_id = self.rev_ids[fe.addr]
         self.rev_refs[rev_id] -= 1
         if self.rev_refs[rev_id] == 0:
             # Freed only after planning (in _release), so no frontend of this
-            # same sync can be given the id whose entry phase 5 deletes.
+            # same round can be given the id whose entry phase 5 deletes.
             del self.rev_refs[rev_id], self.rev_ids[fe.addr]
             self._freed_rev.append(rev_id)
+            self.last_freed_revs.append(rev_id)
             phases[5].append(Op(REVNAT, fam, (rev_id,), None))
-            self._count(REVNAT, fe.ip, -1)
+            led.release((REVNAT, fam))
+            led.release((REV_IDS, 0))
 
     def _unref(self, bid: int) -> None:
         self.backend_refs[bid] -= 1
@@ -315,7 +484,6 @@ class Reconciler:
     def _release(self, phases: list[list[Op]]) -> None:
         self._free_rev.extend(self._freed_rev)
         self._freed_rev = []
-        self.last_released = []
         # Only ids whose count reached zero are candidates: no scan of every
         # backend, so one endpoint change costs O(that service).
         unused, self._unused = self._unused, set()
@@ -325,4 +493,24 @@ class Reconciler:
             del self.backend_refs[bid], self.backend_ids[b.key]
             self._free_backend.append(bid)
             phases[6].append(Op(BACKENDS, family(b.ip), (bid,), None))
-            self._count(BACKENDS, b.ip, -1)
+            self.ledger.release((BACKENDS, family(b.ip)))
+            self.ledger.release((BACKEND_IDS, 0))
+
+    def recount_tc(self) -> None:
+        """After a full sync of the TC-path maps (strays pruned), their use is
+        exactly what the frontends need."""
+        tables = sum(maglev_tables(fe) for fe in self.kernel.values())
+        ranges = {4: 0, 6: 0}
+        for fe in self.kernel.values():
+            for rfam, _ in source_ranges(fe):
+                ranges[rfam] += 1
+        self.ledger.set_used((MAGLEV, 0), tables)
+        for rfam, n in ranges.items():
+            self.ledger.set_used((SRCRANGE, rfam), n)
+
+
+def _id_space(in_use: set[int]) -> tuple[int, list[int]]:
+    """(next id, free ids below it as a stack) from the ids in use: the gaps
+    an earlier agent left are handed out again, lowest first."""
+    top = max(in_use, default=0)
+    return top + 1, [i for i in range(top, 0, -1) if i not in in_use]

@@ -3,9 +3,17 @@
 A connected UDP socket was rewritten to its backend once, at connect():
 when that backend goes, the socket would keep sending into the void (DNS
 clients hang until their timeout). Like Cilium, we destroy such sockets
-(SOCK_DESTROY through `ss -K`, in every network namespace), so the
-application sees ECONNABORTED at once and reconnects through the VIP. The
-socket rev-NAT entries of removed backends go as well.
+(SOCK_DESTROY), so the application sees ECONNABORTED at once and reconnects
+through the VIP. The socket rev-NAT entries of removed backends go as well.
+
+Only sockets the socket LB translated are touched: the connect() hook
+records each one's cookie in the socket rev-NAT map under the backend it
+chose, and a socket is destroyed only if its cookie is recorded for the
+removed backend and it is still connected to that backend. Only network
+namespaces of processes in the agent's cgroup (where the hooks run) are
+searched. A socket that reached the same address directly, or any socket
+outside the cgroup, is never hit. (A socket whose entry the LRU map evicted
+is missed: it then behaves as without the janitor, until its app times out.)
 
 Runs off the sync path, in a background thread: it walks namespaces and a
 large LRU map, and nothing in a sync waits for it.
@@ -15,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
+import socket
 import threading
 from collections.abc import Iterable
 from typing import Any
 
+from pyagent.dataplanes.ebpf import sockdiag
 from pyagent.dataplanes.ebpf.frontends import Backend
 from pyagent.dataplanes.ebpf.programs import LBMaps
 from pyagent.model import join_host_port
@@ -28,34 +37,61 @@ log = logging.getLogger(__name__)
 UDP = 17
 
 
-def network_namespaces() -> list[str]:
-    """One /proc/PID/ns/net path per distinct network namespace we can see."""
+def cgroup_namespaces(cgroup: str) -> list[str]:
+    """One /proc/PID/ns/net path per distinct network namespace among the
+    processes of `cgroup` and its descendants (the hooks apply to those)."""
     seen: dict[int, str] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        path = f"/proc/{pid}/ns/net"
+    for dirpath, _dirs, _files in os.walk(cgroup):
         try:
-            seen.setdefault(os.stat(path).st_ino, path)
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                pids = f.read().split()
         except OSError:
-            continue
+            continue  # the cgroup went meanwhile
+        for pid in pids:
+            path = f"/proc/{pid}/ns/net"
+            try:
+                seen.setdefault(os.stat(path).st_ino, path)
+            except OSError:
+                continue
     return list(seen.values())
 
 
-def destroy_udp_sockets(backends: Iterable[Backend]) -> int:
-    """SOCK_DESTROY every UDP socket connected to one of `backends`, in every
-    network namespace; returns how many namespaces were searched."""
-    dsts = [f"dst {join_host_port(b.ip, b.port)}" for b in backends if b.proto == UDP]
-    if not dsts:
+def translated_cookies(maps: LBMaps, backends: Iterable[Backend]
+                       ) -> dict[tuple[str, int], set[int]]:
+    """(backend ip, port) -> cookies of the sockets the hooks sent there."""
+    from pyagent.dataplanes.ebpf import layout as L
+
+    gone = {(b.ip, b.port) for b in backends if b.proto == UDP}
+    out: dict[tuple[str, int], set[int]] = {}
+    if not gone:
+        return out
+    for m, to_ip in ((maps.lb4_sockrev, L.from_ip4), (maps.lb6_sockrev, L.from_ip6)):
+        for k in list(m.keys()):
+            addr = (to_ip(k.address), L.from_be16(k.port))
+            if addr in gone:
+                out.setdefault(addr, set()).add(k.cookie)
+    return out
+
+
+def destroy_udp_sockets(cookies: dict[tuple[str, int], set[int]], namespaces: list[str]
+                        ) -> int:
+    """SOCK_DESTROY the connected UDP sockets whose cookie `cookies` records
+    for the backend they are connected to, in `namespaces`. Returns how many."""
+    if not cookies:
         return 0
-    expr = ["("] + " or ".join(dsts).split() + [")"]
-    namespaces = network_namespaces()
+    n = 0
     for ns in namespaces:
-        res = subprocess.run(["nsenter", f"--net={ns}", "ss", "-K", "-u", "-n", *expr],
-                             capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            log.debug("ss -K in %s: %s", ns, res.stderr.strip())
-    return len(namespaces)
+        try:
+            sock = sockdiag.open_in_netns(ns)
+        except OSError as exc:  # the process went meanwhile
+            log.debug("sock_diag in %s: %s", ns, exc)
+            continue
+        with sock:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for s in sockdiag.connected_udp(sock, fam):
+                    if s.cookie in cookies.get((s.dst, s.dport), ()):
+                        n += sockdiag.destroy(sock, s)
+    return n
 
 
 def purge_socket_revnat(maps: LBMaps, backends: Iterable[Backend]) -> int:
@@ -73,9 +109,10 @@ def purge_socket_revnat(maps: LBMaps, backends: Iterable[Backend]) -> int:
 class BackendJanitor:
     """Serialises clean-ups of removed backends in one background thread."""
 
-    def __init__(self, maps: LBMaps, tc_maps: Any = None) -> None:
+    def __init__(self, maps: LBMaps, tc_maps: Any = None, cgroup: str = "/") -> None:
         self.maps = maps
         self.tc_maps = tc_maps  # tc.TcMaps when the TC path runs
+        self.cgroup = str(cgroup)  # where the socket hooks are attached
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -90,7 +127,9 @@ class BackendJanitor:
     def _run(self, backends: list[Backend]) -> None:
         with self._lock:
             try:
-                destroyed_in = destroy_udp_sockets(backends)
+                cookies = translated_cookies(self.maps, backends)
+                destroyed = destroy_udp_sockets(
+                    cookies, cgroup_namespaces(self.cgroup) if cookies else [])
                 purged = purge_socket_revnat(self.maps, backends)
                 if self.tc_maps is not None:
                     from pyagent.dataplanes.ebpf import tc
@@ -99,10 +138,10 @@ class BackendJanitor:
                     for b in backends:
                         if b.proto == UDP:
                             purged += tc.delete_flows_to(self.tc_maps, b.ip, b.port, b.proto)
-                log.info("removed backends %s: UDP sockets destroyed in %d namespaces, "
+                log.info("removed backends %s: %d connected UDP sockets destroyed, "
                          "%d rev-NAT/conntrack entries purged",
                          ",".join(join_host_port(b.ip, b.port) for b in backends),
-                         destroyed_in, purged)
+                         destroyed, purged)
             except Exception:  # never let a clean-up take the agent down
                 log.exception("cleaning up removed backends failed")
 

@@ -6,11 +6,7 @@ import ctypes
 from typing import Any
 
 from pyagent.dataplanes.ebpf.programs import LBMaps
-from pyagent.dataplanes.ebpf.reconciler import AFFMATCH, BACKENDS, REVNAT, SERVICES
 from pyagent.model import join_host_port
-
-_NAMES = {SERVICES: "lb{}_services", BACKENDS: "lb{}_backends", REVNAT: "lb{}_revnat",
-          AFFMATCH: "lb_aff_match"}
 
 
 class Stats:
@@ -19,12 +15,10 @@ class Stats:
         self.dataplane = dataplane
 
     def map_pressure(self) -> dict[str, float]:
-        """Fill of the maps the agent writes, from its own bookkeeping (no walk)."""
+        """Fill of the maps the agent writes, from its own bookkeeping (no
+        walk): exactly 1.0 once a map (or the id space it draws from) is full."""
         r = self.dataplane.reconciler
-        if r is None:
-            return {}
-        cap = r.writer.capacity()
-        return {_NAMES[m].format(f): r.used.get((m, f), 0) / cap[(m, f)] for (m, f) in cap}
+        return r.pressure() if r is not None else {}
 
     def service_connections(self) -> dict[str, float]:
         """Backend selections per service, summed over CPUs (per-CPU array by rev id)."""

@@ -20,6 +20,7 @@ import ctypes
 import dataclasses
 import errno
 import ipaddress
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf import programs
+
+log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(programs.BPF_SRC_DIR, "tc_nat.c")
 PROG_NETDEV_INGRESS = "lb_netdev_ingress"
@@ -60,6 +63,13 @@ class TcCapacities:
     ct: int = L.CT_MAP_MAX
     src_range: int = L.SRC_RANGE_MAP_MAX
     maglev: int = L.MAGLEV_MAP_MAX  # services with a Maglev table
+
+    @classmethod
+    def for_lb_map_max(cls, n: int | None) -> TcCapacities:
+        """Sizes for `pyagent.bpfLbMapMax` (None: the defaults): source
+        ranges and Maglev tables (keyed by 16-bit rev-NAT ids) follow it,
+        conntrack (per flow, an LRU) keeps its size."""
+        return cls() if n is None else cls(src_range=n, maglev=min(n, 0x10000))
 
     def defines(self) -> dict[str, int]:
         return {"LB_CT_MAP_MAX": self.ct, "LB_SRC_RANGE_MAP_MAX": self.src_range,
@@ -127,9 +137,9 @@ def source_text(capacities: programs.Capacities | None = None,
                                defines(None, capacities, tc_capacities))
 
 
-def check_pinned_tc_maps(bpffs: str) -> None:
-    """Refuse pinned TC maps whose type or key/value sizes differ."""
-    programs.check_pinned_maps(bpffs, L.TC_MAPS)
+def check_pinned_tc_maps(bpffs: str, sizes: dict[str, Any] | None = None) -> None:
+    """Refuse pinned TC maps whose type, key/value or max_entries differ."""
+    programs.check_pinned_maps(bpffs, L.TC_MAPS, sizes)
 
 
 def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
@@ -165,8 +175,8 @@ def load(bpffs: str | None, capacities: programs.Capacities | None = None,
     if bpffs is not None:
         fs.ensure(bpffs)
         os.makedirs(programs.maps_dir(bpffs), exist_ok=True)
-        programs.check_pinned_maps(bpffs)
-        check_pinned_tc_maps(bpffs)
+        programs.check_pinned_maps(bpffs, sizes=(capacities or programs.Capacities()).defines())
+        check_pinned_tc_maps(bpffs, (tc_capacities or TcCapacities()).defines())
     b = compiler.compile_file(SOURCE, [programs.BPF_SRC_DIR],
                               defines(bpffs, capacities, tc_capacities))
     try:
@@ -325,6 +335,13 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
     runs and close()s it on exit (filters and pins stay)."""
+    # As for the socket LB's maps: a TC map of another layout or size is
+    # replaced loudly (conntrack starts empty), never reused.
+    sizes = (tc_capacities or TcCapacities()).defines()
+    if os.path.isdir(programs.maps_dir(bpffs)):
+        for path, why in programs.incompatible_pins(bpffs, L.TC_MAPS, sizes):
+            log.warning("replacing incompatible pinned map %s: %s", path, why)
+            fs.unpin(path)
     lb = load(bpffs, capacities, tc_capacities)
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6)
