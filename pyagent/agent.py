@@ -137,10 +137,20 @@ class Agent:
                 self.errors.pop(svc, None)
         for svc in [s for s in self.errors if s in states and not states[s]]:
             self.errors.pop(svc, None)
+        if full:  # Services that went while refused
+            for svc in [s for s in self.errors if s not in states]:
+                self.errors.pop(svc, None)
         self._notify("synced", duration=time.monotonic() - started, full=full,
                      queued_at=queued_at, states=states, pending=pending)
         self.synced_once.set()
         return True
+
+    def refused(self) -> list[dict[str, str]]:
+        """Services not programmed (by namespace/name), with why: what
+        `pyagent status` lists and pyagent_services_refused counts."""
+        return [{"service": "/".join(svc), "reason": getattr(err, "reason", "error"),
+                 "map": getattr(err, "map", ""), "message": str(err)}
+                for svc, err in sorted(self.errors.items())]
 
     def start(self) -> None:
         self.dataplane.setup()

@@ -68,6 +68,7 @@ def status(bpffs: str, cgroup: str | None) -> dict[str, Any]:
                            "agentPid": st.get("pid"), "lastSync": st.get("lastSync"),
                            "lastSyncSeconds": st.get("lastSyncSeconds"),
                            "serviceErrors": st.get("errors", {}),
+                           "refused": st.get("refused", []),
                            "objectErrors": st.get("objectErrors", [])}
     if out["agentPid"]:
         try:
@@ -112,8 +113,14 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"  {name:22} {m['entries']:>8} / {m['maxEntries']:<8} ({m['fill']:.1%})")
     if out.get("mapsError"):
         print(f"  {out['mapsError']}")
-    for svc, err in out["serviceErrors"].items():
-        print(f"error: {svc}: {err}")
+    refused = out["refused"] or [{"service": svc, "reason": "error", "map": "", "message": err}
+                                 for svc, err in out["serviceErrors"].items()]
+    if refused:
+        print(f"refused:     {len(refused)} services not programmed "
+              "(they keep their last good state)")
+    for r in refused:
+        where = f" ({r['map']})" if r["map"] else ""
+        print(f"  {r['service']:30} {r['reason']}{where}: {r['message']}")
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pyagent.httpserver import JSONHandler, parse_bind_address, serve
+from pyagent.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, parse_bind_address, serve
 
 DEFAULT_BIND = "0.0.0.0:10256"
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -104,8 +104,10 @@ class HealthState:
         return (200 if healthy else 503), json.dumps(body)
 
 
-def start_health_server(bind: str, state: HealthState) -> tuple[str, int, Callable[[], None]]:
-    """Serve /healthz and /livez; returns (host, bound port, stop)."""
+def start_health_server(bind: str, state: HealthState, limits: Limits = DEFAULT_LIMITS,
+                        ) -> tuple[str, int, Callable[[], None]]:
+    """Serve /healthz and /livez; returns (host, bound port, stop). One
+    thread, bounded connections and timeouts (pyagent.httpserver)."""
     host, port = parse_bind_address(bind, default_port=10256)
 
     class Handler(JSONHandler):
@@ -120,5 +122,5 @@ def start_health_server(bind: str, state: HealthState) -> tuple[str, int, Callab
 
         do_HEAD = do_GET
 
-    server, stop = serve(host, port, Handler, name="healthz")
+    server, stop = serve(host, port, Handler, name="healthz", limits=limits)
     return host, server.server_address[1], stop

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
-from pyagent.httpserver import JSONHandler, serve
+from pyagent.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, Reactor
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,11 @@ class ServiceHealthServer:
         self,
         addresses: Iterable[str] = ("0.0.0.0",),
         proxy_healthy: Callable[[], bool] = lambda: True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._addresses = tuple(addresses)
+        self._limits = limits
+        self._reactor: Reactor | None = None  # one thread for every port, made on first use
         self._proxy_healthy = proxy_healthy
         self._sync_lock = threading.Lock()  # one sync at a time
         self._lock = threading.Lock()  # the state handlers read
@@ -79,10 +82,12 @@ class ServiceHealthServer:
 
     def _listen(self, port: int) -> list[Callable[[], None]]:
         """One listener per address; all or nothing."""
+        if self._reactor is None:
+            self._reactor = Reactor("healthcheck", self._limits)
         stops: list[Callable[[], None]] = []
         try:
             for address in self._addresses:
-                stops.append(serve(address, port, self._handler(port), name=f"hc-{port}")[1])
+                stops.append(self._reactor.listen(address, port, self._handler(port))[1])
         except OSError:
             for stop in stops:
                 stop()
@@ -123,3 +128,6 @@ class ServiceHealthServer:
 
     def stop(self) -> None:
         self.sync({})
+        if self._reactor is not None:
+            self._reactor.stop()
+            self._reactor = None

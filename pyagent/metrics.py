@@ -17,12 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from pyagent.httpserver import JSONHandler, parse_bind_address, serve
+from pyagent.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, parse_bind_address, serve
 from pyagent.sources.base import KINDS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BIND = "127.0.0.1:10249"
+REFUSAL_REASONS = ("map_full", "frontend_conflict", "too_many_backends", "error")
 
 
 def _linear(start: float, width: float, count: int) -> list[float]:
@@ -160,6 +161,15 @@ class Metrics:
             "and documents that are not usable objects); alert when > 0",
             registry=r,
         )
+        self.services_refused = Gauge(
+            "pyagent_services_refused",
+            "Services the dataplane currently refuses (they keep their last good state), "
+            "per reason (map_full: the map named by `map` or its id space is full; "
+            "frontend_conflict, too_many_backends, error)",
+            ["reason", "map"],
+            registry=r,
+        )
+        self.set_refused({})
         self._scrape = _ScrapeTimeCollector()
         r.register(self._scrape)
 
@@ -177,6 +187,14 @@ class Metrics:
         if backend_connections is not None:
             self._scrape.backend_connections = backend_connections
 
+    def set_refused(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """{(reason, map): Services}; the base reasons are exported as zeros."""
+        self.services_refused.clear()
+        for reason in REFUSAL_REASONS:
+            self.services_refused.labels(reason, "").set(0)
+        for (reason, map_name), n in counts.items():
+            self.services_refused.labels(reason, map_name).set(n)
+
     def queued(self, timestamp: float) -> None:
         """A change was queued for the datapath (wall-clock seconds)."""
         self.last_queued_timestamp.set(timestamp)
@@ -191,7 +209,8 @@ class Metrics:
 
 
 def start_metrics_server(
-    bind: str, registry: CollectorRegistry, proxy_mode: str | None = None
+    bind: str, registry: CollectorRegistry, proxy_mode: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[str, int, Callable[[], None]]:
     """Serve /metrics (plus kube-proxy's /healthz "ok" and /proxyMode);
     returns (host, bound port, stop). Port 0 binds any free port."""
@@ -217,5 +236,5 @@ def start_metrics_server(
             self.end_headers()
             self.wfile.write(data)
 
-    server, stop = serve(host, port, Handler, name="metrics")
+    server, stop = serve(host, port, Handler, name="metrics", limits=limits)
     return host, server.server_address[1], stop

@@ -85,13 +85,18 @@ class Observability:
             n = sum(1 for k in store.errors if k[0] == kind)
             self.metrics.object_errors.labels(kind).set(n)
         self.metrics.source_errors.set(len(getattr(store, "source_problems", ())))
+        refused = self.agent.refused()
+        counts: dict[tuple[str, str], int] = {}
+        for r in refused:
+            counts[(r["reason"], r["map"])] = counts.get((r["reason"], r["map"]), 0) + 1
+        self.metrics.set_refused(counts)
         node = store.node() if hasattr(store, "node") else None
         if node:
             self.health.sync_node(node)
         self._sync_health_checks(states, full)
-        self._write_status(now, duration)
+        self._write_status(now, duration, refused)
 
-    def _write_status(self, now: float, duration: float) -> None:
+    def _write_status(self, now: float, duration: float, refused: list[dict]) -> None:
         """For `pyagent status` / `services list`; names by frontend."""
         from pyagent import statusfile
 
@@ -109,7 +114,7 @@ class Observability:
                 "/".join(k): v for k, v in self.agent.errors.items()},
             "objectErrors": list(self.agent.store.error_messages()),
             "sourceErrors": list(getattr(self.agent.store, "source_problems", ())),
-            "frontendNames": names})
+            "refused": refused, "frontendNames": names})
 
     def _sync_totals(self, store: Any) -> None:
         totals = getattr(store, "totals", None)
