@@ -20,15 +20,62 @@ def _proto(n: int) -> str:
     return PROTO_NAMES.get(n, str(n))
 
 
+# Slot states besides the backend states: a slot counted by its master that
+# is not in the map yet (or any more), and a slot naming a backend id the
+# backends map does not hold. Only seen while a sync writes the maps.
+SLOT_MISSING, BACKEND_MISSING = "slot-missing", "backend-missing"
+READ_ATTEMPTS = 5
+
+
+def _consistent(entries: dict) -> bool:
+    from pyagent.dataplanes.ebpf.reconciler import BACKENDS, SERVICES
+
+    for fam in (4, 6):
+        svcs, bes = entries[(SERVICES, fam)], entries[(BACKENDS, fam)]
+        for (ip, port, proto, scope, slot), val in svcs.items():
+            if slot == 0:
+                for i in range(1, val[2] + val[3] + 1):
+                    sv = svcs.get((ip, port, proto, scope, i))
+                    if sv is None or (sv[0],) not in bes:
+                        return False
+    return True
+
+
+def read_consistent(maps: Any) -> dict:
+    """The entries, read again (a few times) while a concurrent sync leaves
+    a master counting a slot, or a slot naming a backend, that the read did
+    not see: the maps are read map by map, not atomically."""
+    import time
+
+    from pyagent.dataplanes.ebpf.kernel import read_entries
+
+    for attempt in range(READ_ATTEMPTS):
+        entries = read_entries(maps)
+        if _consistent(entries):
+            break
+        time.sleep(0.005 * (attempt + 1))
+    return entries
+
+
+def _slot(i: int, sv: tuple | None, b: tuple | None, states: dict[int, str]) -> dict[str, Any]:
+    """One slot, always with the same fields and types (never None)."""
+    if sv is None:
+        return {"slot": i, "backendId": 0, "address": "", "port": 0, "state": SLOT_MISSING}
+    if b is None:
+        return {"slot": i, "backendId": sv[0], "address": "", "port": 0,
+                "state": BACKEND_MISSING}
+    return {"slot": i, "backendId": sv[0], "address": b[0], "port": b[1],
+            "state": states.get(b[3], str(b[3]))}
+
+
 def dump(bpffs: str) -> dict[str, Any]:
     from pyagent.dataplanes.ebpf import layout as L
     from pyagent.dataplanes.ebpf import programs
-    from pyagent.dataplanes.ebpf.kernel import read_entries
     from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
 
     maps = programs.open_pinned_maps(bpffs)
     try:
-        entries = read_entries(maps)
+        entries = read_consistent(maps)
         sizes = {name: {"maxEntries": m.max_entries} for name, m in maps.all().items()}
     finally:
         maps.close()
@@ -43,10 +90,7 @@ def dump(bpffs: str) -> dict[str, Any]:
             slots = []
             for i in range(1, count + qcount + 1):
                 sv = svcs.get((ip, port, proto, scope, i))
-                b = bes.get((sv[0],)) if sv else None
-                slots.append({"slot": i, "backendId": sv[0] if sv else None,
-                              "address": b[0] if b else None, "port": b[1] if b else None,
-                              "state": states.get(b[3], str(b[3])) if b else "missing"})
+                slots.append(_slot(i, sv, bes.get((sv[0],)) if sv else None, states))
             services.append({
                 "frontend": {"address": ip, "port": port, "protocol": _proto(proto),
                              "scope": SCOPES.get(scope, str(scope))},
@@ -84,7 +128,8 @@ def print_table(d: dict[str, Any]) -> None:
         front = f"{join_host_port(fe['address'], fe['port'])}/{fe['protocol']}"
         flags = ",".join(s["flags"]) or "-"
         bes = [f"{b['backendId']} => {join_host_port(b['address'], b['port'])} ({b['state']})"
-               if b["address"] else f"slot {b['slot']} missing" for b in s["backends"]]
+               if b["address"] else f"slot {b['slot']}: {b['state']} (a sync is writing)"
+               for b in s["backends"]]
         if not bes:
             bes = ["(none: " + ("drop" if "DROP_NO_BACKEND" in s["flags"] else "reject") + ")"]
         print(f"{s['revNatId']:>5}  {front:28} {fe['scope']:9} {flags:24} {bes[0]}")

@@ -50,7 +50,7 @@ class Observability:
             self._stops.append(stop)
         if self.config.metrics_bind_address:
             _, self.metrics_port, stop = start_metrics_server(
-                self.config.metrics_bind_address, self.metrics.registry, self.config.mode)
+                self.config.metrics_bind_address, self.metrics, self.config.mode)
             self._stops.append(stop)
         log.info("healthz on port %d, metrics on port %d", self.healthz_port, self.metrics_port)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from ebpf import libbpf
+from ebpf.maps import Map
 from pyagent.dataplanes.ebpf.programs import LBMaps
-from pyagent.model import join_host_port
 
 
 class Stats:
@@ -21,18 +22,22 @@ class Stats:
         return r.pressure() if r is not None else {}
 
     def service_connections(self) -> dict[str, float]:
-        """Backend selections per service, summed over CPUs (per-CPU array by rev id)."""
+        """Backend selections per service port, summed over CPUs (per-CPU
+        array by rev id, read in one batch, not one syscall per frontend).
+        Each rev id counts once (both scopes of an address share it)."""
         r = self.dataplane.reconciler
         if r is None:
             return {}
+        selected = _column(self.maps.lb_svc_stats, 0)
+        n, rev_ids = len(selected), r.rev_ids
+        seen: set[int] = set()
         out: dict[str, float] = {}
-        for fe in list(r.kernel.values()):
-            rev_id = r.rev_ids.get(fe.addr)
-            if rev_id is None or not fe.service:
+        for (ip, port, proto, _scope), fe in list(r.kernel.items()):
+            rev_id = rev_ids.get((ip, port, proto))
+            if rev_id is None or rev_id >= n or rev_id in seen or not fe.service:
                 continue
-            per_cpu = self.maps.lb_svc_stats.get(ctypes.c_uint32(rev_id)) or []
-            total = sum(v.selected for v in per_cpu)
-            out[fe.service] = out.get(fe.service, 0) + total
+            seen.add(rev_id)
+            out[fe.service] = out.get(fe.service, 0) + selected[rev_id]
         return out
 
     def backend_connections(self) -> dict[str, float]:
@@ -40,11 +45,38 @@ class Stats:
         r = self.dataplane.reconciler
         if r is None:
             return {}
-        stats = self.maps.lb_be_stats
+        counts = _column(self.maps.lb_be_stats, 0)
+        n = len(counts)
         out: dict[str, float] = {}
-        for bid, b in list(r.backends.items()):
-            if bid < stats.max_entries:
-                per_cpu = stats.get(ctypes.c_uint32(bid)) or []
-                addr = join_host_port(b.ip, b.port)
-                out[addr] = out.get(addr, 0) + sum(v.value for v in per_cpu)
+        for bid, (ip, port, _proto, _local) in list(r.backends.items()):
+            if bid < n:
+                addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"  # join_host_port
+                out[addr] = out.get(addr, 0) + counts[bid]
         return out
+
+
+def _array_values(m: Map) -> bytes:
+    """Every value of a (per-CPU) array map, in index order: one batched
+    lookup (per-CPU values are the kernel's 8-aligned slots per CPU)."""
+    n = m.max_entries
+    vsize = ((ctypes.sizeof(m.value_type) + 7) & ~7) * m.ncpus if m.percpu else \
+        ctypes.sizeof(m.value_type)
+    keys = (ctypes.c_uint32 * n)()
+    values = (ctypes.c_uint8 * (vsize * n))()
+    try:
+        got, _ = libbpf.map_lookup_batch(m.fd, None, (ctypes.c_uint8 * 8)(), keys, values, n)
+    except OSError:  # no batch ops on this kernel
+        return b"".join(v for _, v in m.items_raw())
+    return bytes(memoryview(values)[:got * vsize])
+
+
+def _column(m: Map, field: int) -> list[int]:
+    """Per index of a per-CPU array of u64 fields: field `field` summed over CPUs."""
+    raw = _array_values(m)
+    if not raw:
+        return []
+    stride = (ctypes.sizeof(m.value_type) + 7) // 8  # u64 per CPU value (8-aligned)
+    per_key = stride * m.ncpus
+    vals = memoryview(raw).cast("Q")
+    cols = [vals[cpu * stride + field::per_key] for cpu in range(m.ncpus)]
+    return list(cols[0]) if len(cols) == 1 else [sum(t) for t in zip(*cols, strict=True)]
