@@ -3,8 +3,9 @@
 A connected UDP socket was rewritten to its backend once, at connect():
 when that backend goes, the socket would keep sending into the void (DNS
 clients hang until their timeout). Like Cilium, we destroy such sockets
-(SOCK_DESTROY), so the application sees ECONNABORTED at once and reconnects
-through the VIP. The socket rev-NAT entries of removed backends go as well.
+(SOCK_DESTROY), so the application sees ECONNABORTED at once (or
+EDESTADDRREQ if it sends before it reads: the socket is disconnected) and
+reconnects through the VIP. The socket rev-NAT entries of removed backends go as well.
 
 Only sockets the socket LB translated are touched: the connect() hook
 records each one's cookie in the socket rev-NAT map under the backend it
