@@ -9,6 +9,7 @@ import argparse
 import errno
 import ipaddress
 import json
+import os
 import socket
 import sys
 import time
@@ -26,6 +27,7 @@ def _err(exc: OSError) -> str:
 
 
 SOURCE: str | None = None  # --source: bind every socket to this address first
+UNTIL: str | None = None  # --until: stop once this file exists
 
 
 def _bind(s: socket.socket) -> None:
@@ -66,13 +68,18 @@ def udp_socket(dst: str, port: int, timeout: float, messages: int, connected: bo
             "seen_client": seen[0]}
 
 
+def stopped() -> bool:
+    """--until FILE exists: the test says the run is over."""
+    return bool(UNTIL) and os.path.exists(UNTIL)
+
+
 def udp_follow(dst: str, port: int, timeout: float, seconds: float) -> list[dict]:
     """A DNS-like client: one connected UDP socket, a query every 20 ms; on
     any error it reconnects through the VIP (as resolvers do)."""
     events: list[dict] = []
     start = time.monotonic()
     s = None
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < seconds and not stopped():
         try:
             if s is None:
                 s = socket.socket(_family(dst), socket.SOCK_DGRAM)
@@ -134,12 +141,13 @@ def main() -> None:
     ap.add_argument("--linger", type=float, default=0.0,
                     help="keep the held connections this many seconds after the loop")
     ap.add_argument("--source", help="bind to this local address (another client identity)")
+    ap.add_argument("--until", help="stop (before --duration) once this file exists")
     ap.add_argument("--follow", type=float, default=0.0,
                     help="UDP: one connected socket queried for this many seconds, "
                          "reconnecting on errors; events in details")
     args = ap.parse_args()
-    global SOURCE
-    SOURCE = args.source
+    global SOURCE, UNTIL
+    SOURCE, UNTIL = args.source, args.until
     if args.follow:
         events = udp_follow(args.dst, args.port, args.timeout, args.follow)
         print(json.dumps({"counts": Counter(e["pod"] for e in events if "pod" in e),
@@ -155,7 +163,7 @@ def main() -> None:
     details: list[dict] = []
     started = time.monotonic()
     for _ in range(args.count):
-        if args.duration and time.monotonic() - started > args.duration:
+        if (args.duration and time.monotonic() - started > args.duration) or stopped():
             break
         try:
             if args.proto == "tcp":

@@ -395,3 +395,35 @@ def test_adopted_id_gaps_are_reused() -> None:
     assert not any(st.values())
     assert r2.rev_ids[("10.255.0.1", 80, 6)] == 2
     assert r2.used[(BACKEND_IDS, 0)] == 1
+
+
+# -- map sizes: config key, flag, -D defines ------------------------------------------
+
+def test_map_size_config_key_flag_and_defines() -> None:
+    import argparse
+
+    from pyagent.cmd_run import add_node_flags, node_config
+    from pyagent.config import config_from_dict
+    from pyagent.dataplanes.ebpf.programs import Capacities, defines
+    from pyagent.dataplanes.ebpf.tc import TcCapacities
+
+    assert config_from_dict({"pyagent": {"bpfLbMapMax": 1000}}).bpf_lb_map_max == 1000
+    for bad in (0, -1, "1000", True, 1 << 30):
+        with pytest.raises(ValueError, match="pyagent.bpfLbMapMax"):
+            config_from_dict({"pyagent": {"bpfLbMapMax": bad}})
+    p = argparse.ArgumentParser()
+    add_node_flags(p)
+    assert node_config(p.parse_args(["--bpf-lb-map-max", "4096"])).bpf_lb_map_max == 4096
+    with pytest.raises(SystemExit):
+        p.parse_args(["--bpf-lb-map-max", "0"])
+    assert node_config(p.parse_args([])).bpf_lb_map_max is None
+    # defaults are the header's (pins of an upgrade stay compatible)
+    assert Capacities.for_lb_map_max(None) == Capacities()
+    d = defines("/sys/fs/bpf/x", Capacities.for_lb_map_max(1000))
+    assert (d["LB_SERVICE_MAP_MAX"], d["LB_BACKEND_MAP_MAX"], d["LB_REVNAT_MAP_MAX"],
+            d["LB_STATS_MAP_MAX"]) == (1000, 1000, 1000, 1001)
+    big = Capacities.for_lb_map_max(1 << 20).defines()
+    assert big["LB_REVNAT_MAP_MAX"] == 65536 and big["LB_STATS_MAP_MAX"] == 65536  # u16 ids
+    assert TcCapacities.for_lb_map_max(1000).defines()["LB_SRC_RANGE_MAP_MAX"] == 1000
+    assert Capacities.from_defines(Capacities.for_lb_map_max(77).defines()) == \
+        Capacities.for_lb_map_max(77)
