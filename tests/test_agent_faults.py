@@ -27,6 +27,13 @@ pytestmark = pytest.mark.root
 SCALE = float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
 
 
+def probe(name: str, attempted: int, survived: int, lost: int, unit: str = "connections",
+          note: str = "") -> None:
+    """One line of the issue's table (pytest -s shows it)."""
+    print(f"PROBE | {name} | {attempted} | {survived} | {lost} {unit}"
+          + (f" | {note}" if note else ""))
+
+
 # -- SIGKILL during a large first sync -------------------------------------------
 
 def vip(i: int) -> str:
@@ -137,6 +144,8 @@ def test_sigkill_during_a_large_first_sync_converges() -> None:
             revs, backends = ids(a)
             assert {k: revs[k] for k in kept_revs} == kept_revs  # ids kept
             assert backends == kept_backends
+            probe("SIGKILL mid large first sync (2 kills mid-sync)", n, n, 0, "Services",
+                  f"{old} kept their ids; entries exactly as desired")
             for i in range(0, n, n // 40):
                 res = a.lab.client(vip(i), 80, count=4)
                 assert not res.errors, (vip(i), res.errors)
@@ -221,11 +230,16 @@ def test_udp_and_ipv6_under_sigkill_and_endpoint_churn() -> None:
         names = [{f"pod{i}" for i in s} for s in sets]
         for what, c in clients.items():
             r = lab.client_result(c, timeout=90)
+            probe(f"socket LB {what}, SIGKILL + 5 endpoint changes", r.total + sum(
+                r.errors.values()), r.total, sum(r.errors.values()))
             assert r.errors == {}, (what, r.errors)
             assert r.total > 50, (what, r.total)
             assert set(r.counts) <= set().union(*names), (what, r.counts)
         for what, c in followers.items():
             r = lab.client_result(c, timeout=90)
+            probe(f"socket LB {what} (connected UDP)", r.total + sum(r.errors.values()),
+                  r.total, sum(r.errors.values()), "queries",
+                  "lost = socket destroyed as its backend left (allowed), then reconnected")
             check_follower(r, names)
             assert r.total > 100, (what, r.total)
         # now exactly the last set, and nothing left of the others
@@ -337,6 +351,9 @@ def test_nodeport_tc_path_under_sigkill_and_endpoint_churn() -> None:
                 out, err = cl.communicate(timeout=90)
                 assert cl.returncode == 0, err
                 r = json.loads(out)
+                total, lost = sum(r["counts"].values()), sum(r["errors"].values())
+                probe(f"NodePort (TC) {what}, SIGKILL + 3 endpoint changes", total + lost,
+                      total, lost, "exchanges" if what.startswith("udp") else "connections")
                 assert r["errors"] == {}, (what, r["errors"])
                 assert sum(r["counts"].values()) > 50, (what, r["counts"])
                 assert set(r["counts"]) <= allowed, (what, r["counts"])
@@ -464,6 +481,8 @@ def test_every_mode_serves_again_after_sigkill_with_nothing_stale(mode: str) -> 
                 from pyagent.cmd_maps import dump
 
                 assert not any(s["frontend"]["address"] == GONE for s in dump(bpffs)["services"])
+            probe(f"mode {mode}: SIGKILL, 1 Service deleted / 1 emptied / 1 changed meanwhile",
+                  3, 3, 0, "Services", "served as the manifests say, nothing stale left")
         finally:
             agent.terminate()
             agent.wait(timeout=20)

@@ -77,6 +77,8 @@ def test_udp_janitor_destroys_only_sockets_it_translated(alab: AgentLab) -> None
     assert events[0]["pod"] == "pod0" and events[-1]["pod"] == "pod1"
     for what, proc in bystanders.items():
         r = lab.client_result(proc)
+        print(f"PROBE | UDP janitor bystander ({what}) | {r.total + sum(r.errors.values())} | "
+              f"{r.total} | {sum(r.errors.values())} queries")
         assert r.errors == {}, (what, r.errors)  # never destroyed
         assert set(r.counts) == {"pod0"}, (what, r.counts)
     assert "1 connected UDP sockets destroyed" in alab.logs()

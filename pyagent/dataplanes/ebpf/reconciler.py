@@ -145,7 +145,6 @@ class Reconciler:
         self.last_ops = 0  # map writes and deletes of the last apply()
         self.last_released: list[Backend] = []  # backends the last apply() removed
         self.last_freed_revs: list[int] = []  # rev-NAT ids the last apply() gave up
-        self.refused: dict[ServiceKey, CapacityError] = {}  # Services refused now
         self._unused: set[int] = set()  # backend ids whose count fell to zero
         self._stray: list[Op] = []
         self._reserved_rev: set[int] = set()  # ids of stray entries, free once deleted
@@ -247,10 +246,8 @@ class Reconciler:
             try:
                 self._plan_service(svc, wanted[svc], phases)
                 status[svc] = None
-                self.refused.pop(svc, None)
             except CapacityError as exc:
                 status[svc] = Refusal(str(exc), exc.reason, exc.map)
-                self.refused[svc] = exc
                 if exc.reason == MAP_FULL:
                     retry.append(svc)
         if prune_unowned:

@@ -67,7 +67,7 @@ def translated_cookies(maps: LBMaps, backends: Iterable[Backend]
     if not gone:
         return out
     for m, to_ip in ((maps.lb4_sockrev, L.from_ip4), (maps.lb6_sockrev, L.from_ip6)):
-        for k in list(m.keys()):
+        for k, _ in m.items():  # batched: the map is large
             addr = (to_ip(k.address), L.from_be16(k.port))
             if addr in gone:
                 out.setdefault(addr, set()).add(k.cookie)
