@@ -142,6 +142,8 @@ def main() -> None:
                     help="keep the held connections this many seconds after the loop")
     ap.add_argument("--source", help="bind to this local address (another client identity)")
     ap.add_argument("--until", help="stop (before --duration) once this file exists")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between connections (pace the client)")
     ap.add_argument("--follow", type=float, default=0.0,
                     help="UDP: one connected socket queried for this many seconds, "
                          "reconnecting on errors; events in details")
@@ -175,6 +177,8 @@ def main() -> None:
             continue
         counts[d["pod"]] += 1
         details.append(d)
+        if args.pause:
+            time.sleep(args.pause)
     time.sleep(args.linger)
     broken = sum(1 for s in held if not still_open(s))
     if broken:
