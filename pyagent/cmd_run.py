@@ -104,28 +104,18 @@ def explicit_interfaces(args: argparse.Namespace, config: NodeConfig) -> bool:
 
 def make_dataplane(config: NodeConfig):  # -> Dataplane
     """The dataplane of `config.mode`, after removing what other modes left in
-    this node (see pyagent.cmd_cleanup.clean_other_modes: a mode switch)."""
-    from pyagent.cmd_cleanup import clean_other_modes
+    this node (a mode switch; pyagent.dataplanes.registry)."""
+    from pyagent.dataplanes import registry
 
-    factories = {
-        "ebpf": ("pyagent.dataplanes.ebpf.dataplane", "EbpfDataplane"),
-        "iptables": ("pyagent.dataplanes.iptables.dataplane", "IptablesDataplane"),
-        "nftables": ("pyagent.dataplanes.nftables.dataplane", "NftablesDataplane"),
-        "ipvs": ("pyagent.dataplanes.ipvs.dataplane", "IpvsDataplane"),
-        "userspace": ("pyagent.dataplanes.userspace.dataplane", "UserspaceDataplane"),
-    }
-    if config.mode not in factories:
-        raise SystemExit(f"pyagent: unknown mode {config.mode!r}")
-    import importlib
-
-    module, cls = factories[config.mode]
     try:
-        factory = getattr(importlib.import_module(module), cls)
+        mode = registry.get(config.mode)
+    except KeyError:
+        raise SystemExit(f"pyagent: unknown mode {config.mode!r}") from None
     except ImportError as exc:
         raise SystemExit(f"pyagent: mode {config.mode!r} is not available: {exc}") from exc
-    for mode in clean_other_modes(config):
-        log.info("removed the state of mode %s (mode switch)", mode)
-    return factory(config)
+    for name in registry.clean_other_modes(config):
+        log.info("removed the state of mode %s (mode switch)", name)
+    return mode.create(config)
 
 
 def setup_logging(config: NodeConfig, args: argparse.Namespace) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 
 from pyagent import config as C
 from pyagent.config import NodeConfig
-
-MODES = ("ebpf", "iptables", "nftables", "ipvs", "userspace")
+from pyagent.dataplanes.registry import MODES
 
 _CONNTRACK = C.IGNORED["conntrack"]
 _IPVS_TIMEOUT = C.IGNORED["ipvs.tcpTimeout"]

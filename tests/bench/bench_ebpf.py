@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
+from pyagent.dataplanes import registry
 from pyagent.lab import Lab
 from pyagent.store import ServiceStore
 from tests.bench.bench_plan import objects
@@ -67,7 +67,7 @@ def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
     all_states = states(store)
     store.take_changes()
     t_state = time.perf_counter() - t
-    dp = EbpfDataplane(config)
+    dp = registry.get("ebpf").create(config)
     dp.setup()
     t = time.perf_counter()
     status = dp.sync(all_states, full=True)
@@ -113,7 +113,7 @@ def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
     config = dataclasses.replace(NodeConfig(node_name="node-0"),
                                  bpffs=str(lab.bpffs / "conn"), cgroup=str(lab.cgroup))
     store = ServiceStore(config)
-    dp = EbpfDataplane(config)
+    dp = registry.get("ebpf").create(config)
     dp.setup()
     out = {}
     try:

@@ -42,17 +42,9 @@ def states(n: int, shift: int = 0) -> dict:
 
 
 def dataplane(mode: str, config: NodeConfig):
-    if mode == "ebpf":
-        from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
-        return EbpfDataplane(config)
-    if mode == "iptables":
-        from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
-        return IptablesDataplane(config)
-    if mode == "nftables":
-        from pyagent.dataplanes.nftables.dataplane import NftablesDataplane
-        return NftablesDataplane(config)
-    from pyagent.dataplanes.userspace.dataplane import UserspaceDataplane
-    return UserspaceDataplane(config)
+    from pyagent.dataplanes import registry
+
+    return registry.get(mode).create(config)
 
 
 def inner(mode: str, n: int, bpffs: str, cgroup: str) -> dict:

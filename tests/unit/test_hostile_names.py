@@ -14,6 +14,7 @@ from hostile import HOSTILE, hostile_state, plain_state
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
+from pyagent.dataplanes.iptables.rules import Renderer
 from pyagent.dataplanes.ipvs.rules import IpvsRenderer
 from pyagent.dataplanes.nftables.dataplane import NftablesDataplane
 from pyagent.dataplanes.userspace.dataplane import UserspaceDataplane
@@ -127,14 +128,13 @@ def test_iptables_family_renders_hostile_names_as_plain_comments(mode: str) -> N
     if mode == "userspace":
         dp = UserspaceDataplane(CFG, ex=ex, families=(4,), proxy=FakeProxy())
     else:
-        dp = IptablesDataplane(CFG, ex=ex, families=(4,))
-        if mode == "ipvs":  # the IPVS helper chains (virtual servers go by netlink)
-            dp.renderers = {4: IpvsRenderer(CFG, 4)}
-            dp.prefix = IpvsRenderer.prefix
+        # ipvs: its helper chains (the virtual servers go by netlink)
+        dp = IptablesDataplane(CFG, ex=ex, families=(4,),
+                               renderer=IpvsRenderer if mode == "ipvs" else Renderer)
     status = dp.sync(states(), full=True)
     assert all(v is None for v in status.values()), status
     restore = ex.restores[-1]
-    prefix = dp.prefix
+    prefix = dp.chains.prefix
     for line in restore.splitlines():
         assert line in ("*nat", "*filter", "COMMIT") or line.startswith((":", "-A ", "-X ")), \
             line
@@ -221,7 +221,7 @@ def test_non_canonical_values_refuse_only_their_service(field: str, value: objec
         assert status[("ns", "good")] is None
         assert status[("ns", "bad")] and status[("ns", "bad")].startswith("render failed"), \
             status
-        written = (dp.ipt[4].ex.restores[-1] if isinstance(dp, IptablesDataplane)
+        written = (dp.chains.ipt[4].ex.restores[-1] if isinstance(dp, IptablesDataplane)
                    else dp.nft.scripts[-1])
         assert str(value) not in written or isinstance(value, (int, bool))
         assert "10.96.0.3" in written  # the good Service (plain_state(2)) is written

@@ -179,7 +179,7 @@ def test_partial_sync_rewrites_only_changed_chains_and_deletes_gone_ones() -> No
 def test_full_sync_removes_chains_left_by_an_earlier_agent() -> None:
     ex = FakeExec()
     dp = IptablesDataplane(CFG, ex=ex, families=(4,))
-    dp.leftover[4] = {("nat", "PYAGENT-SVC-OLDOLDOLDOLDOLD1")}
+    dp.chains.leftover[4] = {("nat", "PYAGENT-SVC-OLDOLDOLDOLDOLD1")}
     dp.sync({}, full=True)
     assert "-X PYAGENT-SVC-OLDOLDOLDOLDOLD1" in ex.restores[-1]
 

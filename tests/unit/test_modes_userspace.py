@@ -143,3 +143,18 @@ def test_conformance_flows_through_the_portals(scn: dict) -> None:
         if got != want:
             bad.append((flow["name"], got, want))
     assert not bad, bad
+
+
+def test_the_portal_renderer_is_pure() -> None:
+    """Rendering names the listeners a Service needs and binds nothing; the
+    dataplane binds them and fills their ports in before writing."""
+    from pyagent.dataplanes.userspace.dataplane import PortalRenderer, bind_portals
+
+    s = sps(local=(EP1,), node_port=30001, external_policy_local=True)
+    frag = PortalRenderer(CFG, 4).render(s)  # no proxy exists at all
+    assert set(frag.listeners) == {(s.key, "cluster"), (s.key, "local")}
+    ports = dict(zip(frag.listeners, (41000, 41001), strict=True))
+    bound = bind_portals(frag, ports)
+    rules = [*bound.services, *(r for rs in bound.nat_chains.values() for r in rs)]
+    assert {r.split("--to-ports ")[1] for r in rules if "REDIRECT" in r} == {"41000", "41001"}
+    assert not any("@" in r for r in rules)

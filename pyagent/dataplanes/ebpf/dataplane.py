@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from ebpf import cgroup as cg
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
-from pyagent.dataplanes.ebpf import programs
+from pyagent.dataplanes.ebpf import programs, removal
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
+from pyagent.dataplanes.registry import Mode
 from pyagent.manifests import gc_paused
 from pyagent.model import ServiceKey, join_host_port
 from pyagent.state import ServicePortState
@@ -201,11 +202,9 @@ class EbpfDataplane:
             self.lb = None
 
     def cleanup(self) -> None:
+        """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
         self.close()
-        ifaces = self.config.interfaces + self.config.pod_interfaces
-        if ifaces:
-            from pyagent.dataplanes.ebpf import tc
+        removal.remove(self.config)
 
-            tc.cleanup(self.bpffs, ifaces)
-        programs.detach_all(self.bpffs, self.cgroup)
-        programs.cleanup(self.bpffs)
+
+MODE = Mode("ebpf", EbpfDataplane, removal.present, removal.remove, clean=removal.remove)

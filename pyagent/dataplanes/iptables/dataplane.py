@@ -1,7 +1,8 @@
 """The iptables dataplane: kube-proxy's chain layout, written with
 iptables-restore --noflush.
 
-Every service port renders to a Fragment (rules.py), kept per Service. A sync
+Every service port renders to a Fragment (rules.py), kept per Service
+(fragments.py). A sync
 re-renders only the Services it is given, assembles the dispatch chains from
 the kept fragments and writes just the chains whose rules differ from what
 the last successful restore wrote, plus `-X` for chains that went away. A
@@ -15,13 +16,15 @@ chains on every periodic resync would cost seconds for nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables.kernel import Exec, Iptables, restore_text
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
+from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 
@@ -33,21 +36,59 @@ Chains = dict[tuple[str, str], tuple[str, ...]]  # (table, chain) -> rules
 
 class IptablesDataplane:
     name = "iptables"
-    renderer_class: type[Renderer] = Renderer
 
     def __init__(self, config: NodeConfig, ex: Exec | None = None,
-                 families: tuple[int, ...] = (4, 6)) -> None:
+                 families: tuple[int, ...] = (4, 6),
+                 renderer: type[Renderer] = Renderer) -> None:
         self.config = config
-        self.families = families
-        self.renderers = {f: self.renderer_class(config, f) for f in families}
-        self.ipt = {f: Iptables(f, ex) for f in families}
-        self.prefix = self.renderer_class.prefix
-        self.frags: dict[ServiceKey, list[tuple[int, Fragment]]] = {}
-        self.written: dict[int, Chains] = {f: {} for f in families}
-        self.leftover: dict[int, set[tuple[str, str]]] = {f: set() for f in families}
-        self.repair = True  # the next full sync rewrites everything
+        self.renderer_class = renderer
+        self.renderers = {f: renderer(config, f) for f in families}
+        self.frags: FragmentCache[PerFamily] = FragmentCache()
+        self.chains = ChainWriter(self.renderers, ex)
 
-    # --- lifecycle ---------------------------------------------------------------
+    def setup(self) -> None:
+        self.chains.setup()
+
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
+        status = self.frags.update(states, full, lambda _svc, ports: render_ports(
+            self.renderers, ports))
+        self.chains.write(self.frags.in_order(), full)
+        return status
+
+    def close(self) -> None:
+        pass  # the rules stay for the next agent
+
+    def cleanup(self) -> None:
+        """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
+        remove(self.config, self.renderer_class, self.chains.ex)
+        self.chains.forget()
+        self.frags.clear()
+
+
+PerFamily = list[tuple[int, Fragment]]  # what one Service renders to, per IP family
+
+
+def render_ports(renderers: Mapping[int, Renderer], ports: tuple[ServicePortState, ...]
+                 ) -> PerFamily:
+    return [(s.service.family, renderers[s.service.family].render(s)) for s in ports]
+
+
+class ChainWriter:
+    """Writes the chains of per-Service fragments with iptables-restore: the
+    iptables mode's, and the helper chains of the IPVS and userspace modes
+    (their renderers' prefix)."""
+
+    def __init__(self, renderers: Mapping[int, Renderer], ex: Exec | None = None) -> None:
+        self.renderers = dict(renderers)
+        self.families = tuple(renderers)
+        self.ex = ex
+        self.ipt = {f: Iptables(f, ex) for f in self.families}
+        self.prefix = next(iter(self.renderers.values())).prefix
+        self.written: dict[int, Chains] = {f: {} for f in self.families}
+        self.leftover: dict[int, set[tuple[str, str]]] = {f: set() for f in self.families}
+        self.repair = True  # the next full write rewrites everything
+
     def setup(self) -> None:
         for fam in self.families:
             ipt, r = self.ipt[fam], self.renderers[fam]
@@ -63,69 +104,34 @@ class IptablesDataplane:
             for table, chain, args in reversed(r.hooks()):
                 ipt.ensure_rule(table, chain, args)
 
-    def close(self) -> None:
-        pass  # the rules stay for the next agent
+    def forget(self) -> None:
+        """After cleanup: nothing of ours is written any more."""
+        self.written = {f: {} for f in self.families}
 
-    def cleanup(self) -> None:
-        for fam in self.families:
-            remove_all(self.ipt[fam], self.renderers[fam])
-            self.written[fam] = {}
-        self.frags.clear()
-
-    # --- sync --------------------------------------------------------------------
-    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
-             full: bool) -> SyncStatus:
-        status = self.render_states(states, full)
-        self.write_all(full)
-        self.after_write()
-        return status
-
-    def write_all(self, full: bool) -> None:
+    def write(self, frags: Iterable[PerFamily], full: bool) -> None:
+        """The chains of `frags` (every Service's, in order); with `full`, also
+        chains left by an earlier agent go, and after a failure everything is
+        rewritten."""
+        frags = list(frags)
         rewrite = full and self.repair
         try:
             for fam in self.families:
-                self._write(fam, self.desired(fam), rewrite)
+                self._write(fam, self.desired(fam, frags), rewrite)
         except Exception:
             self.repair = True  # our bookkeeping may not match the kernel any more
             raise
         if rewrite:
             self.repair = False
 
-    def render_states(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
-                      full: bool) -> SyncStatus:
-        status: SyncStatus = {}
-        if full:
-            for svc in set(self.frags) - set(states):
-                del self.frags[svc]
-        for svc, ports in states.items():
-            if not ports:
-                self.frags.pop(svc, None)
-                status[svc] = None
-                continue
-            try:
-                self.frags[svc] = self.render_service(svc, ports)
-                status[svc] = None
-            except Exception as exc:  # keep the previous rules of this Service
-                log.exception("rendering %s/%s", *svc)
-                status[svc] = f"render failed: {exc}"
-        return status
-
-    def render_service(self, svc: ServiceKey, ports: tuple[ServicePortState, ...]
-                       ) -> list[tuple[int, Fragment]]:
-        return [(s.service.family, self.renderers[s.service.family].render(s)) for s in ports]
-
-    def after_write(self) -> None:
-        """Hook for subclasses (userspace listeners) once the rules are written."""
-
-    def desired(self, fam: int) -> Chains:
+    def desired(self, fam: int, frags: Iterable[PerFamily]) -> Chains:
         r = self.renderers[fam]
         chains: Chains = {("nat", c): tuple(v) for c, v in r.base_nat().items()}
         services: list[str] = []
         nodeports: list[str] = []
         filt: list[str] = []
         cips: list[str] = []
-        for svc in sorted(self.frags):
-            for f, frag in self.frags[svc]:
+        for per_family in frags:
+            for f, frag in per_family:
                 if f != fam:
                     continue
                 chains.update({("nat", c): tuple(v) for c, v in frag.nat_chains.items()})
@@ -185,17 +191,22 @@ def backends(family: int) -> list[str]:
     return ["nft", "legacy"] if legacy else ["nft"]
 
 
-def present(config: NodeConfig, renderer: type[Renderer] = Renderer) -> bool:
+def present(config: NodeConfig, renderer: type[Renderer] = Renderer,
+            ex: Exec | None = None) -> bool:
     """Whether chains of `renderer`'s prefix exist, in either iptables backend."""
-    return any(Iptables(f, backend=b).chains(t, renderer.prefix)
+    return any(Iptables(f, ex, backend=b).chains(t, renderer.prefix)
                for f in (4, 6) for b in backends(f) for t in TABLES)
 
 
-def remove(config: NodeConfig, renderer: type[Renderer] = Renderer) -> str:
+def remove(config: NodeConfig, renderer: type[Renderer] = Renderer,
+           ex: Exec | None = None) -> str:
     n = 0
     for f in (4, 6):
         for b in backends(f):
-            ipt = Iptables(f, backend=b)
+            ipt = Iptables(f, ex, backend=b)
             if any(ipt.chains(t, renderer.prefix) for t in TABLES):
                 n += remove_all(ipt, renderer(config, f))
     return f"removed {n} {renderer.prefix}* chains and their hooks"
+
+
+MODE = Mode("iptables", IptablesDataplane, present, remove)

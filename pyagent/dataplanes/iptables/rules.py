@@ -67,9 +67,13 @@ class Renderer:
     def chain(self, kind: str, *parts: object) -> str:
         return f"{self.prefix}{kind}-{P.short_hash(*parts)}"
 
+    def new_fragment(self) -> Fragment:
+        """The (empty) Fragment render fills; a mode may extend it."""
+        return Fragment()
+
     def render(self, sps: ServicePortState) -> Fragment:
         text.check_state(sps)  # nothing object-derived reaches the rules unchecked
-        frag = Fragment()
+        frag = self.new_fragment()
         sp = sps.service
         proto = sp.protocol.lower()
         comment = f'-m comment --comment "{text.comment(str(sp))}"'

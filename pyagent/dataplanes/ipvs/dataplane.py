@@ -21,10 +21,12 @@ from pathlib import Path
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.ipvs.config import FWMARK_SHIFT, VirtualServer
 from pyagent.dataplanes.ipvs.rules import IpvsFragment, IpvsRenderer
+from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 
@@ -37,21 +39,23 @@ SYSCTLS = {
 }
 
 
-class IpvsDataplane(ipt.IptablesDataplane):
+class IpvsDataplane:
+    """Virtual servers and VIPs (netlink) beside helper chains, which the
+    iptables mode's ChainWriter writes from the same per-Service fragments."""
     name = "ipvs"
-    renderer_class = IpvsRenderer
 
     def __init__(self, config: NodeConfig, ex: Exec | None = None,
                  families: tuple[int, ...] = (4, 6), scheduler: str | None = None,
                  kernel=None, holder=None) -> None:
-        super().__init__(config, ex, families)
+        self.config = config
         # the config's ipvs.scheduler; $PYAGENT_IPVS_SCHEDULER still overrides it
         self.scheduler = (scheduler or os.environ.get("PYAGENT_IPVS_SCHEDULER")
                           or config.ipvs_scheduler)
         self.marks: dict[tuple, int] = {}
-        for r in self.renderers.values():
-            assert isinstance(r, IpvsRenderer)
-            r.scheduler, r.fwmark = self.scheduler, self._fwmark
+        self.renderers = {f: IpvsRenderer(config, f, self.scheduler, self._fwmark)
+                          for f in families}
+        self.frags: FragmentCache[ipt.PerFamily] = FragmentCache()
+        self.chains = ipt.ChainWriter(self.renderers, ex)
         self.kernel, self.holder = kernel, holder
         self.vs: dict[tuple, VirtualServer] = {}  # what we wrote, by kernel key
         self.vips: set[str] = set()
@@ -77,7 +81,7 @@ class IpvsDataplane(ipt.IptablesDataplane):
         self.holder = self.holder or VipHolder()
         log.info("IPVS VIPs held by %s", self.holder.ensure())
         self.adopt()
-        super().setup()
+        self.chains.setup()
 
     def adopt(self) -> None:
         """Take over what an earlier agent wrote, so the first (full) sync updates
@@ -93,7 +97,8 @@ class IpvsDataplane(ipt.IptablesDataplane):
         assert self.kernel is not None and self.holder is not None, "setup() first"
         if full:  # the kernel is the truth (a failed sync may have half-written it)
             self.adopt()
-        status = self.render_states(states, full)
+        status = self.frags.update(states, full, lambda _svc, ports: ipt.render_ports(
+            self.renderers, ports))
         want_vs, want_vips = self.desired_ipvs()
         have_vips = self.holder.current() if full else self.vips
         for ip in sorted(want_vips - have_vips):
@@ -104,7 +109,7 @@ class IpvsDataplane(ipt.IptablesDataplane):
                 self.kernel.add(vs)
             elif old != vs:
                 self.kernel.update(old, vs)
-        self.write_all(full)
+        self.chains.write(self.frags.in_order(), full)
         stale = {k: v for k, v in self.vs.items() if k not in want_vs}
         if full:
             for key in self.kernel.dump_keys():
@@ -122,8 +127,8 @@ class IpvsDataplane(ipt.IptablesDataplane):
     def desired_ipvs(self) -> tuple[dict[tuple, VirtualServer], set[str]]:
         vs: dict[tuple, VirtualServer] = {}
         vips: set[str] = set()
-        for svc in sorted(self.frags):
-            for _fam, frag in self.frags[svc]:
+        for per_family in self.frags.in_order():
+            for _fam, frag in per_family:
                 assert isinstance(frag, IpvsFragment)
                 for v in frag.virtual_servers:
                     vs.setdefault(v.key, v)  # first Service wins a shared frontend
@@ -136,6 +141,8 @@ class IpvsDataplane(ipt.IptablesDataplane):
                 obj.close()
 
     def cleanup(self) -> None:
+        """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
+        self.close()
         remove(self.config)
 
 
@@ -177,3 +184,6 @@ def remove(config: NodeConfig) -> str:
     finally:
         holder.close()
     return "; ".join(msg)
+
+
+MODE = Mode("ipvs", IpvsDataplane, present, remove)

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.nftables import rules as R
+from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 
@@ -79,7 +81,7 @@ class NftablesDataplane:
         self.config = config
         self.nft = nft or Nft()
         self.renderer = R.Renderer(config)
-        self.frags: dict[ServiceKey, list[R.Fragment]] = {}
+        self.frags: FragmentCache[list[R.Fragment]] = FragmentCache()
         self.written = Desired()
         self.leftover: tuple[set[str], set[str]] = (set(), set())
         self.repair = True  # the next full sync rewrites everything
@@ -105,30 +107,15 @@ class NftablesDataplane:
         pass
 
     def cleanup(self) -> None:
-        self.nft.delete_table()
-        if self.forward_helper:
-            from pyagent.dataplanes.nftables import forward
-
-            forward.remove()
+        """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
+        remove(self.config, self.nft, forward_helper=self.forward_helper)
         self.written = Desired()
         self.frags.clear()
 
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
-        status: SyncStatus = {}
-        if full:
-            for svc in set(self.frags) - set(states):
-                del self.frags[svc]
-        for svc, ports in states.items():
-            try:
-                if ports:
-                    self.frags[svc] = [self.renderer.render(s) for s in ports]
-                else:
-                    self.frags.pop(svc, None)
-                status[svc] = None
-            except Exception as exc:
-                log.exception("rendering %s/%s", *svc)
-                status[svc] = f"render failed: {exc}"
+        status = self.frags.update(states, full, lambda _svc, ports: [
+            self.renderer.render(s) for s in ports])
         want = self.desired()
         rewrite = full and self.repair
         script = transaction(self.written, want, rewrite, self.leftover if rewrite else None)
@@ -159,8 +146,8 @@ class NftablesDataplane:
             for name, (spec, elems) in R.static_sets(self.config, f).items():
                 d.sets[name] = spec
                 d.elements[name] = dict.fromkeys(elems, "")
-        for svc in sorted(self.frags):
-            for frag in self.frags[svc]:
+        for frags in self.frags.in_order():
+            for frag in frags:
                 for c, rules in frag.chains.items():
                     d.chains[c] = tuple(rules)
                 d.sets.update(frag.sets)
@@ -238,13 +225,16 @@ def present(config: NodeConfig) -> bool:
         [i for i in forward._filter_tables() if i.chains("filter", forward.CHAIN)])
 
 
-def remove(config: NodeConfig) -> str:
+def remove(config: NodeConfig, nft: Nft | None = None, forward_helper: bool = True) -> str:
     from pyagent.dataplanes.nftables import forward
 
-    helpers = forward.remove()
-    deleted = Nft().delete_table()
+    helpers = forward.remove() if forward_helper else 0
+    deleted = (nft or Nft()).delete_table()
     if not deleted and not helpers:
         return "nothing to clean"
     return ", ".join([*([f"deleted table {R.TABLE}"] if deleted else []),
                       *([f"removed {forward.CHAIN} from {helpers} filter tables"]
                         if helpers else [])])
+
+
+MODE = Mode("nftables", NftablesDataplane, present, remove)

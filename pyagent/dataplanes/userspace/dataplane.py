@@ -12,59 +12,96 @@ node's own processes) via PYAUSR-SERVICES.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
 from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
+from pyagent.dataplanes.registry import Mode
 from pyagent.dataplanes.userspace.proxy import Proxy
 from pyagent.model import Endpoint, ServiceKey
 from pyagent.state import ServicePortState
 
-ListenerId = tuple[tuple, str]
-PROXIED = ("TCP", "UDP")  # (service port key, "cluster" | "local")
+ListenerId = tuple[tuple, str]  # (service port key, "cluster" | "local")
+PROXIED = ("TCP", "UDP")
+_PORTAL = re.compile(r"--to-ports @(\d+)@")
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    protocol: str
+    family: int
+    endpoints: tuple[tuple[str, int], ...]
+    affinity: int
+
+
+@dataclass
+class PortalFragment(Fragment):
+    """A Fragment whose REDIRECTs name listeners (`@i@`: the i-th of
+    `listeners`) until the dataplane has bound them (bind_portals)."""
+    listeners: dict[ListenerId, ListenerSpec] = field(default_factory=dict)
 
 
 class PortalRenderer(Renderer):
+    """The iptables classification with a REDIRECT portal wherever the
+    iptables mode balances; pure: it names the listeners it needs."""
     prefix = "PYAUSR-"
     masquerade = False
-    proxy: Proxy | None = None  # set by the dataplane before rendering
-    used: set[ListenerId]
+
+    def new_fragment(self) -> PortalFragment:
+        return PortalFragment()
 
     def balance(self, sps: ServicePortState, which: str, eps: tuple[Endpoint, ...],
                 frag: Fragment) -> str:
+        assert isinstance(frag, PortalFragment)
         sp = sps.service
-        assert self.proxy is not None
         lid = (sp.key, which)
-        port = self.proxy.ensure(lid, sp.protocol, sp.family,
-                                 [(e.ip, e.port) for e in sorted(eps, key=lambda e: e.addr)],
-                                 sp.affinity_timeout or 0)
-        self.used.add(lid)
-        return f"-j REDIRECT --to-ports {port}"
+        backends = tuple((e.ip, e.port) for e in sorted(eps, key=lambda e: e.addr))
+        frag.listeners[lid] = ListenerSpec(sp.protocol, sp.family, backends,
+                                           sp.affinity_timeout or 0)
+        return f"-j REDIRECT --to-ports @{list(frag.listeners).index(lid)}@"
 
 
-class UserspaceDataplane(ipt.IptablesDataplane):
+def bind_portals(frag: Fragment, ports: Mapping[ListenerId, int]) -> Fragment:
+    """`frag` with each portal's listener replaced by its port."""
+    assert isinstance(frag, PortalFragment)
+    lids = list(frag.listeners)
+
+    def fill(rules: list[str]) -> list[str]:
+        return [_PORTAL.sub(lambda m: f"--to-ports {ports[lids[int(m[1])]]}", r) for r in rules]
+    return Fragment(nat_chains={c: fill(rules) for c, rules in frag.nat_chains.items()},
+                    services=fill(frag.services), nodeports=fill(frag.nodeports),
+                    filter=fill(frag.filter), cluster_ip=frag.cluster_ip)
+
+
+class UserspaceDataplane:
+    """Portal chains written by the iptables mode's ChainWriter; the listeners
+    they redirect to are bound here, between rendering and writing."""
     name = "userspace"
-    renderer_class = PortalRenderer
 
     def __init__(self, config: NodeConfig, ex: Exec | None = None,
                  families: tuple[int, ...] = (4, 6), proxy: Proxy | None = None) -> None:
-        super().__init__(config, ex, families)
+        self.config = config
         self.proxy = proxy
+        self.renderers = {f: PortalRenderer(config, f) for f in families}
+        self.frags: FragmentCache[ipt.PerFamily] = FragmentCache()
+        self.chains = ipt.ChainWriter(self.renderers, ex)
         self.by_service: dict[ServiceKey, set[ListenerId]] = {}
-        self._before: set[ListenerId] = set()
 
     def setup(self) -> None:
         if self.proxy is None:
             self.proxy = Proxy()
-        super().setup()
+        self.chains.setup()
 
-    def render_states(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
-                      full: bool) -> SyncStatus:
+    def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+             full: bool) -> SyncStatus:
         assert self.proxy is not None, "setup() first"
-        self._before = {lid for lids in self.by_service.values() for lid in lids}
+        before = {lid for lids in self.by_service.values() for lid in lids}
         if full:
             for svc in set(self.by_service) - set(states):
                 del self.by_service[svc]
@@ -76,38 +113,48 @@ class UserspaceDataplane(ipt.IptablesDataplane):
         # ports work.
         proxied = {svc: tuple(s for s in ports if s.service.protocol in PROXIED)
                    for svc, ports in states.items()}
-        status = super().render_states(
-            {svc: ports for svc, ports in proxied.items() if ports or not states[svc]}, full)
+        status = self.frags.update(
+            {svc: ports for svc, ports in proxied.items() if ports or not states[svc]}, full,
+            self._render)
         for svc, ports in states.items():
             skipped = sorted({str(s.service) for s in ports} - {str(s.service)
                                                                 for s in proxied[svc]})
             if skipped and not status.get(svc):
                 status[svc] = f"not proxied in userspace mode: {', '.join(skipped)}"
                 if not proxied[svc]:
-                    self.frags.pop(svc, None)
+                    self.frags.discard(svc)
                     self.by_service.pop(svc, None)
+        self.chains.write(self.frags.in_order(), full)
+        after = {lid for lids in self.by_service.values() for lid in lids}
+        for lid in before - after:  # no rule redirects to them any more
+            self.proxy.drop(lid)
         return status
 
-    def render_service(self, svc: ServiceKey, ports: tuple[ServicePortState, ...]
-                       ) -> list[tuple[int, Fragment]]:
-        used: set[ListenerId] = set()
-        for r in self.renderers.values():
-            assert isinstance(r, PortalRenderer)
-            r.proxy, r.used = self.proxy, used
-        out = super().render_service(svc, ports)
-        self.by_service[svc] = used  # only once every port rendered
-        return out
-
-    def after_write(self) -> None:
+    def _render(self, svc: ServiceKey, ports: tuple[ServicePortState, ...]) -> ipt.PerFamily:
+        """Render (pure), then create or update the listeners the portals name."""
         assert self.proxy is not None
-        after = {lid for lids in self.by_service.values() for lid in lids}
-        for lid in self._before - after:  # no rule redirects to them any more
-            self.proxy.drop(lid)
+        rendered = ipt.render_ports(self.renderers, ports)
+        bound: dict[ListenerId, int] = {}
+        for _fam, frag in rendered:
+            assert isinstance(frag, PortalFragment)
+            for lid, spec in frag.listeners.items():
+                bound[lid] = self.proxy.ensure(lid, spec.protocol, spec.family,
+                                               list(spec.endpoints), spec.affinity)
+        out = [(fam, bind_portals(frag, bound)) for fam, frag in rendered]
+        self.by_service[svc] = set(bound)  # only once every port rendered
+        return out
 
     def close(self) -> None:
         if self.proxy:
             self.proxy.close()
             self.proxy = None
+
+    def cleanup(self) -> None:
+        """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
+        self.close()
+        remove(self.config)
+        self.chains.forget()
+        self.frags.clear()
 
 
 def present(config: NodeConfig) -> bool:
@@ -116,3 +163,6 @@ def present(config: NodeConfig) -> bool:
 
 def remove(config: NodeConfig) -> str:
     return ipt.remove(config, PortalRenderer)
+
+
+MODE = Mode("userspace", UserspaceDataplane, present, remove)
