@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory of Service, EndpointSlice and Node YAML/JSON files")
     p.add_argument("--node-name", help="the node to plan for (overrides the config file)")
     p.add_argument("--config", type=Path, metavar="FILE",
-                   help="KubeProxyConfiguration-style YAML (see DESIGN.md section 5)")
+                   help="KubeProxyConfiguration-style YAML (see docs/kube-proxy.md)")
     p.add_argument("--node-ip", action="append",
                    help="an address local to the node (default: the Node object's)")
     p.add_argument("--cluster-cidr", action="append", help="pod CIDR (comma-separated ok)")

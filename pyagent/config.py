@@ -1,11 +1,10 @@
 """Node configuration: what the node is, and what the rules mean on it.
 
 `load_config` reads a KubeProxyConfiguration-style YAML file (every key
-optional) plus pyagent's own `pyagent:` block. The trace spellings of
-DESIGN.md section 5 are accepted too (nodeName, nodeIPs, clusterCIDRs,
-localDetector), and so are the conformance vectors' proxier settings
-(nodeIP, serviceCIDR, interface_ips, ...), so one loader serves `run`,
-`plan` and `trace`.
+optional) plus pyagent's own `pyagent:` block. The trace command's
+spellings are accepted too (nodeName, nodeIPs, clusterCIDRs, localDetector),
+and so are the conformance vectors' proxier settings (nodeIP, serviceCIDR,
+interface_ips, ...), so one loader serves `run`, `plan` and `trace`.
 
 Defaults follow kube-proxy's nftables mode. A few switches exist so the same
 rules can also describe the iptables mode where the two differ:

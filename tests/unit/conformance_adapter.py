@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from argparse import ArgumentParser
@@ -20,7 +21,9 @@ import yaml
 
 from pyagent import cmd_plan, cmd_trace
 
-SHARED = Path(__file__).resolve().parents[2] / "../shared/conformance"
+# $PYAGENT_CONFORMANCE_DIR: elsewhere (and how the test policy is tested)
+SHARED = Path(os.environ.get("PYAGENT_CONFORMANCE_DIR")
+              or Path(__file__).resolve().parents[2] / "../shared/conformance")
 NODE = "test-node"
 REMOTE = "remote-node"
 
