@@ -13,14 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pyagent import kubeproxy_flags as KP
-from pyagent import nodeinfo
-from pyagent.config import NodeConfig, load_config, with_overrides
-from pyagent.manifests import gc_paused, load_manifests
+from pyagent.cli_flags import resolve_config
 from pyagent.model import join_host_port
-from pyagent.parse import ParseError, object_name
-from pyagent.sources.base import KINDS
+from pyagent.planner import load_state
 from pyagent.state import DesiredState, ServicePortState, diff_service_ports, plan_entry
-from pyagent.store import ServiceStore
 
 EPILOG = """\
 examples:
@@ -61,49 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--diff", type=Path, metavar="OLD_DIR",
                    help="print only what changes going from OLD_DIR's state to this one")
-
-
-def resolve_config(args: argparse.Namespace) -> NodeConfig:
-    """The config file, overridden by the flags given (kube-proxy's too)."""
-    config = KP.apply(args, load_config(args.config, mode=KP.flag_mode(args)))
-    cidrs = KP.pyagent_cluster_cidrs(getattr(args, "cluster_cidr", None))
-    if cidrs is not None and config.local_detect_mode != "ClusterCIDR":
-        cidrs = None
-    return with_overrides(config, node_name=getattr(args, "node_name", None),
-                          node_ips=tuple(args.node_ip) if getattr(args, "node_ip", None) else None,
-                          cluster_cidrs=cidrs, mode=getattr(args, "mode", None))
-
-
-def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[str], NodeConfig]:
-    """(state, errors, effective config) for a manifests directory.
-
-    Without configured node IPs, the addresses of the node's Node object are used.
-    """
-    loaded = load_manifests(manifests, config.parse_limits)  # the agent's loader
-    objects = loaded.objects
-    node = _node_object(objects["Node"], config.node_name)
-    if not config.node_ips:
-        config = with_overrides(config, node_ips=nodeinfo.primary_ips(
-            nodeinfo.node_ips(node), config.bind_address) or None)
-    if config.local_detect_mode == "NodeCIDR":
-        config = with_overrides(config, cluster_cidrs=nodeinfo.pod_cidrs(node))
-    store = ServiceStore(config, log_invalid=False)  # errors are returned instead
-    with gc_paused():
-        for kind in KINDS:
-            store.replace(kind, objects[kind], refused=loaded.refused[kind],
-                          origins=loaded.origins[kind])
-        state = store.full_state()
-    return state, loaded.errors + list(state.errors), config
-
-
-def _node_object(nodes: list[dict], node_name: str) -> dict | None:
-    for obj in nodes:
-        try:
-            if node_name and object_name("Node", obj)[1] == node_name:
-                return obj
-        except ParseError:
-            continue
-    return None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyagent.cmd_plan import load_state, resolve_config
+from pyagent.cli_flags import resolve_config
 from pyagent.inputs import load_single
 from pyagent.model import PROTOCOLS
 from pyagent.parse import show
+from pyagent.planner import load_state
 from pyagent.trace import Tracer
 
 EPILOG = """\

@@ -147,8 +147,8 @@ def test_a_stuck_file_shows_in_the_source_errors_metric(tmp_path, monkeypatch) -
 
 
 def test_plan_and_the_agent_see_the_same_state_and_errors(tmp_path) -> None:
-    from pyagent.cmd_plan import load_state
     from pyagent.config import NodeConfig
+    from pyagent.planner import load_state
     from pyagent.sources.manifests import ManifestSource
     from pyagent.store import ServiceStore
 
