@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from pyagent.config import NodeConfig
@@ -42,7 +44,8 @@ ErrorKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 class ServiceStore:
-    def __init__(self, config: NodeConfig, *, log_invalid: bool = True) -> None:
+    def __init__(self, config: NodeConfig, *, log_invalid: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._log_invalid = log_invalid  # off when the caller reports `errors` itself
         # Per object only a fingerprint (resourceVersion, else a content hash):
@@ -65,6 +68,10 @@ class ServiceStore:
         self.internal_errors = 0  # parser bugs: exceptions other than ParseError
         self.service_changes_total = 0
         self.endpoint_changes_total = 0
+        # EndpointSlice last-change-trigger-times not yet taken (latency metric);
+        # changes triggered before the store existed are not ours to time.
+        self._trigger_times: list[float] = []
+        self._started = clock()
 
     # --- ObjectSink ------------------------------------------------------------
 
@@ -100,6 +107,8 @@ class ServiceStore:
             return
         self.errors.pop((kind, *key), None)
         self._origin.pop((kind, *key), None)
+        if kind == "EndpointSlice" and key in self._raw[kind]:
+            self._note_trigger(obj)
         self._remove(kind, key)
 
     def report(self, problems: Sequence[str]) -> None:
@@ -132,6 +141,13 @@ class ServiceStore:
                 else:
                     self._taken.pop(key, None)
         return changed
+
+    def take_trigger_times(self) -> list[float]:
+        """When the EndpointSlice changes applied since the last call were
+        triggered (their last-change-trigger-time annotation, wall-clock
+        seconds): kube-proxy's network programming latency starts there."""
+        out, self._trigger_times = self._trigger_times, []
+        return out
 
     def pending(self) -> tuple[int, int]:
         """(services, endpoint sets) changed and not yet taken."""
@@ -218,7 +234,14 @@ class ServiceStore:
         if kind == "Node" and key[1] == self.config.node_name:
             self._node_raw = obj
         getattr(self, f"_set_{kind.lower()}")(key, parsed)
+        if kind == "EndpointSlice":
+            self._note_trigger(obj)
         return key
+
+    def _note_trigger(self, obj: Mapping[str, Any]) -> None:
+        stamp = trigger_time(obj)
+        if stamp is not None and stamp > self._started:
+            self._trigger_times.append(stamp)
 
     def _invalid(self, kind: Kind, key: ObjectKey, msg: str, origin: str | None) -> None:
         ekey = (kind, *key)
@@ -282,6 +305,25 @@ class ServiceStore:
     def _touch_endpoints(self, key: ServiceKey) -> None:
         self._touch(key)
         self._pending_endpoints.add(key)
+
+
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+def trigger_time(obj: Mapping[str, Any]) -> float | None:
+    """The EndpointSlice's last-change-trigger-time (RFC 3339, set by the
+    endpoint controllers) as wall-clock seconds; None when absent or invalid
+    (as kube-proxy, the change is then not timed)."""
+    meta = obj.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, Mapping) else None
+    value = notes.get(TRIGGER_TIME_ANNOTATION) if isinstance(notes, Mapping) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp.timestamp() if stamp.tzinfo is not None else None
 
 
 def _fingerprint(obj: Mapping[str, Any]) -> str:

@@ -262,3 +262,31 @@ def test_node_fields_health_reads_are_checked() -> None:
         store.replace("Node", [{**good, "spec": spec}])
         assert store.node() == good
         assert ("Node", "", NODE) in store.errors
+
+
+def _triggered(slice_: dict, stamp: str) -> dict:
+    out = copy.deepcopy(slice_)
+    out["metadata"].setdefault("annotations", {})[
+        "endpoints.kubernetes.io/last-change-trigger-time"] = stamp
+    return out
+
+
+def test_trigger_times_of_endpoint_slice_changes_are_taken_once() -> None:
+    """kube-proxy times network programming from the EndpointSlice's
+    last-change-trigger-time: changes after the store started, each once."""
+    store = ServiceStore(NodeConfig(node_name=NODE), clock=lambda: 1_700_000_000.0)
+    store.upsert("Service", svc())
+    s1 = _triggered(eps("s1", "svc", "10.0.0.1"), "2023-11-14T22:13:25Z")  # start + 5 s
+    store.upsert("EndpointSlice", s1)
+    store.upsert("EndpointSlice", _triggered(eps("s2", "svc", "10.0.0.2"),
+                                             "2023-11-14T23:13:30.5+01:00"))  # + 10.5 s
+    store.upsert("EndpointSlice", _triggered(eps("old", "svc", "10.0.0.3"),
+                                             "2023-11-14T22:00:00Z"))  # before the start
+    store.upsert("EndpointSlice", _triggered(eps("bad", "svc", "10.0.0.4"), "yesterday"))
+    store.upsert("EndpointSlice", eps("none", "svc", "10.0.0.5"))
+    assert store.take_trigger_times() == [1_700_000_005.0, 1_700_000_010.5]
+    assert store.take_trigger_times() == []
+    store.upsert("EndpointSlice", s1)  # the same version again: no change, not timed
+    assert store.take_trigger_times() == []
+    store.delete("EndpointSlice", _triggered(s1, "2023-11-14T22:13:40Z"))
+    assert store.take_trigger_times() == [1_700_000_020.0]
