@@ -12,6 +12,8 @@ from pyagent.config import NodeConfig
 from pyagent.dataplanes import registry
 from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
 
+from .test_modes_iptables import FakeExec
+
 CFG = NodeConfig(node_name="n1", node_ips=("192.168.0.2",))
 
 
@@ -59,23 +61,17 @@ def test_default_cleanup_reports_nothing_when_absent() -> None:
     assert registry.Mode("x", mode.create, lambda c: True, mode.remove).cleanup(CFG) == "removed"
 
 
-class ChainsExec:
-    """iptables-save lists one stale chain of ours; records the restores."""
-
-    def __init__(self) -> None:
-        self.restores: list[str] = []
-        self.commands: list[list[str]] = []
+class ChainsExec(FakeExec):
+    """iptables-save lists one stale chain of ours; `-C` finds the hooks."""
 
     def run(self, argv, stdin=None, check=True) -> str:
-        self.commands.append(list(argv))
-        if "restore" in argv[0]:
-            self.restores.append(stdin or "")
+        out = super().run(argv, stdin, check)
         if "save" in argv[0] and "nat" in argv:
             return "*nat\n:PYAGENT-SVC-STALE - [0:0]\nCOMMIT\n"
-        return ""
+        return out
 
     def ok(self, argv) -> bool:
-        self.commands.append(list(argv))
+        super().ok(argv)
         return True
 
 
