@@ -7,9 +7,11 @@ instead of raising: one bad Service never stops the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
+from pyagent.config import NodeConfig
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 
@@ -47,3 +49,21 @@ class Dataplane(Protocol):
 
     def cleanup(self) -> None:
         """Remove everything this dataplane ever put in the kernel."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a mode's module (pyagent.dataplanes.<name>.dataplane) provides as
+    MODE, for pyagent.dataplanes.registry."""
+    name: str
+    create: Callable[[NodeConfig], Dataplane]
+    present: Callable[[NodeConfig], bool]
+    remove: Callable[[NodeConfig], str]
+    # what `pyagent cleanup` prints; default: remove() when present()
+    clean: Callable[[NodeConfig], str] | None = None
+
+    def cleanup(self, config: NodeConfig) -> str:
+        """Remove this mode's state; says what went (idempotent)."""
+        if self.clean is not None:
+            return self.clean(config)
+        return self.remove(config) if self.present(config) else "nothing to clean"

@@ -16,31 +16,12 @@ modes' state lives in the network namespace where the caller runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import Dataplane
+from pyagent.dataplanes.base import Dataplane, Mode
 
 MODES = ("ebpf", "iptables", "nftables", "ipvs", "userspace")
-
-
-@dataclass(frozen=True)
-class Mode:
-    """What a mode's module (pyagent.dataplanes.<name>.dataplane) provides."""
-    name: str
-    create: Callable[[NodeConfig], Dataplane]
-    present: Callable[[NodeConfig], bool]
-    remove: Callable[[NodeConfig], str]
-    # what `pyagent cleanup` prints; default: remove() when present()
-    clean: Callable[[NodeConfig], str] | None = None
-
-    def cleanup(self, config: NodeConfig) -> str:
-        """Remove this mode's state; says what went (idempotent)."""
-        if self.clean is not None:
-            return self.clean(config)
-        return self.remove(config) if self.present(config) else "nothing to clean"
 
 
 def _module(name: str) -> ModuleType:
@@ -66,6 +47,9 @@ def get(name: str) -> Mode:
     mode = _module(name).MODE
     assert isinstance(mode, Mode) and mode.name == name
     return mode
+
+
+__all__ = ["MODES", "Mode", "clean_other_modes", "create", "get"]
 
 
 def create(config: NodeConfig) -> Dataplane:

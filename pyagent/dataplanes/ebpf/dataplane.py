@@ -14,14 +14,13 @@ from collections.abc import Mapping
 
 from ebpf import cgroup as cg
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.ebpf import programs, removal
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
-from pyagent.dataplanes.registry import Mode
 from pyagent.manifests import gc_paused
 from pyagent.model import ServiceKey, join_host_port
 from pyagent.state import ServicePortState

@@ -20,11 +20,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables.kernel import Exec, Iptables, restore_text
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
-from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 

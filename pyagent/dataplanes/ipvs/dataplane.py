@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.ipvs.config import FWMARK_SHIFT, VirtualServer
 from pyagent.dataplanes.ipvs.rules import IpvsFragment, IpvsRenderer
-from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 

@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.nftables import rules as R
-from pyagent.dataplanes.registry import Mode
 from pyagent.model import ServiceKey
 from pyagent.state import ServicePortState
 

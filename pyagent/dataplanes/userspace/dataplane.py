@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyagent.config import NodeConfig
-from pyagent.dataplanes.base import SyncStatus
+from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
-from pyagent.dataplanes.registry import Mode
 from pyagent.dataplanes.userspace.proxy import Proxy
 from pyagent.model import Endpoint, ServiceKey
 from pyagent.state import ServicePortState
