@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyagent import nodeinfo
+from pyagent import node_object
 from pyagent.config import NodeConfig, with_overrides
 from pyagent.manifests import gc_paused, load_manifests
 from pyagent.parse import ParseError, object_name
@@ -24,10 +24,10 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
     objects = loaded.objects
     node = _node_object(objects["Node"], config.node_name)
     if not config.node_ips:
-        config = with_overrides(config, node_ips=nodeinfo.primary_ips(
-            nodeinfo.node_ips(node), config.bind_address) or None)
+        config = with_overrides(config, node_ips=node_object.primary_ips(
+            node_object.node_ips(node), config.bind_address) or None)
     if config.local_detect_mode == "NodeCIDR":
-        config = with_overrides(config, cluster_cidrs=nodeinfo.pod_cidrs(node))
+        config = with_overrides(config, cluster_cidrs=node_object.pod_cidrs(node))
     store = ServiceStore(config, log_invalid=False)  # errors are returned instead
     with gc_paused():
         for kind in KINDS:
