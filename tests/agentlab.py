@@ -169,7 +169,7 @@ def sync_marker(generation: int) -> dict:
 
 def wait_for_marker(bpffs: str, marker: dict, proc: subprocess.Popen | None, log: Path,
                     timeout: float = 90) -> None:
-    from pyagent import statusfile
+    from pyagent.observe import statusfile
 
     name = f"pyagent-test/{marker['metadata']['name']}:m"
     deadline = time.monotonic() + timeout

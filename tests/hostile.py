@@ -4,8 +4,8 @@ might), for the dataplane escaping tests (unit and lab)."""
 
 from __future__ import annotations
 
-from pyagent.model import Endpoint, ServicePort
-from pyagent.state import ServicePortState
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.state import ServicePortState
 
 HOSTILE = [
     'a"b', "a'b", "a`b`",

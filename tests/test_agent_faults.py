@@ -482,7 +482,7 @@ def test_every_mode_serves_again_after_sigkill_with_nothing_stale(mode: str) -> 
             assert GONE not in text and ipvs_hex(GONE) not in text, \
                 f"{mode}: the deleted Service is still in the kernel"  # ...and nothing left
             if mode == "ebpf":
-                from pyagent.cmd_maps import dump
+                from pyagent.dataplanes.ebpf.dump import dump
 
                 assert not any(s["frontend"]["address"] == GONE for s in dump(bpffs)["services"])
             probe(f"mode {mode}: SIGKILL, 1 Service deleted / 1 emptied / 1 changed meanwhile",

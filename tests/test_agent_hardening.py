@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 from agentlab import AgentLab, agent_lab, service, slice_
 
-from pyagent import statusfile
 from pyagent.lab import Lab
+from pyagent.observe import statusfile
 
 pytestmark = pytest.mark.root
 
@@ -205,8 +205,8 @@ def test_maps_dump_under_a_concurrent_writer_never_shows_none(tmp_path) -> None:
     slot decodes with the same fields and types, a slot whose backend is
     not (or no longer) there is marked as such."""
     from ebpf import bpffs as fs
-    from pyagent.cmd_maps import dump
     from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf.dump import dump
     from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
     from pyagent.dataplanes.ebpf.kernel import KernelWriter
     from pyagent.dataplanes.ebpf.reconciler import Reconciler

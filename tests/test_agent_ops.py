@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from agentlab import AgentLab, agent_lab, service, slice_
 
-from pyagent import statusfile
 from pyagent.lab import Lab
+from pyagent.observe import statusfile
 
 pytestmark = pytest.mark.root
 

@@ -149,8 +149,8 @@ def lab_command(cmd: str, bpffs: str, cgroup: str, uplink: str) -> str:
 
 
 def test_kube_proxy_doc_names_every_key_and_flag() -> None:
-    from pyagent import kubeproxy_flags as KP
-    from pyagent.config import IGNORED
+    from pyagent.cli import kubeproxy_flags as KP
+    from pyagent.core.config import IGNORED
 
     doc = (ROOT / "docs" / "kube-proxy.md").read_text()
     for key in IGNORED:

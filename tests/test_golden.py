@@ -57,7 +57,7 @@ def normalise(dump: dict[str, Any]) -> dict[str, Any]:
         b["id"] = bid[b["id"]]
     out["backends"] = backends
     first_use: dict[int, tuple] = {}
-    for s in out["services"]:  # already in frontend order (cmd_maps sorts them)
+    for s in out["services"]:  # already in frontend order (`maps dump` sorts them)
         fe = s["frontend"]
         first_use.setdefault(s["revNatId"], (fe["port"], fe["protocol"], fe["scope"]))
     revnat = sorted(out["revNat"], key=lambda r: (_addr(r["address"]), r["port"],
@@ -82,7 +82,7 @@ def lab() -> Iterator[Lab]:
 
 def _first_sync(lab: Lab, case: str) -> dict[str, Any]:
     """Run the agent on the case's manifests until its first sync; the dump."""
-    from pyagent import statusfile
+    from pyagent.observe import statusfile
 
     src = GOLDEN / case
     bpffs = str(lab.bpffs / case)

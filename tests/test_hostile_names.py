@@ -45,9 +45,9 @@ SCRIPT = """
 import json, socket, sys, time
 sys.path.insert(0, sys.argv[2])
 from hostile import HOSTILE, hostile_state
-from pyagent.config import NodeConfig
-from pyagent.model import Endpoint, ServicePort
-from pyagent.state import ServicePortState
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.state import ServicePortState
 
 mode = sys.argv[1]
 cfg = NodeConfig(node_name="node-1", node_ips=("10.244.0.1",), cluster_cidrs=("10.244.0.0/16",))

@@ -426,10 +426,10 @@ def test_mode_switch_removes_the_previous_modes_state() -> None:
 
 IPVS_SCRIPT = """
 import json, subprocess
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
 from pyagent.dataplanes.ipvs.dataplane import IpvsDataplane, present, remove
-from pyagent.model import Endpoint, ServicePort
-from pyagent.state import ServicePortState
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.state import ServicePortState
 
 class FakeIpvs:  # the development kernel has no IPVS: record what would be written
     def __init__(self): self.vs = {}

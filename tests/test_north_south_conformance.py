@@ -32,8 +32,8 @@ import yaml
 from agentlab import sync_marker, wait_for_marker
 from unit.conformance_adapter import SHARED, effective, load, scenario_config, scenario_objects
 
+from pyagent.core.parse import parse_cidr, parse_ip
 from pyagent.lab.cluster import Cluster
-from pyagent.parse import parse_cidr, parse_ip
 
 # A per-test skip, not a module-level one: conftest turns a skipped `root`
 # test into a failure under PYAGENT_REQUIRE_KERNEL=1, a skipped module it

@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from pyagent.config import NodeConfig
-from pyagent.model import ServiceKey
-from pyagent.state import ServicePortState
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
 
 # Per Service: None when programmed, else why not (the previous state stays).
 SyncStatus = dict[ServiceKey, str | None]

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import SyncStatus
-from pyagent.model import ServiceKey
-from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
 F = TypeVar("F")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
 from pyagent.dataplanes.base import Dataplane, Mode
 
 MODES = ("ebpf", "iptables", "nftables", "ipvs", "userspace")

@@ -26,8 +26,8 @@ import hashlib
 import ipaddress
 import re
 
-from pyagent.model import PROTOCOLS, Endpoint
-from pyagent.state import ServicePortState
+from pyagent.core.model import PROTOCOLS, Endpoint
+from pyagent.core.state import ServicePortState
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")  # never an option look-alike
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9._:/-]")

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyagent.sources.base import KINDS, Kind, ObjectSink
+from pyagent.core.sink import KINDS, Kind, ObjectSink
 from pyagent.sources.kube_client import make_api_client
 from pyagent.sources.kube_errors import (
     describe_error,

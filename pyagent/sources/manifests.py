@@ -15,9 +15,9 @@ import logging
 import threading
 from pathlib import Path
 
-from pyagent.inputs import DEFAULT_LIMITS, ParseLimits
-from pyagent.manifests import ManifestReader, ManifestSet, manifest_files
-from pyagent.sources.base import KINDS, ObjectSink
+from pyagent.core.inputs import DEFAULT_LIMITS, ParseLimits
+from pyagent.core.manifests import ManifestReader, ManifestSet, manifest_files
+from pyagent.core.sink import KINDS, ObjectSink
 
 log = logging.getLogger(__name__)
 LOGGED = 100  # problems logged per read: a file of 200,000 bad documents must not flood

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.store import ServiceStore
 from pyagent.dataplanes import registry
 from pyagent.lab import Lab
-from pyagent.store import ServiceStore
 from tests.bench.bench_plan import objects
 
 CONNECT_SNIPPET = """

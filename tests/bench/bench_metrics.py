@@ -26,12 +26,12 @@ import urllib.request
 
 from prometheus_client import generate_latest
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import join_host_port
+from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
 from pyagent.lab import Lab
-from pyagent.metrics import Metrics, start_metrics_server
-from pyagent.model import join_host_port
-from pyagent.store import ServiceStore
+from pyagent.observe.metrics import Metrics, start_metrics_server
 from tests.bench.bench_ebpf import load_store, states
 
 

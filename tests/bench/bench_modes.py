@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from pyagent.config import NodeConfig
-from pyagent.model import Endpoint, ServicePort
-from pyagent.state import ServicePortState
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.state import ServicePortState
 
 NODE_IP = "10.244.0.1"
 MODES = ("iptables", "nftables", "userspace", "ebpf")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from pyagent import cmd_plan
-from pyagent.config import NodeConfig
-from pyagent.manifests import load_manifests
-from pyagent.store import ServiceStore
+from pyagent.cli import plan as cmd_plan
+from pyagent.core.config import NodeConfig
+from pyagent.core.manifests import load_manifests
+from pyagent.core.store import ServiceStore
 
 NODE = "node-0"
 

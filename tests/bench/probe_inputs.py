@@ -31,8 +31,8 @@ if "--tree" in sys.argv:  # whose pyagent to probe
 else:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pyagent.config import NodeConfig  # noqa: E402
-from pyagent.store import ServiceStore  # noqa: E402
+from pyagent.core.config import NodeConfig  # noqa: E402
+from pyagent.core.store import ServiceStore  # noqa: E402
 
 
 def _read_into_store(directory: Path) -> tuple[ServiceStore, str | None]:

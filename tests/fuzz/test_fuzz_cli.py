@@ -18,7 +18,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyagent import cmd_plan, cmd_trace
+from pyagent.cli import plan as cmd_plan
+from pyagent.cli import trace as cmd_trace
 
 from .common import HOSTILE, TEMPLATES, fuzz, random_value
 

@@ -19,11 +19,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyagent.config import NodeConfig
-from pyagent.inputs import ParseLimits
-from pyagent.manifests import ManifestReader
-from pyagent.sources.base import KINDS
-from pyagent.store import ServiceStore
+from pyagent.core.config import NodeConfig
+from pyagent.core.inputs import ParseLimits
+from pyagent.core.manifests import ManifestReader
+from pyagent.core.sink import KINDS
+from pyagent.core.store import ServiceStore
 
 from .common import HOSTILE, TEMPLATES, fuzz, is_json, json_values, mutated
 

@@ -11,9 +11,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyagent.config import NodeConfig
-from pyagent.parse import ParseError, object_name
-from pyagent.store import ServiceStore
+from pyagent.core.config import NodeConfig
+from pyagent.core.parse import ParseError, object_name
+from pyagent.core.store import ServiceStore
 
 from .common import TEMPLATES, any_values, fuzz, is_json, json_values, mutated, random_edits
 

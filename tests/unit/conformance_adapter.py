@@ -2,7 +2,7 @@
 CLI takes: a manifests directory of plain API objects and a node config file.
 
 Only the vectors' own fields are used; which kube-proxy mode a scenario came
-from is expressed through config keys (see pyagent.config).
+from is expressed through config keys (see pyagent.core.config).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from pyagent import cmd_plan, cmd_trace
+from pyagent.cli import plan as cmd_plan
+from pyagent.cli import trace as cmd_trace
 
 # $PYAGENT_CONFORMANCE_DIR: elsewhere (and how the test policy is tested)
 SHARED = Path(os.environ.get("PYAGENT_CONFORMANCE_DIR")
@@ -236,7 +237,7 @@ def cli_command() -> list[str]:
         build_parser()
         return [sys.executable, "-m", "pyagent"]
     except Exception:  # the CLI of the other commands may still be in progress
-        return [sys.executable, "-m", "pyagent.cmd_{}"]
+        return [sys.executable, "-m", "pyagent.cli.{}"]
 
 
 def run_subprocess(argv: list[str]) -> subprocess.CompletedProcess[str]:

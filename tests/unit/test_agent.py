@@ -11,9 +11,9 @@ import urllib.request
 
 from fakes import FakeDataplane, wait
 
-from pyagent.agent import Agent
-from pyagent.config import NodeConfig
-from pyagent.observe import Observability
+from pyagent.core.config import NodeConfig
+from pyagent.node.agent import Agent
+from pyagent.observe.observability import Observability
 
 
 def svc(name: str, ip: str) -> dict:

@@ -12,8 +12,8 @@ import pytest
 from fakes import FakeDataplane, wait
 from kubeapi import FakeKubeAPI, endpoint_slice, node, service
 
-from pyagent.agent import Agent
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.node.agent import Agent
 from pyagent.sources.kube import KubeSource
 
 

@@ -402,8 +402,8 @@ def test_adopted_id_gaps_are_reused() -> None:
 def test_map_size_config_key_flag_and_defines() -> None:
     import argparse
 
-    from pyagent.cmd_run import add_node_flags, node_config
-    from pyagent.config import config_from_dict
+    from pyagent.cli.run import add_node_flags, node_config
+    from pyagent.core.config import config_from_dict
     from pyagent.dataplanes.ebpf.programs import Capacities, defines
     from pyagent.dataplanes.ebpf.tc import TcCapacities
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.config import NodeConfig, config_from_dict, load_config, with_overrides
-from pyagent.parse import parse_ip
+from pyagent.core.config import NodeConfig, config_from_dict, load_config, with_overrides
+from pyagent.core.parse import parse_ip
 
 FULL = """\
 apiVersion: kubeproxy.config.k8s.io/v1alpha1

@@ -233,8 +233,8 @@ def check_health_check_terminating(group: dict, tmp: Path) -> None:
 
 
 def check_no_endpoints_metric(group: dict, tmp: Path) -> None:
-    from pyagent.config import load_config
-    from pyagent.planner import load_state
+    from pyagent.core.config import load_config
+    from pyagent.core.planner import load_state
 
     for i, case in enumerate(group["cases"]):
         svc = _svc(clusterIP="172.30.1.1", internalTrafficPolicy=case["itp"],

@@ -132,7 +132,7 @@ def test_init_container_enters_the_hosts_namespaces() -> None:
     cmd = agent["command"]
     assert cmd[cmd.index("--cgroup") + 1] == args["--cgroup2"]
     assert cmd[cmd.index("--bpffs") + 1].startswith(args["--bpffs"] + "/")
-    from pyagent.config import config_from_dict
+    from pyagent.core.config import config_from_dict
 
     config_from_dict(yaml.safe_load(config_yaml()))  # a valid KubeProxyConfiguration
 

@@ -3,10 +3,10 @@ eBPF maps, from kube-proxy's endpoint sets."""
 
 from __future__ import annotations
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import frontends_for
-from pyagent.store import ServiceStore
 
 F = L.ServiceFlag
 NODE_IP = "192.168.50.10"

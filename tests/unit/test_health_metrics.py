@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyagent.health import HealthState, go_time, start_health_server
-from pyagent.httpserver import parse_bind_address
-from pyagent.metrics import Metrics, start_metrics_server
+from pyagent.observe.health import HealthState, go_time, start_health_server
+from pyagent.observe.httpserver import parse_bind_address
+from pyagent.observe.metrics import Metrics, start_metrics_server
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyagent.healthcheck import ServiceHealthServer
+from pyagent.observe.healthcheck import ServiceHealthServer
 
 
 def free_ports(n: int) -> list[int]:

@@ -12,13 +12,13 @@ import shlex
 import pytest
 from hostile import HOSTILE, hostile_state, plain_state
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.parse import ParseError, parse_endpoint_slice, parse_service
 from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
 from pyagent.dataplanes.iptables.rules import Renderer
 from pyagent.dataplanes.ipvs.rules import IpvsRenderer
 from pyagent.dataplanes.nftables.dataplane import NftablesDataplane
 from pyagent.dataplanes.userspace.dataplane import UserspaceDataplane
-from pyagent.parse import ParseError, parse_endpoint_slice, parse_service
 
 CFG = NodeConfig(node_name="node-1", node_ips=("10.244.0.1",), cluster_cidrs=("10.244.0.0/16",))
 PLAIN_COMMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:/~-]*")

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyagent.health import HealthState, start_health_server
-from pyagent.healthcheck import ServiceHealthServer
-from pyagent.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, serve
+from pyagent.observe.health import HealthState, start_health_server
+from pyagent.observe.healthcheck import ServiceHealthServer
+from pyagent.observe.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, serve
 
 
 def get(port: int, path: str = "/healthz", timeout: float = 5) -> tuple[int, bytes]:

@@ -1,4 +1,4 @@
-"""The one input loader (pyagent.inputs, behind run/plan/trace): only JSON
+"""The one input loader (pyagent.core.inputs, behind run/plan/trace): only JSON
 data comes out, YAML that JSON cannot hold is refused with the path and the
 reason, and the cost of a file is bounded (size, documents, alias budget)."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyagent.config import load_config
-from pyagent.manifests import load_manifests
-from pyagent.parse import ParseError
+from pyagent.core.config import load_config
+from pyagent.core.manifests import load_manifests
+from pyagent.core.parse import ParseError
 
-# pyagent.inputs is imported where needed: the tests of behaviour through
+# pyagent.core.inputs is imported where needed: the tests of behaviour through
 # load_manifests / load_config also run (and fail) against the code before it.
 
 SERVICE = """\
@@ -155,9 +155,9 @@ BOMB_PROBE = """
 import resource, sys, time
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
 from pyagent.sources.manifests import ManifestDirectory
-from pyagent.store import ServiceStore
+from pyagent.core.store import ServiceStore
 d = ManifestDirectory(Path(sys.argv[1]))
 store = ServiceStore(NodeConfig(node_name="n"))
 t0 = time.process_time()
@@ -185,7 +185,7 @@ def test_a_bomb_in_the_watched_directory_costs_no_memory_or_minutes(tmp_path: Pa
 
 
 def test_file_size_and_document_count_are_bounded(tmp_path: Path) -> None:
-    from pyagent.inputs import ParseLimits
+    from pyagent.core.inputs import ParseLimits
 
     (tmp_path / "a.yaml").write_text("---\n".join(service(f"s{i}", i) for i in range(5)))
     small = ParseLimits(max_objects=3)
@@ -208,7 +208,7 @@ def test_file_size_and_document_count_are_bounded(tmp_path: Path) -> None:
 def test_limits_come_from_the_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("pyagent: {parseLimits: {maxFileBytes: 1000, maxAliasNodes: 10}}\n")
-    from pyagent.inputs import ParseLimits
+    from pyagent.core.inputs import ParseLimits
 
     limits = load_config(cfg).parse_limits
     assert (limits.max_file_bytes, limits.max_alias_nodes) == (1000, 10)
@@ -258,7 +258,7 @@ def test_json_files(tmp_path: Path) -> None:
 
 
 def test_load_single_and_json_data() -> None:
-    from pyagent.inputs import json_data
+    from pyagent.core.inputs import json_data
 
     with pytest.raises(ParseError, match="mapping key 1 .int. is not a string"):
         json_data({"a": {1: "x"}})
@@ -272,7 +272,7 @@ def test_load_single_and_json_data() -> None:
 
 
 def test_load_file_never_raises(tmp_path: Path) -> None:
-    from pyagent.inputs import load_file, load_single
+    from pyagent.core.inputs import load_file, load_single
 
     missing = load_file(tmp_path / "nope.yaml")
     assert missing.broken and missing.errors[0].startswith("nope.yaml: cannot read")

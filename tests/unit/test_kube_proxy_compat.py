@@ -17,10 +17,10 @@ from kube_proxy_inputs import (
     kube_up_args,
 )
 
-from pyagent import kubeproxy_flags as KP
 from pyagent.cli import build_parser
-from pyagent.cmd_run import node_config
-from pyagent.config import IGNORED, config_from_dict, load_config
+from pyagent.cli import kubeproxy_flags as KP
+from pyagent.cli.run import node_config
+from pyagent.core.config import IGNORED, config_from_dict, load_config
 
 
 def run_config(argv: list[str]):
@@ -292,7 +292,7 @@ def test_interface_detectors_in_the_rules() -> None:
 
 
 def test_deprecated_port_flags_and_an_empty_address_turn_servers_off() -> None:
-    from pyagent.observe import Observability
+    from pyagent.observe.observability import Observability
 
     cfg = run_config(["--metrics-port=0", "--healthz-port=0"])
     assert cfg.metrics_bind_address == "" and cfg.healthz_bind_address == ""

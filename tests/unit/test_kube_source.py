@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubeapi import FakeKubeAPI, endpoint_slice, node, service
 
-from pyagent.sources.base import object_key
+from pyagent.core.sink import object_key
 from pyagent.sources.kube import Backoff, KubeSource, make_api_client
 
 NODE = "node-a"

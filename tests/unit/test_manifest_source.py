@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pyagent.manifests import ManifestSet
+from pyagent.core.manifests import ManifestSet
 from pyagent.sources.manifests import ManifestDirectory
 
 SVC = """apiVersion: v1
@@ -52,9 +52,9 @@ def _agent(tmp_path, monkeypatch):
 
     from fakes import FakeDataplane
 
-    from pyagent.agent import Agent
-    from pyagent.config import NodeConfig
-    from pyagent.observe import Observability
+    from pyagent.core.config import NodeConfig
+    from pyagent.node.agent import Agent
+    from pyagent.observe.observability import Observability
 
     monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path / "run"))
     config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
@@ -147,10 +147,10 @@ def test_a_stuck_file_shows_in_the_source_errors_metric(tmp_path, monkeypatch) -
 
 
 def test_plan_and_the_agent_see_the_same_state_and_errors(tmp_path) -> None:
-    from pyagent.config import NodeConfig
-    from pyagent.planner import load_state
+    from pyagent.core.config import NodeConfig
+    from pyagent.core.planner import load_state
+    from pyagent.core.store import ServiceStore
     from pyagent.sources.manifests import ManifestSource
-    from pyagent.store import ServiceStore
 
     mdir = tmp_path / "m"
     mdir.mkdir()

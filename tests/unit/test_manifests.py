@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.manifests import load_manifests
+from pyagent.core.manifests import load_manifests
 
 
 def names(objs: list[dict]) -> list[str]:

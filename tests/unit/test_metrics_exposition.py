@@ -8,7 +8,7 @@ import urllib.request
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from pyagent.metrics import Metrics, start_metrics_server
+from pyagent.observe.metrics import Metrics, start_metrics_server
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

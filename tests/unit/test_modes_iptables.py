@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from pyagent.config import NodeConfig, config_from_dict
+from pyagent.core.config import NodeConfig, config_from_dict
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.sink import KINDS
+from pyagent.core.state import DesiredState, ServicePortState
+from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
 from pyagent.dataplanes.iptables.rules import Renderer
-from pyagent.model import Endpoint, ServicePort
-from pyagent.sources.base import KINDS
-from pyagent.state import DesiredState, ServicePortState
-from pyagent.store import ServiceStore
 
 from .conformance_adapter import SHARED, expected_result, load, scenario_config, scenario_objects
 

@@ -16,10 +16,10 @@ import re
 
 import pytest
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, ServicePort
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.nftables.dataplane import Desired, NftablesDataplane, transaction
-from pyagent.model import Endpoint, ServicePort
-from pyagent.state import ServicePortState
 
 from .conformance_adapter import SHARED, expected_result, load
 from .test_modes_iptables import scenario_state

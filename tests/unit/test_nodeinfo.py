@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyagent import kheaders, nodeinfo
-from pyagent.nodeinfo import Link
+from pyagent.node import kheaders, nodeinfo
+from pyagent.node.nodeinfo import Link
 
 
 def node(*addrs: tuple[str, str], **spec: object) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyagent.parse import (
+from pyagent.core.parse import (
     ParseError,
     parse_cidr,
     parse_endpoint_slice,

@@ -7,8 +7,9 @@ import argparse
 
 import pytest
 
-from pyagent import cmd_cleanup, kubeproxy_flags
-from pyagent.config import NodeConfig
+from pyagent.cli import cleanup as cmd_cleanup
+from pyagent.cli import kubeproxy_flags
+from pyagent.core.config import NodeConfig
 from pyagent.dataplanes import registry
 from pyagent.dataplanes.iptables.dataplane import IptablesDataplane
 

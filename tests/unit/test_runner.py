@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pyagent.runner import SyncRunner
+from pyagent.node.runner import SyncRunner
 
 
 class FakeClock:

@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyagent.model import Endpoint
-from pyagent.selection import categorize, dedupe, topology_mode
+from pyagent.core.model import Endpoint
+from pyagent.core.selection import categorize, dedupe, topology_mode
 
 NODE, ZONE = "node-a", "zone-a"
 

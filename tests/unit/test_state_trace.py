@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pyagent.config import NodeConfig
-from pyagent.state import diff_service_ports
-from pyagent.store import ServiceStore
-from pyagent.trace import Tracer, trace
+from pyagent.core.config import NodeConfig
+from pyagent.core.state import diff_service_ports
+from pyagent.core.store import ServiceStore
+from pyagent.core.trace import Tracer, trace
 
 CONFIG = NodeConfig(node_name="n1", node_ips=("192.168.0.2", "2001:db8::1"),
                     cluster_cidrs=("10.0.0.0/8", "fd00:10::/64"))

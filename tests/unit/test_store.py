@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 
-from pyagent.config import NodeConfig
-from pyagent.store import ServiceStore
+from pyagent.core.config import NodeConfig
+from pyagent.core.store import ServiceStore
 
 NODE = "node-a"
 

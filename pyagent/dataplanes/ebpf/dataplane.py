@@ -13,7 +13,10 @@ import os
 from collections.abc import Mapping
 
 from ebpf import cgroup as cg
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.manifests import gc_paused
+from pyagent.core.model import ServiceKey, join_host_port
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.ebpf import programs, removal
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
@@ -21,9 +24,6 @@ from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, w
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
 from pyagent.dataplanes.ebpf.stats import Stats
-from pyagent.manifests import gc_paused
-from pyagent.model import ServiceKey, join_host_port
-from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
 

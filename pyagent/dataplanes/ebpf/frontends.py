@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import PROTOCOL_NUMBERS, Endpoint
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.model import Endpoint
-from pyagent.state import ServicePortState
 
-PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+PROTO_NUMBERS = PROTOCOL_NUMBERS
 ALGORITHMS = {
     "random": L.Algorithm.RANDOM,
     "round-robin": L.Algorithm.ROUND_ROBIN,
@@ -83,7 +83,7 @@ class Frontend:
 
 
 def _backends(eps: Iterable[Endpoint] | None, proto: int, node: str) -> tuple[Backend, ...]:
-    # Addresses are normalised by pyagent.parse: no re-parsing on this hot path.
+    # Addresses are normalised by pyagent.core.parse: no re-parsing on this hot path.
     return tuple(sorted(Backend(e.ip, e.port, proto, e.node_name == node) for e in eps or ()))
 
 

@@ -18,6 +18,8 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 from dataclasses import dataclass
 from typing import Any
 
+from pyagent.core.model import PROTOCOL_NUMBERS
+
 LAYOUT_VERSION = 1
 
 # Default capacities (lb_types.h); the loader may override them with -D.
@@ -471,7 +473,7 @@ TC_MAPS: dict[str, MapSpec] = {
 
 # Address and port encoding (network byte order in the structs).
 
-PROTO = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+PROTO = PROTOCOL_NUMBERS
 
 
 def be16(port: int) -> int:

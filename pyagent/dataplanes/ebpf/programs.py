@@ -34,8 +34,7 @@ from ebpf import cgroup as cg
 from ebpf import compiler, libbpf
 from ebpf import probe as kprobe
 from ebpf.maps import Map
-from pyagent import bpf_sources
-from pyagent.dataplanes.ebpf import layout
+from pyagent.dataplanes.ebpf import bpf_sources, layout
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Detect and remove the eBPF mode's kernel state (`pyagent cleanup`, mode
 switches, EbpfDataplane.cleanup): the cgroup links, TC filters and pins under
-the bpffs path, the status file, then the directory (or the bpffs mounted
+the bpffs path, then the directory (or the bpffs mounted
 exactly there, once nothing of ours is left in it)."""
 
 from __future__ import annotations
 
 import os
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
 
 
 def present(config: NodeConfig) -> bool:
@@ -15,10 +15,8 @@ def present(config: NodeConfig) -> bool:
 
 
 def remove(config: NodeConfig) -> str:
-    from pyagent import statusfile
     from pyagent.dataplanes.ebpf import programs
 
-    statusfile.remove(config.bpffs)
     if not os.path.isdir(config.bpffs):
         return f"nothing to clean under {config.bpffs}"
     filters = 0

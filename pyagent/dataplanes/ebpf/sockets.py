@@ -29,10 +29,10 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from pyagent.core.model import join_host_port
 from pyagent.dataplanes.ebpf import sockdiag
 from pyagent.dataplanes.ebpf.frontends import Backend
 from pyagent.dataplanes.ebpf.programs import LBMaps
-from pyagent.model import join_host_port
 
 log = logging.getLogger(__name__)
 UDP = 17

@@ -19,13 +19,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables.kernel import Exec, Iptables, restore_text
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
-from pyagent.model import ServiceKey
-from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.text import short_hash
-from pyagent.model import Endpoint
-from pyagent.state import ServicePortState
 
 CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT = "ClusterIP", "ExternalIP", "LB", "NodePort"
 REJECT, DROP, DNAT = "REJECT", "DROP", "DNAT"

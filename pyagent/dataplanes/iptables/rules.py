@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, join_host_port
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes import text
 from pyagent.dataplanes.iptables import policy as P
-from pyagent.model import Endpoint, join_host_port
-from pyagent.state import ServicePortState
 
 MASQ_MARK, DROP_MARK = "0x4000", "0x8000"
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from pyagent.core.model import PROTOCOL_NUMBERS
+
 SCHEDULERS = frozenset({"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq",
                         "fo", "ovf", "mh", "twos"})
 ALIASES = {
@@ -27,7 +29,7 @@ ALIASES = {
     "source-hash": "sh", "destination-hash": "dh", "shortest-expected-delay": "sed",
     "never-queue": "nq",
 }
-PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
+PROTOCOLS = PROTOCOL_NUMBERS
 FWMARK_SHIFT = 16  # fwmarks live in the upper 16 bits; 0x4000/0x8000 stay ours
 FWMARK_MASK = 0xFFFF0000
 MASQ_BIT = 0x4000

@@ -19,15 +19,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.ipvs.config import FWMARK_SHIFT, VirtualServer
 from pyagent.dataplanes.ipvs.rules import IpvsFragment, IpvsRenderer
-from pyagent.model import ServiceKey
-from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
 SYSCTLS = {

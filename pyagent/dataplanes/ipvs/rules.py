@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.iptables import policy as P
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
 from pyagent.dataplanes.ipvs.config import (
@@ -34,8 +36,6 @@ from pyagent.dataplanes.ipvs.config import (
     VirtualServer,
     scheduler_for,
 )
-from pyagent.model import Endpoint
-from pyagent.state import ServicePortState
 
 
 class IpvsFragment(Fragment):

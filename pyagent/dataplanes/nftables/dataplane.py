@@ -20,12 +20,12 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.nftables import rules as R
-from pyagent.model import ServiceKey
-from pyagent.state import ServicePortState
 
 log = logging.getLogger(__name__)
 FAMILIES = (4, 6)

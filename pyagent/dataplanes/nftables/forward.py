@@ -18,7 +18,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
 from pyagent.dataplanes.iptables import policy as P
 from pyagent.dataplanes.iptables.kernel import Iptables, restore_text
 from pyagent.dataplanes.iptables.rules import forward_rules

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, join_host_port
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes import text
 from pyagent.dataplanes.iptables import policy as P
-from pyagent.model import Endpoint, join_host_port
-from pyagent.state import ServicePortState
 
 TABLE = "inet pyagent"
 MASQ_MARK = "0x00004000"

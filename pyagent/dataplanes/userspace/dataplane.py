@@ -16,15 +16,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pyagent.config import NodeConfig
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import Endpoint, ServiceKey
+from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
 from pyagent.dataplanes.userspace.proxy import Proxy
-from pyagent.model import Endpoint, ServiceKey
-from pyagent.state import ServicePortState
 
 ListenerId = tuple[tuple, str]  # (service port key, "cluster" | "local")
 PROXIED = ("TCP", "UDP")

@@ -1,0 +1,268 @@
+"""Reading a manifests directory into plain API dicts: what `pyagent run
+--manifests`, `plan` and `trace` all see.
+
+*.yaml, *.yml and *.json files directly in the directory, in sorted order;
+multi-document YAML and `kind: List` are allowed. Files go through the one
+bounded loader (pyagent.core.inputs), so every object handed on is JSON data.
+Bad content never raises; it is reported naming the file and, where known,
+the object:
+
+- a file that cannot be read, parsed, or is over a parse limit is `broken`:
+  a reader that remembers (the agent) keeps serving the file's last good
+  content; documents before the first syntax error are kept otherwise;
+- an object with a usable kind and name that cannot be used (a value JSON
+  cannot hold, a document that cannot be constructed) is `refused`: the
+  store keeps its last good version, as for any invalid update;
+- a document that is not such an object (no kind, no or a bad name, an
+  unused kind) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyagent.core.inputs import (
+    DEFAULT_LIMITS,
+    BadDocument,
+    ParseLimits,
+    check_constructed,
+    load_file,
+)
+from pyagent.core.parse import ParseError, object_name, show
+from pyagent.core.sink import KINDS, Kind
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml", ".json")
+ObjectKey = tuple[str, str]
+
+
+@dataclass
+class ManifestSet:
+    by_key: dict[Kind, dict[ObjectKey, dict]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    # Objects the directory has but that cannot be used: key -> reason.
+    refused: dict[Kind, dict[ObjectKey, str]] = field(
+        default_factory=lambda: {k: {} for k in KINDS})
+    origins: dict[Kind, dict[ObjectKey, str]] = field(  # the file of each object
+        default_factory=lambda: {k: {} for k in KINDS})
+    errors: list[str] = field(default_factory=list)  # file and document problems
+
+    @property
+    def objects(self) -> dict[Kind, list[dict]]:
+        return {k: list(self.by_key[k].values()) for k in KINDS}
+
+    def all_errors(self) -> list[str]:
+        """Every problem, refused objects included, for printing."""
+        return self.errors + [f"{self.origins[k][key]}: {k} {_key_text(key)}: {reason}"
+                              for k in KINDS for key, reason in self.refused[k].items()]
+
+
+@dataclass
+class FileResult:
+    objects: list[tuple[Kind, ObjectKey, dict]] = field(default_factory=list)
+    refused: list[tuple[Kind, ObjectKey, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    broken: bool = False  # unreadable, unparsable or over a limit: its content is incomplete
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Bulk loading allocates millions of long-lived containers; the cyclic
+    collector would rescan them all over and over (about a third of the time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).iterdir()
+                  if p.suffix in SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def load_manifests(directory: Path, limits: ParseLimits = DEFAULT_LIMITS) -> ManifestSet:
+    """All Service, EndpointSlice and Node objects under `directory`.
+
+    Raises NotADirectoryError only when `directory` itself is missing.
+    """
+    return ManifestReader(Path(directory), limits, remember=False).load()
+
+
+class ManifestReader:
+    """Reads a directory; with `remember`, a broken file keeps contributing
+    the objects it held when it was last good, so a half-written edit never
+    removes a Service."""
+
+    def __init__(self, directory: Path, limits: ParseLimits = DEFAULT_LIMITS,
+                 remember: bool = True) -> None:
+        self.directory = directory
+        self.limits = limits
+        self.remember = remember
+        # Last good content per file, kept serialised and compressed: only a
+        # broken file ever needs it back, and as live dicts it would cost
+        # as much memory as the rest of the agent.
+        self._good: dict[Path, bytes] = {}
+
+    def load(self) -> ManifestSet:
+        if not Path(self.directory).is_dir():
+            raise NotADirectoryError(f"{self.directory}: not a directory")
+        files = manifest_files(self.directory)
+        out = ManifestSet()
+        with gc_paused():
+            for path in files:
+                try:
+                    res = read_file(path, self.limits)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the other files
+                    log.exception("%s: internal error while reading", path)
+                    res = FileResult(errors=[f"{path.name}: internal error: {exc}"], broken=True)
+                out.errors.extend(res.errors)
+                if self.remember and res.broken and path in self._good:
+                    out.errors.append(f"{path.name}: keeping its last good objects")
+                    res = _restore(self._good[path])
+                elif self.remember:
+                    self._good[path] = _save(res)
+                _merge(out, res, path.name)
+        for gone in set(self._good) - set(files):
+            del self._good[gone]
+        return out
+
+
+def _save(res: FileResult) -> bytes:
+    data = {"objects": [o for _, _, o in res.objects],
+            "refused": [[k, *key, reason] for k, key, reason in res.refused]}
+    return zlib.compress(json.dumps(data).encode(), 1)
+
+
+def _restore(blob: bytes) -> FileResult:
+    data = json.loads(zlib.decompress(blob))
+    res = FileResult()
+    for obj in data["objects"]:
+        res.objects.append((obj["kind"], object_name(obj["kind"], obj), obj))
+    res.refused = [(k, (ns, name), reason) for k, ns, name, reason in data["refused"]]
+    return res
+
+
+def _merge(out: ManifestSet, res: FileResult, fname: str) -> None:
+    """Adds one file's objects; an object defined again replaces the earlier one."""
+    for kind, key, obj in res.objects:
+        _note_duplicate(out, kind, key, fname)
+        out.by_key[kind][key] = obj
+        out.origins[kind][key] = fname
+    for kind, key, reason in res.refused:
+        _note_duplicate(out, kind, key, fname)
+        out.refused[kind][key] = reason
+        out.origins[kind][key] = fname
+
+
+def _note_duplicate(out: ManifestSet, kind: Kind, key: ObjectKey, fname: str) -> None:
+    first = out.origins[kind].get(key)
+    if first is None:
+        return
+    out.errors.append(f"{fname}: {kind} {_key_text(key)}: also defined in {first}; "
+                      "the later definition is used")
+    out.refused[kind].pop(key, None)
+    out.by_key[kind].pop(key, None)
+
+
+def read_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS) -> FileResult:
+    """One file's usable objects, refused objects and problems."""
+    loaded = load_file(path, limits)
+    res = FileResult(errors=list(loaded.errors), broken=loaded.broken)
+    many = len(loaded.documents) > 1
+    for i, doc in enumerate(loaded.documents, 1):
+        _collect(doc, path.name, f" (document {i})" if many else "", res)
+    return res
+
+
+def _collect(doc: Any, fname: str, at: str, res: FileResult,
+             item_kind: str | None = None) -> None:
+    """`at` locates the document for objects that cannot be named."""
+    if doc is None:
+        return
+    if isinstance(doc, BadDocument):
+        named = False
+        for kind, ns, name in doc.identities:
+            key = _usable_key(kind, {"metadata": {"name": name, "namespace": ns}})
+            if key is not None:
+                res.refused.append((kind, key, doc.reason))  # type: ignore[arg-type]
+                named = True
+        if not named:
+            res.errors.append(f"{fname}: {doc.reason}{at}")
+        return
+    if isinstance(doc, list):
+        for i, item in enumerate(doc):
+            _collect(item, fname, f"{at[:-1]}, item {i + 1})" if at else f" (item {i + 1})",
+                     res)
+        return
+    if not isinstance(doc, dict):
+        res.errors.append(f"{fname}: expected an object, got {type(doc).__name__}{at}")
+        return
+    kind = doc.get("kind")
+    if item_kind and kind is None:
+        # The API's typed lists (ServiceList, ...) leave out each item's kind.
+        doc, kind = {**doc, "kind": item_kind}, item_kind
+    if (isinstance(kind, str) and kind.endswith("List")) or (
+            kind is None and isinstance(doc.get("items"), list)):
+        items = doc.get("items")
+        if not isinstance(items, list):
+            res.errors.append(f"{fname}: {_describe(doc)} without an items list{at}")
+            return
+        typed = kind[:-len("List")] if isinstance(kind, str) and kind != "List" else None
+        for i, item in enumerate(items):
+            _collect(item, fname, f"{at[:-1]}, item {i + 1})" if at else f" (item {i + 1})",
+                     res, typed)
+        return
+    if not isinstance(kind, str) or not kind:
+        res.errors.append(f"{fname}: {_describe(doc)}: no kind, ignored{at}")
+        return
+    if kind not in KINDS:
+        res.errors.append(f"{fname}: {_describe(doc)}: kind {_describe_kind(kind)} is not "
+                          f"used, ignored{at}")
+        return
+    try:
+        key = object_name(kind, doc)
+    except ParseError as exc:
+        res.errors.append(f"{fname}: {_describe(doc)}: {exc}, ignored{at}")
+        return
+    try:
+        res.objects.append((kind, key, check_constructed(doc)))  # type: ignore[arg-type]
+    except ParseError as exc:
+        res.refused.append((kind, key, str(exc)))  # type: ignore[arg-type]
+
+
+def _usable_key(kind: str | None, obj: dict) -> ObjectKey | None:
+    if kind not in KINDS:
+        return None
+    try:
+        return object_name(kind, obj)  # type: ignore[arg-type]
+    except ParseError:
+        return None
+
+
+def _key_text(key: ObjectKey) -> str:
+    return f"{key[0]}/{key[1]}" if key[0] else key[1]
+
+
+def _describe(doc: dict) -> str:
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    name, ns, kind = meta.get("name"), meta.get("namespace"), doc.get("kind")
+    name = name if isinstance(name, str) and name else "<unnamed>"
+    kind = kind if isinstance(kind, str) and kind else "object"
+    text = f"{kind} {ns}/{name}" if isinstance(ns, str) and ns else f"{kind} {name}"
+    return text if text.isprintable() and len(text) <= 200 else show(text, 200)
+
+
+def _describe_kind(kind: str) -> str:
+    return kind if kind.isprintable() and len(kind) <= 100 else show(kind)

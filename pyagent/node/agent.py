@@ -1,0 +1,162 @@
+"""The node agent: source -> store -> sync runner -> dataplane.
+
+Sources write into the store from their own threads and only *request* a
+sync; the runner coalesces requests (minSyncPeriod), forces a full resync
+every syncPeriod and retries failures with backoff. Nothing is removed from
+the dataplane before every kind has been listed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.sink import Kind, ObjectSink
+from pyagent.core.state import ServicePortState
+from pyagent.core.store import ServiceStore
+from pyagent.dataplanes.base import Dataplane
+from pyagent.node.runner import SyncRunner
+
+log = logging.getLogger(__name__)
+
+
+def release_free_memory() -> None:
+    """After a large sync, hand the heap's free pages back to the kernel
+    (glibc keeps them otherwise: the RSS would stay at the sync's peak)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class AgentSink:
+    """Writes into the store under the agent's lock, then asks for a sync."""
+
+    def __init__(self, store: ObjectSink, lock: threading.Lock,
+                 notify: Callable[[], None]) -> None:
+        self.store, self.lock, self.notify = store, lock, notify
+
+    def replace(self, kind: Kind, objects: list[dict], **kw: Any) -> None:
+        with self.lock:
+            self.store.replace(kind, objects, **kw)
+        self.notify()
+
+    def report(self, problems: Sequence[str]) -> None:
+        with self.lock:
+            self.store.report(problems)
+
+    def upsert(self, kind: Kind, obj: dict) -> None:
+        with self.lock:
+            self.store.upsert(kind, obj)
+        self.notify()
+
+    def delete(self, kind: Kind, obj: dict) -> None:
+        with self.lock:
+            self.store.delete(kind, obj)
+        self.notify()
+
+
+class Agent:
+    def __init__(self, config: NodeConfig, dataplane: Dataplane,
+                 observers: list[Any] | None = None) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.store = ServiceStore(config)
+        self.lock = threading.Lock()  # the store is written by sources, read by syncs
+        self.sink = AgentSink(self.store, self.lock, self._queued)
+        self.runner = SyncRunner(self.sync, min_interval=config.min_sync_period,
+                                 max_interval=config.sync_period)
+        self.observers = observers or []  # health / metrics hooks (see _notify)
+        self.errors: dict[ServiceKey, str] = {}
+        self.synced_once = threading.Event()
+        self._pruned = False
+        self._queued_at: float | None = None
+
+    def _queued(self) -> None:
+        if self._queued_at is None:
+            self._queued_at = time.time()
+        self._notify("queued")
+        self.runner.request()
+
+    def _notify(self, event: str, **kw: Any) -> None:
+        for obs in self.observers:
+            fn = getattr(obs, f"on_{event}", None)
+            if fn:
+                fn(**kw)
+
+    def _all_states(self) -> dict[ServiceKey, tuple[ServicePortState, ...]]:
+        grouped: dict[ServiceKey, list[ServicePortState]] = defaultdict(list)
+        for sps in self.store.full_state().service_ports:
+            grouped[(sps.service.namespace, sps.service.name)].append(sps)
+        return {k: tuple(v) for k, v in grouped.items()}
+
+    def sync(self, full: bool) -> bool:
+        """One sync; returns False to have the runner retry with backoff."""
+        with self.lock:
+            if not self.store.synced():
+                return True  # never prune from a partial view
+            queued_at, self._queued_at = self._queued_at, None
+            changed = self.store.take_changes()
+            full = full or not self._pruned
+            if full:
+                states = self._all_states()
+            else:
+                states = {k: self.store.state_for(k) for k in changed | set(self.errors)}
+            pending = self.store.pending()
+        started = time.monotonic()
+        if len(states) >= 1000:  # progress for long (first) syncs
+            log.info("programming %d services (%s sync)...", len(states),
+                     "full" if full else "partial")
+        try:
+            status = self.dataplane.sync(states, full=full)
+        except Exception:
+            log.exception("dataplane sync failed; will retry with a full sync")
+            self._pruned = False
+            self._queued_at = self._queued_at or queued_at
+            self._notify("sync_failed")
+            return False
+        self._pruned = True
+        if len(states) >= 1000:
+            log.info("programmed %d services in %.2f s (%d refused)", len(states),
+                     time.monotonic() - started, sum(1 for e in status.values() if e))
+            release_free_memory()
+        for svc, err in status.items():
+            if err:
+                if self.errors.get(svc) != err:
+                    log.error("service %s/%s not programmed: %s", *svc, err)
+                self.errors[svc] = err
+            else:
+                self.errors.pop(svc, None)
+        for svc in [s for s in self.errors if s in states and not states[s]]:
+            self.errors.pop(svc, None)
+        if full:  # Services that went while refused
+            for svc in [s for s in self.errors if s not in states]:
+                self.errors.pop(svc, None)
+        self._notify("synced", duration=time.monotonic() - started, full=full,
+                     queued_at=queued_at, states=states, pending=pending)
+        self.synced_once.set()
+        return True
+
+    def refused(self) -> list[dict[str, str]]:
+        """Services not programmed (by namespace/name), with why: what
+        `pyagent status` lists and pyagent_services_refused counts."""
+        return [{"service": "/".join(svc), "reason": getattr(err, "reason", "error"),
+                 "map": getattr(err, "map", ""), "message": str(err)}
+                for svc, err in sorted(self.errors.items())]
+
+    def start(self) -> None:
+        self.dataplane.setup()
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.dataplane.close()
+
