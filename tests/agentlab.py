@@ -175,7 +175,7 @@ def wait_for_marker(bpffs: str, marker: dict, proc: subprocess.Popen | None, log
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = statusfile.read(bpffs)
-        if st and name in st.get("frontendNames", {}).values():
+        if st and name in {fe["service"] for fe in st.get("frontends", [])}:
             return
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"agent exited:\n{log.read_text()[-3000:]}")

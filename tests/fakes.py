@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from pyagent.dataplanes.base import Description
+
 
 class FakeDataplane:
     name = "fake"
@@ -29,6 +31,12 @@ class FakeDataplane:
 
     def close(self) -> None:
         pass
+
+    def describe(self) -> Description:
+        return Description(self.name)
+
+    def counters(self) -> None:
+        return None
 
 
 def wait(cond, timeout: float = 5.0) -> None:

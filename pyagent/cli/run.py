@@ -14,7 +14,7 @@ from typing import Any
 
 from pyagent.cli import kubeproxy_flags as KP
 from pyagent.core.config import NodeConfig, load_config
-from pyagent.node import nodeinfo
+from pyagent.node import wiring
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ EPILOG = """examples:
   pyagent run --manifests examples/demo --node-name node-1 \\
       --cgroup /sys/fs/cgroup/unified/lab --bpffs /tmp/lab/bpffs
 """
-NODE_WAIT = 30.0  # kube-proxy polls the Node object for its addresses this long
-POD_CIDR_WAIT = 300.0  # ... and for its podCIDRs (NodeCIDR detection) this long
 
 
 def add_node_flags(p: argparse.ArgumentParser) -> None:
@@ -97,27 +95,6 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     return dataclasses.replace(config, notes=config.notes + tuple(notes))
 
 
-def explicit_interfaces(args: argparse.Namespace, config: NodeConfig) -> bool:
-    """Whether the TC attach points were chosen (a flag, 'none', or the file)."""
-    return bool(getattr(args, "interface", None)) or bool(config.interfaces)
-
-
-def make_dataplane(config: NodeConfig):  # -> Dataplane
-    """The dataplane of `config.mode`, after removing what other modes left in
-    this node (a mode switch; pyagent.dataplanes.registry)."""
-    from pyagent.dataplanes import registry
-
-    try:
-        mode = registry.get(config.mode)
-    except KeyError:
-        raise SystemExit(f"pyagent: unknown mode {config.mode!r}") from None
-    except ImportError as exc:
-        raise SystemExit(f"pyagent: mode {config.mode!r} is not available: {exc}") from exc
-    for name in registry.clean_other_modes(config):
-        log.info("removed the state of mode %s (mode switch)", name)
-    return mode.create(config)
-
-
 def setup_logging(config: NodeConfig, args: argparse.Namespace) -> None:
     """--v / logging.verbosity (4 or more: debug), --log-file."""
     root = logging.getLogger()
@@ -139,61 +116,6 @@ def set_oom_score_adj(value: int | None) -> None:
         log.info("oom_score_adj set to %d", value)
     except OSError as exc:
         log.warning("could not set oom_score_adj to %d: %s", value, exc)
-
-
-def resolve_node(config: NodeConfig, args: argparse.Namespace, api_client: Any
-                 ) -> NodeConfig:
-    """Node IPs, NodeCIDR pod CIDRs and TC interfaces as kube-proxy (and, for
-    the interfaces, Cilium) derive them, when they are not configured."""
-    want_ips = not config.node_ips
-    want_cidrs = config.local_detect_mode == "NodeCIDR"
-    node = None
-    if want_ips or want_cidrs:
-        node = _node_object(config, args, api_client, need_cidrs=want_cidrs)
-    changes: dict[str, Any] = {}
-    links = nodeinfo.links()
-    if want_ips:
-        primary = nodeinfo.primary_ips(nodeinfo.node_ips(node), config.bind_address)
-        local = nodeinfo.local_addresses(links)
-        if not primary:
-            log.warning("cannot determine this node's IP from its Node object (%s); using "
-                        "its local addresses%s; set --node-ip or bindAddress if that is wrong",
-                        config.node_name, f", {local[0]} first" if local else "")
-        ips = tuple(dict.fromkeys(primary + local))
-        changes["node_ips"] = ips
-        log.info("node IPs: %s (%s)", ", ".join(ips) or "none",
-                 f"primary {', '.join(primary)} from the Node object, then the local addresses"
-                 if primary else "the local addresses; the first is the primary")
-    if want_cidrs:
-        cidrs = nodeinfo.pod_cidrs(node)
-        if not cidrs:
-            raise SystemExit(f"pyagent: detectLocalMode NodeCIDR, but Node {config.node_name} "
-                             "has no spec.podCIDRs")
-        changes["cluster_cidrs"] = cidrs
-        log.info("local traffic: from the Node's pod CIDRs %s (NodeCIDR)", ", ".join(cidrs))
-    config = dataclasses.replace(config, **changes)
-    if config.mode == "ebpf" and not explicit_interfaces(args, config):
-        primaries = [str(a) for a in (config.primary_node_ip(4), config.primary_node_ip(6)) if a]
-        ifaces, notes = nodeinfo.default_interfaces(primaries, links)
-        for note in notes:
-            log.info("%s", note)
-        config = dataclasses.replace(config, interfaces=ifaces)
-    return config
-
-
-def _node_object(config: NodeConfig, args: argparse.Namespace, api_client: Any,
-                 need_cidrs: bool) -> dict | None:
-    if args.manifests:
-        from pyagent.core.manifests import load_manifests
-
-        for obj in load_manifests(args.manifests, config.parse_limits).objects["Node"]:
-            if (obj.get("metadata") or {}).get("name") == config.node_name:
-                return obj
-        return None
-    get = nodeinfo.api_getter(api_client, config.node_name)
-    if need_cidrs:
-        return nodeinfo.fetch_node(get, lambda n: bool(nodeinfo.pod_cidrs(n)), POD_CIDR_WAIT)
-    return nodeinfo.fetch_node(get, lambda n: bool(nodeinfo.node_ips(n)), NODE_WAIT)
 
 
 def _exit_early(config: NodeConfig, args: argparse.Namespace) -> int | None:
@@ -218,9 +140,6 @@ def _exit_early(config: NodeConfig, args: argparse.Namespace) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyagent.node.agent import Agent
-    from pyagent.observe.observability import Observability
-
     try:
         config = node_config(args)
     except ValueError as exc:
@@ -238,57 +157,17 @@ def run(args: argparse.Namespace) -> int:
         log.warning("kube-proxy's state is still here (%s): run `pyagent cleanup "
                     "--kube-proxy` once kube-proxy is stopped (docs/migrate.md)",
                     "; ".join(found))
-    api_client = None
-    if not args.manifests:
-        from pyagent.sources.kube import make_api_client
-
-        api_client = make_api_client(config.kubeconfig, config.api_server)
-        log.info("API server %s (%s)", api_client.configuration.host,
-                 f"kubeconfig {config.kubeconfig}" if config.kubeconfig else "in-cluster "
-                 "service account" if not config.api_server else "--master")
-    config = resolve_node(config, args, api_client)
-    if config.mode == "ebpf":
-        from pyagent.node import kheaders
-
-        log.info("%s", kheaders.ensure())
-    dataplane = make_dataplane(config)
-    obs = Observability(config)
-    agent = Agent(config, dataplane, observers=[obs])
-    obs.attach(agent)
-    done = threading.Event()
-    exit_code = [0]
-    sink: Any = agent.sink
-    if config.local_detect_mode == "NodeCIDR":
-        def restart(reason: str) -> None:
-            log.error("%s: exiting so that the agent restarts with it (as kube-proxy does)",
-                      reason)
-            exit_code[0] = 1
-            done.set()
-        sink = nodeinfo.PodCIDRGuard(sink, config.node_name, config.cluster_cidrs, restart)
-    if args.manifests:
-        from pyagent.sources.manifests import ManifestSource
-
-        source = ManifestSource(args.manifests, sink, limits=config.parse_limits)
-    else:
-        from pyagent.sources.kube import KubeSource
-
-        source = KubeSource(sink, node_name=config.node_name, api_client=api_client)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    agent.start()
-    obs.start()
-    source.start()
-    log.info("pyagent running: mode=%s node=%s node IPs=%s interfaces=%s cgroup=%s bpffs=%s",
-             config.mode, config.node_name, ",".join(config.node_ips) or "-",
-             ",".join(config.interfaces) or "-", config.cgroup or "(root)", config.bpffs)
-    done.wait()
-    log.info("stopping; kernel state stays for the next agent (pyagent cleanup removes it)")
-    source.stop()
-    agent.stop()
-    obs.stop()
-    if api_client is not None:
-        api_client.close()
-    return exit_code[0]
+    client = None if args.manifests else wiring.api_client(config)
+    try:
+        config = wiring.resolve_node(config, args.manifests, client,
+                                     interfaces_chosen=bool(getattr(args, "interface", None)))
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        return wiring.serve(config, args.manifests, client, stop)
+    finally:
+        if client is not None:
+            client.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

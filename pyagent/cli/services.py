@@ -19,16 +19,18 @@ from pyagent.observe import statusfile
 TYPES = ("CLUSTER_IP", "NODE_PORT", "EXTERNAL_IP", "LOADBALANCER")
 
 
-def service_rows(d: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
-    protos = {"TCP": 6, "UDP": 17, "SCTP": 132}
-    scopes = {"external": 0, "internal": 1}
+def frontend_key(fe: dict[str, Any]) -> tuple:
+    """The same frontend in `maps dump` and in the status file."""
+    return (fe["address"], fe["port"], fe["protocol"], fe["scope"])
+
+
+def service_rows(d: dict[str, Any], frontends: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = {frontend_key(fe): fe["service"] for fe in frontends}
     rows = []
     for s in d["services"]:
         fe = s["frontend"]
-        key = "|".join(map(str, (fe["address"], fe["port"], protos.get(fe["protocol"], 0),
-                                 scopes.get(fe["scope"], -1))))
         rows.append({
-            "id": s["revNatId"], "service": names.get(key, ""),
+            "id": s["revNatId"], "service": names.get(frontend_key(fe), ""),
             "frontend": f"{join_host_port(fe['address'], fe['port'])}/{fe['protocol']}",
             "scope": fe["scope"],
             "type": next((t for t in TYPES if t in s["flags"]), "?"),
@@ -46,7 +48,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"pyagent services list: {exc}", file=sys.stderr)
         return 1
     st = statusfile.read(args.bpffs) or {}
-    rows = service_rows(d, st.get("frontendNames", {}))
+    rows = service_rows(d, st.get("frontends", []))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -50,6 +50,41 @@ class Dataplane(Protocol):
     def cleanup(self) -> None:
         """Remove everything this dataplane ever put in the kernel."""
 
+    def describe(self) -> Description:
+        """What it holds now, for the observers (status file, CLI)."""
+
+    def counters(self) -> StatsReader | None:
+        """Live counters read at scrape time (eBPF), else None."""
+
+
+@dataclass(frozen=True)
+class FrontendInfo:
+    """One frontend the dataplane programmed, by name (not a key string)."""
+    address: str
+    port: int
+    protocol: str  # TCP | UDP | SCTP
+    scope: str  # internal (pods, the node) | external (traffic entering the node)
+    service: str  # namespace/name:port
+
+    def to_json(self) -> dict[str, str | int]:
+        return {"address": self.address, "port": self.port, "protocol": self.protocol,
+                "scope": self.scope, "service": self.service}
+
+
+class StatsReader(Protocol):
+    def map_pressure(self) -> dict[str, float]: ...
+
+    def service_connections(self) -> dict[str, float]: ...
+
+    def backend_connections(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class Description:
+    mode: str
+    cgroup: str = ""  # the cgroup the socket hooks are on (eBPF)
+    frontends: tuple[FrontendInfo, ...] = ()  # eBPF: the frontends in the maps
+
 
 @dataclass(frozen=True)
 class Mode:

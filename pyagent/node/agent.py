@@ -25,6 +25,7 @@ from pyagent.core.state import ServicePortState
 from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.base import Dataplane
 from pyagent.node.runner import SyncRunner
+from pyagent.observe.report import Refused, SyncObserver, SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class AgentSink:
 
 class Agent:
     def __init__(self, config: NodeConfig, dataplane: Dataplane,
-                 observers: list[Any] | None = None) -> None:
+                 observers: Sequence[SyncObserver] = ()) -> None:
         self.config = config
         self.dataplane = dataplane
         self.store = ServiceStore(config)
@@ -74,23 +75,16 @@ class Agent:
         self.sink = AgentSink(self.store, self.lock, self._queued)
         self.runner = SyncRunner(self.sync, min_interval=config.min_sync_period,
                                  max_interval=config.sync_period)
-        self.observers = observers or []  # health / metrics hooks (see _notify)
+        self.observers = tuple(observers)  # they get a SyncReport after each sync
         self.errors: dict[ServiceKey, str] = {}
         self.synced_once = threading.Event()
         self._pruned = False
-        self._queued_at: float | None = None
+        self._triggers: list[float] = []  # trigger times of a failed sync, to retry
 
     def _queued(self) -> None:
-        if self._queued_at is None:
-            self._queued_at = time.time()
-        self._notify("queued")
-        self.runner.request()
-
-    def _notify(self, event: str, **kw: Any) -> None:
         for obs in self.observers:
-            fn = getattr(obs, f"on_{event}", None)
-            if fn:
-                fn(**kw)
+            obs.on_queued()
+        self.runner.request()
 
     def _all_states(self) -> dict[ServiceKey, tuple[ServicePortState, ...]]:
         grouped: dict[ServiceKey, list[ServicePortState]] = defaultdict(list)
@@ -103,14 +97,14 @@ class Agent:
         with self.lock:
             if not self.store.synced():
                 return True  # never prune from a partial view
-            queued_at, self._queued_at = self._queued_at, None
+            triggers = self._triggers + self.store.take_trigger_times()
+            self._triggers = []
             changed = self.store.take_changes()
             full = full or not self._pruned
             if full:
                 states = self._all_states()
             else:
                 states = {k: self.store.state_for(k) for k in changed | set(self.errors)}
-            pending = self.store.pending()
         started = time.monotonic()
         if len(states) >= 1000:  # progress for long (first) syncs
             log.info("programming %d services (%s sync)...", len(states),
@@ -120,8 +114,9 @@ class Agent:
         except Exception:
             log.exception("dataplane sync failed; will retry with a full sync")
             self._pruned = False
-            self._queued_at = self._queued_at or queued_at
-            self._notify("sync_failed")
+            self._triggers = triggers + self._triggers
+            for obs in self.observers:
+                obs.on_sync_failed()
             return False
         self._pruned = True
         if len(states) >= 1000:
@@ -140,17 +135,33 @@ class Agent:
         if full:  # Services that went while refused
             for svc in [s for s in self.errors if s not in states]:
                 self.errors.pop(svc, None)
-        self._notify("synced", duration=time.monotonic() - started, full=full,
-                     queued_at=queued_at, states=states, pending=pending)
+        report = self._report(full, time.monotonic() - started, states, triggers)
+        for obs in self.observers:
+            obs.on_synced(report)
         self.synced_once.set()
         return True
 
-    def refused(self) -> list[dict[str, str]]:
+    def _report(self, full: bool, duration: float,
+                states: dict[ServiceKey, tuple[ServicePortState, ...]],
+                triggers: list[float]) -> SyncReport:
+        with self.lock:  # what changed while the dataplane worked is pending now
+            store = self.store
+            by_kind: dict[str, int] = {}
+            for kind, *_ in store.errors:
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+            return SyncReport(
+                full=full, duration=duration, finished=time.time(), states=states,
+                trigger_times=tuple(triggers), errors=dict(self.errors),
+                refused=self.refused(), object_errors=tuple(store.error_messages()),
+                object_error_counts=by_kind, source_problems=tuple(store.source_problems),
+                pending=store.pending(), totals=store.totals(), node=store.node())
+
+    def refused(self) -> tuple[Refused, ...]:
         """Services not programmed (by namespace/name), with why: what
         `pyagent status` lists and pyagent_services_refused counts."""
-        return [{"service": "/".join(svc), "reason": getattr(err, "reason", "error"),
-                 "map": getattr(err, "map", ""), "message": str(err)}
-                for svc, err in sorted(self.errors.items())]
+        return tuple(Refused("/".join(svc), getattr(err, "reason", "error"),
+                             getattr(err, "map", ""), str(err))
+                     for svc, err in sorted(self.errors.items()))
 
     def start(self) -> None:
         self.dataplane.setup()

@@ -156,6 +156,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._totals = [0, 0]  # service / endpoint changes counted so far
         # Everything but the scrape-time families, which exposition() renders itself.
         self._core = CollectorRegistry()
         r = self._core
@@ -274,6 +275,14 @@ class Metrics:
             self.services_refused.labels(reason, "").set(0)
         for (reason, map_name), n in counts.items():
             self.services_refused.labels(reason, map_name).set(n)
+
+    def set_totals(self, services: int, endpoints: int) -> None:
+        """The changes applied since start (the counters only ever grow)."""
+        for counter, value, last in ((self.service_changes_total, services, 0),
+                                     (self.endpoint_changes_total, endpoints, 1)):
+            if value > self._totals[last]:
+                counter.inc(value - self._totals[last])
+                self._totals[last] = value
 
     def queued(self, timestamp: float) -> None:
         """A change was queued for the datapath (wall-clock seconds)."""

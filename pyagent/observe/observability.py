@@ -1,40 +1,56 @@
-"""Wires the agent's sync events to /healthz, Prometheus metrics and the
-per-service health-check node ports (externalTrafficPolicy Local)."""
+"""Wires the agent's sync reports to /healthz, Prometheus metrics, the
+per-service health-check node ports (externalTrafficPolicy Local) and the
+status file."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
+from pyagent.core.state import ServicePortState
+from pyagent.dataplanes.base import Description, StatsReader
 from pyagent.observe.health import HealthState, start_health_server
 from pyagent.observe.healthcheck import ServiceHealthServer
 from pyagent.observe.metrics import Metrics, start_metrics_server
+from pyagent.observe.report import SyncReport
 
 log = logging.getLogger(__name__)
 
 
+class Described(Protocol):
+    """What observers may ask of the dataplane (pyagent.dataplanes.base)."""
+
+    def describe(self) -> Description: ...
+
+    def counters(self) -> StatsReader | None: ...
+
+
 class Observability:
+    """A SyncObserver: everything it shows comes from the agent's SyncReports
+    and the dataplane's describe() / counters()."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.health = HealthState(timeout=2 * config.sync_period)
         self.metrics = Metrics()
         self.hc = ServiceHealthServer(_hc_addresses(config))
         self._stops: list[Callable[[], None]] = []
-        self.agent: Any = None
+        self._dataplane: Described | None = None
         self._hc: dict[tuple[str, str], tuple[int, int]] = {}
         self.healthz_port = self.metrics_port = 0
 
-    def attach(self, agent: Any) -> None:
-        self.agent = agent
+    def attach(self, dataplane: Described) -> None:
+        self._dataplane = dataplane
 
         def reader(name: str) -> Callable[[], dict]:
-            # The dataplane creates its stats in setup(), after attach().
+            # The dataplane makes its counters in setup(), after attach().
             def read() -> dict:
-                stats = getattr(agent.dataplane, "stats", None)
+                stats = dataplane.counters()
                 return getattr(stats, name)() if stats is not None else {}
             return read
 
@@ -67,67 +83,47 @@ class Observability:
     def on_sync_failed(self) -> None:
         self.metrics.synced(0.0, time.time(), ok=False)
 
-    def on_synced(self, duration: float, full: bool, queued_at: float | None,
-                  states: dict, pending: tuple[int, int]) -> None:
-        now = time.time()
+    def on_synced(self, report: SyncReport) -> None:
         self.health.updated()
-        self.metrics.synced(duration, now)
-        if queued_at is not None:
-            self.metrics.network_programming_duration.observe(max(0.0, now - queued_at))
-        if self.agent is None:
-            return
-        store = self.agent.store
-        svc_pending, ep_pending = store.pending()
+        self.metrics.synced(report.duration, report.finished)
+        for stamp in report.trigger_times:  # kube-proxy's network programming latency
+            self.metrics.network_programming_duration.observe(
+                max(0.0, report.finished - stamp))
+        svc_pending, ep_pending = report.pending
         self.metrics.service_changes_pending.set(svc_pending)
         self.metrics.endpoint_changes_pending.set(ep_pending)
-        self._sync_totals(store)
+        self.metrics.set_totals(*report.totals)
         for kind in ("Service", "EndpointSlice", "Node"):
-            n = sum(1 for k in store.errors if k[0] == kind)
-            self.metrics.object_errors.labels(kind).set(n)
-        self.metrics.source_errors.set(len(getattr(store, "source_problems", ())))
-        refused = self.agent.refused()
+            self.metrics.object_errors.labels(kind).set(report.object_error_counts.get(kind, 0))
+        self.metrics.source_errors.set(len(report.source_problems))
         counts: dict[tuple[str, str], int] = {}
-        for r in refused:
-            counts[(r["reason"], r["map"])] = counts.get((r["reason"], r["map"]), 0) + 1
+        for r in report.refused:
+            counts[(r.reason, r.map)] = counts.get((r.reason, r.map), 0) + 1
         self.metrics.set_refused(counts)
-        node = store.node() if hasattr(store, "node") else None
-        if node:
-            self.health.sync_node(node)
-        self._sync_health_checks(states, full)
-        self._write_status(now, duration, refused)
+        if report.node:
+            self.health.sync_node(dict(report.node))
+        self._sync_health_checks(report.states, report.full)
+        self._write_status(report)
 
-    def _write_status(self, now: float, duration: float, refused: list[dict]) -> None:
-        """For `pyagent status` / `services list`; names by frontend."""
+    def _write_status(self, report: SyncReport) -> None:
+        """For `pyagent status` / `services list`: frontends by name."""
         from pyagent.observe import statusfile
 
-        dp = self.agent.dataplane
-        names = {}
-        rec = getattr(dp, "reconciler", None)
-        if rec is not None:
-            names = {"|".join(map(str, fe.key)): fe.service for fe in rec.kernel.values()}
+        described = self._dataplane.describe() if self._dataplane is not None else None
         statusfile.write(self.config.bpffs, {
             "pid": os.getpid(), "mode": self.config.mode, "nodeName": self.config.node_name,
-            "cgroup": str(getattr(dp, "cgroup", "") or ""), "bpffs": self.config.bpffs,
-            "interfaces": list(self.config.interfaces), "lastSync": now,
-            "lastSyncSeconds": duration, "healthzPort": self.healthz_port,
+            "cgroup": described.cgroup if described else "", "bpffs": self.config.bpffs,
+            "interfaces": list(self.config.interfaces), "lastSync": report.finished,
+            "lastSyncSeconds": report.duration, "healthzPort": self.healthz_port,
             "metricsPort": self.metrics_port, "errors": {
-                "/".join(k): v for k, v in self.agent.errors.items()},
-            "objectErrors": list(self.agent.store.error_messages()),
-            "sourceErrors": list(getattr(self.agent.store, "source_problems", ())),
-            "refused": refused, "frontendNames": names})
+                "/".join(k): v for k, v in report.errors.items()},
+            "objectErrors": list(report.object_errors),
+            "sourceErrors": list(report.source_problems),
+            "refused": [r.to_json() for r in report.refused],
+            "frontends": [fe.to_json() for fe in described.frontends] if described else []})
 
-    def _sync_totals(self, store: Any) -> None:
-        totals = getattr(store, "totals", None)
-        if not totals:
-            return
-        svc_total, ep_total = totals()
-        for counter, value in ((self.metrics.service_changes_total, svc_total),
-                               (self.metrics.endpoint_changes_total, ep_total)):
-            delta = value - counter._value.get()
-            if delta > 0:
-                counter.inc(delta)
-
-    def _sync_health_checks(self, states: dict, full: bool) -> None:
+    def _sync_health_checks(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
+                            full: bool) -> None:
         """Only the Services of this sync are looked at (O(change), not O(cluster))."""
         if full:
             self._hc.clear()

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 from fakes import FakeDataplane, wait
 
 from pyagent.core.config import NodeConfig
@@ -35,7 +36,7 @@ def make(config: NodeConfig) -> tuple[Agent, FakeDataplane, Observability]:
     dp = FakeDataplane()
     obs = Observability(config)
     agent = Agent(config, dp, observers=[obs])
-    obs.attach(agent)
+    obs.attach(dp)
     return agent, dp, obs
 
 
@@ -87,3 +88,90 @@ def test_healthz_turns_503_while_updates_cannot_be_applied(tmp_path, monkeypatch
     finally:
         agent.stop()
         obs.stop()
+
+
+def _slice(name: str, ip: str, trigger: float | None = None) -> dict:
+    meta: dict = {"name": name, "namespace": "ns", "labels": {
+        "kubernetes.io/service-name": "a"}}
+    if trigger is not None:
+        from datetime import UTC, datetime
+
+        meta["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time":
+                               datetime.fromtimestamp(trigger, UTC).isoformat()}
+    return {"kind": "EndpointSlice", "metadata": meta, "addressType": "IPv4",
+            "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.reports: list = []
+
+    def on_queued(self) -> None:
+        pass
+
+    def on_sync_failed(self) -> None:
+        pass
+
+    def on_synced(self, report) -> None:
+        self.reports.append(report)
+
+
+def test_network_programming_latency_starts_at_the_trigger_time(tmp_path, monkeypatch) -> None:
+    """kube-proxy's kubeproxy_network_programming_duration_seconds: from the
+    EndpointSlice's last-change-trigger-time to the end of the sync that
+    programmed it (not from when the agent queued the change)."""
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path))
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    agent, dp, obs = make(config)
+    rec = Recorder()
+    agent.observers += (rec,)
+    agent.start()
+    try:
+        for kind in ("Service", "EndpointSlice", "Node"):
+            agent.sink.replace(kind, [svc("a", "10.96.0.1")] if kind == "Service" else [])
+        wait(lambda: dp.syncs)
+        triggered = round(time.time(), 3)  # RFC 3339 with milliseconds
+        agent.sink.upsert("EndpointSlice", _slice("a-1", "10.0.0.1", trigger=triggered))
+        wait(lambda: any(r.trigger_times for r in rec.reports))
+        report = next(r for r in rec.reports if r.trigger_times)
+        assert report.trigger_times == (triggered,)
+        text = obs.metrics.exposition()[0].decode()
+        assert "kubeproxy_network_programming_duration_seconds_count 1.0" in text
+        total = next(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("kubeproxy_network_programming_duration_seconds_sum"))
+        assert total == pytest.approx(report.finished - triggered)
+        agent.sink.upsert("EndpointSlice", _slice("a-2", "10.0.0.2"))  # no annotation
+        wait(lambda: len(dp.syncs) >= 3)
+        assert all(not r.trigger_times for r in rec.reports[-1:])
+    finally:
+        agent.stop()
+
+
+def test_pending_counts_the_changes_that_arrived_during_the_sync(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path))
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    agent, dp, _ = make(config)
+    rec = Recorder()
+    agent.observers += (rec,)
+    sync = dp.sync
+    arrived = []
+
+    def slow_sync(states, full):
+        if not arrived:  # a watch event lands while the dataplane works
+            arrived.append(True)
+            agent.sink.upsert("EndpointSlice", _slice("a-1", "10.0.0.1"))
+        return sync(states, full)
+    dp.sync = slow_sync  # type: ignore[method-assign]
+    agent.start()
+    try:
+        for kind in ("Service", "EndpointSlice", "Node"):
+            agent.sink.replace(kind, [svc("a", "10.96.0.1")] if kind == "Service" else [])
+        wait(lambda: rec.reports)
+        assert rec.reports[0].pending == (0, 1)  # was always (0, 0)
+        wait(lambda: len(rec.reports) >= 2)
+        assert rec.reports[1].pending == (0, 0)
+    finally:
+        agent.stop()

@@ -62,7 +62,7 @@ def _agent(tmp_path, monkeypatch):
     dp = FakeDataplane()
     obs = Observability(config)
     agent = Agent(config, dp, observers=[obs])
-    obs.attach(agent)
+    obs.attach(dp)
     return agent, dp, obs
 
 

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
 from pyagent.core.manifests import gc_paused
-from pyagent.core.model import ServiceKey, join_host_port
+from pyagent.core.model import PROTOCOL_NAMES, ServiceKey, join_host_port
 from pyagent.core.state import ServicePortState
-from pyagent.dataplanes.base import Mode, SyncStatus
+from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
+from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf import programs, removal
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
@@ -76,7 +77,7 @@ class EbpfDataplane:
             log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
                      ",".join(self.config.pod_interfaces) or "-")
         self._adopt()
-        self.stats = Stats(self.lb.maps, self)
+        self.stats = Stats(self.lb.maps, lambda: self.reconciler)
         self._attached = False
         self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
                                       cgroup=self.cgroup)
@@ -199,6 +200,17 @@ class EbpfDataplane:
         if self.lb:
             self.lb.close()
             self.lb = None
+
+    def describe(self) -> Description:
+        r = self.reconciler
+        fes = () if r is None else tuple(
+            FrontendInfo(fe.ip, fe.port, PROTOCOL_NAMES.get(fe.proto, str(fe.proto)),
+                         L.SCOPE_NAMES.get(fe.scope, str(fe.scope)), fe.service)
+            for fe in r.frontends())
+        return Description(self.name, str(self.cgroup or ""), fes)
+
+    def counters(self) -> Stats | None:
+        return self.stats
 
     def cleanup(self) -> None:
         """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""

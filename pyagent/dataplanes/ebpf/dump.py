@@ -8,8 +8,6 @@ from typing import Any
 
 from pyagent.core.model import PROTOCOL_NAMES
 
-SCOPES = {0: "external", 1: "internal"}  # layout.SCOPE_EXTERNAL, SCOPE_INTERNAL
-
 
 def _proto(n: int) -> str:
     return PROTOCOL_NAMES.get(n, str(n))
@@ -88,7 +86,7 @@ def dump(bpffs: str) -> dict[str, Any]:
                 slots.append(_slot(i, sv, bes.get((sv[0],)) if sv else None, states))
             services.append({
                 "frontend": {"address": ip, "port": port, "protocol": _proto(proto),
-                             "scope": SCOPES.get(scope, str(scope))},
+                             "scope": L.SCOPE_NAMES.get(scope, str(scope))},
                 "revNatId": rev_id, "count": count, "qcount": qcount,
                 "flags": [f.name for f in L.ServiceFlag if flags & f],
                 "algorithm": L.Algorithm(alg).name.lower(), "affinityTimeout": aff,

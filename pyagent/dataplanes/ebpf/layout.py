@@ -37,6 +37,7 @@ MAX_SLOTS = 65535
 
 SCOPE_EXTERNAL = 0
 SCOPE_INTERNAL = 1
+SCOPE_NAMES = {SCOPE_EXTERNAL: "external", SCOPE_INTERNAL: "internal"}
 
 
 class ServiceFlag(enum.IntFlag):

@@ -210,6 +210,18 @@ class Reconciler:
     def rev_id(self, fe: Frontend) -> int | None:
         return self.rev_ids.get(fe.addr)
 
+    # -- the typed read API (observers, stats): no dict of ours leaves ---------
+    def frontends(self) -> list[Frontend]:
+        """Every frontend the maps hold, in key order."""
+        return [self.kernel[k] for k in sorted(self.kernel)]
+
+    def backend_ids_in_use(self) -> list[tuple[int, Backend]]:
+        """(backend id, backend) of every backend in the maps."""
+        return sorted(self.backends.items())
+
+    def backend_id(self, b: Backend) -> int | None:
+        return self.backend_ids.get(b.key)
+
     def pressure(self) -> dict[str, float]:
         return self.ledger.pressure()
 

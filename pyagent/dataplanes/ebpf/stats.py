@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from collections.abc import Callable
 
 from ebpf import libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf.programs import LBMaps
+from pyagent.dataplanes.ebpf.reconciler import Reconciler
 
 
 class Stats:
-    def __init__(self, maps: LBMaps, dataplane: Any) -> None:
+    """`reconciler` returns the dataplane's current one (it is rebuilt after
+    a failed sync), read through its typed API only."""
+
+    def __init__(self, maps: LBMaps, reconciler: Callable[[], Reconciler | None]) -> None:
         self.maps = maps
-        self.dataplane = dataplane
+        self.reconciler = reconciler
 
     def map_pressure(self) -> dict[str, float]:
         """Fill of the maps the agent writes, from its own bookkeeping (no
         walk): exactly 1.0 once a map (or the id space it draws from) is full."""
-        r = self.dataplane.reconciler
+        r = self.reconciler()
         return r.pressure() if r is not None else {}
 
     def service_connections(self) -> dict[str, float]:
         """Backend selections per service port, summed over CPUs (per-CPU
         array by rev id, read in one batch, not one syscall per frontend).
         Each rev id counts once (both scopes of an address share it)."""
-        r = self.dataplane.reconciler
+        r = self.reconciler()
         if r is None:
             return {}
         selected = _column(self.maps.lb_svc_stats, 0)
-        n, rev_ids = len(selected), r.rev_ids
+        n = len(selected)
         seen: set[int] = set()
         out: dict[str, float] = {}
-        for (ip, port, proto, _scope), fe in list(r.kernel.items()):
-            rev_id = rev_ids.get((ip, port, proto))
+        for fe in r.frontends():
+            rev_id = r.rev_id(fe)
             if rev_id is None or rev_id >= n or rev_id in seen or not fe.service:
                 continue
             seen.add(rev_id)
@@ -42,13 +46,13 @@ class Stats:
 
     def backend_connections(self) -> dict[str, float]:
         """Connections sent to each backend ("ip:port"), summed over CPUs."""
-        r = self.dataplane.reconciler
+        r = self.reconciler()
         if r is None:
             return {}
         counts = _column(self.maps.lb_be_stats, 0)
         n = len(counts)
         out: dict[str, float] = {}
-        for bid, (ip, port, _proto, _local) in list(r.backends.items()):
+        for bid, (ip, port, _proto, _local) in r.backend_ids_in_use():
             if bid < n:
                 addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"  # join_host_port
                 out[addr] = out.get(addr, 0) + counts[bid]

@@ -22,7 +22,7 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
 from pyagent.core.state import ServicePortState
-from pyagent.dataplanes.base import Mode, SyncStatus
+from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables.kernel import Exec, Iptables, restore_text
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
@@ -54,6 +54,12 @@ class IptablesDataplane:
             self.renderers, ports))
         self.chains.write(self.frags.in_order(), full)
         return status
+
+    def describe(self) -> Description:
+        return Description(self.name)
+
+    def counters(self) -> None:
+        return None
 
     def close(self) -> None:
         pass  # the rules stay for the next agent

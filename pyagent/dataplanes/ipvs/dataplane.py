@@ -22,7 +22,7 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
 from pyagent.core.state import ServicePortState
-from pyagent.dataplanes.base import Mode, SyncStatus
+from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
@@ -133,6 +133,12 @@ class IpvsDataplane:
                     vs.setdefault(v.key, v)  # first Service wins a shared frontend
                 vips |= frag.vips
         return vs, vips
+
+    def describe(self) -> Description:
+        return Description(self.name)
+
+    def counters(self) -> None:
+        return None
 
     def close(self) -> None:
         for obj in (self.kernel, self.holder):

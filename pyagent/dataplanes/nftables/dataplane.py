@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
 from pyagent.core.state import ServicePortState
-from pyagent.dataplanes.base import Mode, SyncStatus
+from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.nftables import rules as R
 
@@ -101,6 +101,12 @@ class NftablesDataplane:
             from pyagent.dataplanes.nftables import forward
 
             forward.ensure(self.config)
+
+    def describe(self) -> Description:
+        return Description(self.name)
+
+    def counters(self) -> None:
+        return None
 
     def close(self) -> None:
         pass

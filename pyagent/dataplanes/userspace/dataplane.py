@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import Endpoint, ServiceKey
 from pyagent.core.state import ServicePortState
-from pyagent.dataplanes.base import Mode, SyncStatus
+from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
@@ -142,6 +142,12 @@ class UserspaceDataplane:
         out = [(fam, bind_portals(frag, bound)) for fam, frag in rendered]
         self.by_service[svc] = set(bound)  # only once every port rendered
         return out
+
+    def describe(self) -> Description:
+        return Description(self.name)
+
+    def counters(self) -> None:
+        return None
 
     def close(self) -> None:
         if self.proxy:
