@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyagent.core.node_object import node_ips, pod_cidrs, primary_ips  # noqa: F401 (until run's wiring moves)
+from pyagent.core.node_object import pod_cidrs
 from pyagent.core.parse import parse_ip
 
 log = logging.getLogger(__name__)

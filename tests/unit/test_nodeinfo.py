@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyagent.core import node_object
 from pyagent.node import kheaders, nodeinfo
 from pyagent.node.nodeinfo import Link
 
@@ -18,25 +19,25 @@ def test_node_ips_internal_first_one_per_family() -> None:
     n = node(("ExternalIP", "203.0.113.5"), ("Hostname", "n"), ("InternalIP", "10.0.0.5"),
              ("InternalIP", "10.0.0.6"), ("ExternalIP", "2001:db8::5"),
              ("InternalIP", "fd00::5"))
-    assert nodeinfo.node_ips(n) == ("10.0.0.5", "fd00::5")
-    assert nodeinfo.node_ips(node(("ExternalIP", "203.0.113.5"))) == ("203.0.113.5",)
-    assert nodeinfo.node_ips(None) == ()
-    assert nodeinfo.node_ips(node(("InternalIP", "bogus"), ("InternalIP", "10.0.0.7"))) == (
+    assert node_object.node_ips(n) == ("10.0.0.5", "fd00::5")
+    assert node_object.node_ips(node(("ExternalIP", "203.0.113.5"))) == ("203.0.113.5",)
+    assert node_object.node_ips(None) == ()
+    assert node_object.node_ips(node(("InternalIP", "bogus"), ("InternalIP", "10.0.0.7"))) == (
         "10.0.0.7",)
 
 
 def test_bind_address_is_the_primary_of_its_family() -> None:
-    assert nodeinfo.primary_ips(("10.0.0.5", "fd00::5"), "192.168.1.1") == (
+    assert node_object.primary_ips(("10.0.0.5", "fd00::5"), "192.168.1.1") == (
         "192.168.1.1", "fd00::5")
-    assert nodeinfo.primary_ips(("10.0.0.5", "fd00::5"), "fd00::9") == ("fd00::9", "10.0.0.5")
-    assert nodeinfo.primary_ips(("10.0.0.5",), "0.0.0.0") == ("10.0.0.5",)
+    assert node_object.primary_ips(("10.0.0.5", "fd00::5"), "fd00::9") == ("fd00::9", "10.0.0.5")
+    assert node_object.primary_ips(("10.0.0.5",), "0.0.0.0") == ("10.0.0.5",)
 
 
 def test_pod_cidrs() -> None:
-    assert nodeinfo.pod_cidrs(node(podCIDRs=["10.244.1.0/24", "fd00:1::/64"])) == (
+    assert node_object.pod_cidrs(node(podCIDRs=["10.244.1.0/24", "fd00:1::/64"])) == (
         "10.244.1.0/24", "fd00:1::/64")
-    assert nodeinfo.pod_cidrs(node(podCIDR="10.244.2.0/24")) == ("10.244.2.0/24",)
-    assert nodeinfo.pod_cidrs(node()) == ()
+    assert node_object.pod_cidrs(node(podCIDR="10.244.2.0/24")) == ("10.244.2.0/24",)
+    assert node_object.pod_cidrs(node()) == ()
 
 
 LINKS = [Link(1, "lo", "", None, ("127.0.0.1", "::1"), False),
@@ -70,9 +71,9 @@ def test_fetch_node_polls_until_ready() -> None:
         if isinstance(a, Exception):
             raise a
         return a
-    got = nodeinfo.fetch_node(get, lambda n: bool(nodeinfo.node_ips(n)), timeout=10,
+    got = nodeinfo.fetch_node(get, lambda n: bool(node_object.node_ips(n)), timeout=10,
                               sleep=lambda _: None)
-    assert nodeinfo.node_ips(got) == ("10.0.0.1",)
+    assert node_object.node_ips(got) == ("10.0.0.1",)
 
 
 def test_pod_cidr_guard_calls_back_on_a_change() -> None:
