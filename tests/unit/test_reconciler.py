@@ -236,3 +236,63 @@ def test_terminating_backends_drain_in_slots_after_the_active_ones() -> None:
     assert len(maps.maps[(BACKENDS, 4)]) == 3  # the draining backend stays known
     r.apply({("ns", "a"): [Frontend(f.ip, f.port, f.proto, f.scope, f.flags, f.backends[::2])]})
     assert len(maps.maps[(BACKENDS, 4)]) == 2  # gone once it stops serving
+
+
+class TcMaps(FakeMaps):
+    """A writer that also holds the TC path's maps: source ranges and Maglev
+    tables by service id, as write_tc leaves them."""
+
+    has_tc = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        from pyagent.dataplanes.ebpf.capacity import MAGLEV, SRCRANGE
+
+        for res in ((MAGLEV, 0), (SRCRANGE, 4), (SRCRANGE, 6)):
+            self.cap[res] = 10_000
+        self.ranges: dict[int, tuple[str, ...]] = {}
+        self.tables: dict[int, list] = {}
+        self.calls = 0
+
+    def write_tc(self, ranges, tables, prune) -> None:
+        self.calls += 1
+        if prune:
+            self.ranges = {k: v for k, v in self.ranges.items() if k in ranges}
+            self.tables = {k: v for k, v in self.tables.items() if k in tables}
+        for rev_id, cidrs in ranges.items():
+            self.ranges[rev_id] = cidrs
+        for rev_id, table in tables.items():
+            self.tables[rev_id] = table
+        self.ranges = {k: v for k, v in self.ranges.items() if v}
+        self.tables = {k: v for k, v in self.tables.items() if v}
+
+
+def test_the_reconciler_writes_source_ranges_and_maglev_tables_itself() -> None:
+    """One writer for every map family: the TC path's source ranges and
+    Maglev tables follow the frontends in the same apply, by service id."""
+    import dataclasses
+
+    maps = TcMaps()
+    r = Reconciler(maps)
+    lb = dataclasses.replace(fe("203.0.113.1", 443, "10.0.0.1", "10.0.0.2",
+                                scope=L.SCOPE_EXTERNAL),
+                             algorithm=L.Algorithm.MAGLEV, source_ranges=("192.0.2.0/24",))
+    assert r.apply({("ns", "lb"): [lb]}) == {("ns", "lb"): None}
+    rev = r.rev_id(lb)
+    assert maps.ranges == {rev: ("192.0.2.0/24",)}
+    assert sorted(maps.tables[rev]) == sorted(
+        (r.backend_id(b), f"{b.ip}:8080") for b in lb.backends)
+    assert r.last_frontend_status == {lb.key: None}
+    assert r.frontends() == [lb]
+    r.apply({("ns", "lb"): []})  # the Service goes: its ranges and table go too
+    assert maps.ranges == {} and maps.tables == {}
+
+
+def test_a_refused_service_is_reported_per_frontend() -> None:
+    maps = FakeMaps()
+    r = Reconciler(maps)
+    a, b = fe("10.96.0.1", 80, "10.0.0.1"), fe("10.96.0.1", 80, "10.0.0.2")
+    c = fe("10.96.0.2", 80, "10.0.0.3")
+    status = r.apply({("ns", "a"): [a], ("ns", "b"): [b, c]})  # b wants a's frontend too
+    assert status[("ns", "a")] is None and "already used by ns/a" in status[("ns", "b")]
+    assert r.last_frontend_status == {a.key: None, c.key: status[("ns", "b")]}

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
 from pyagent.core.manifests import gc_paused
-from pyagent.core.model import PROTOCOL_NAMES, ServiceKey, join_host_port
+from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
 from pyagent.dataplanes.ebpf import layout as L
@@ -56,7 +56,6 @@ class EbpfDataplane:
         self._attached = False
         self.tc = None  # tc.TcLB when the node has TC interfaces
         self.janitor: BackendJanitor | None = None
-        self._maglev_revs: dict[ServiceKey, set[int]] = {}  # Services with Maglev tables
 
     def setup(self) -> None:
         """Load (reusing pinned maps) and adopt. The programs are attached at
@@ -117,7 +116,7 @@ class EbpfDataplane:
             changes[svc] = [fe for sps in ports for fe in frontends_for(sps, self.config)]
         if full:
             # Services the reconciler holds that no longer exist.
-            for svc in set(self.reconciler.by_service) - set(changes):
+            for svc in self.reconciler.services() - set(changes):
                 changes[svc] = []
         try:
             status = self.reconciler.apply(changes, prune_unowned=full,
@@ -129,67 +128,12 @@ class EbpfDataplane:
             raise
         if self.janitor is not None:
             self.janitor.removed(self.reconciler.last_released)
-        if self.tc is not None:
-            # What the TC path needs of the Services as programmed (a refused
-            # Service keeps its last good state here too).
-            programmed = {svc: self.reconciler.frontends_of(svc) for svc in changes}
-            self._sync_source_ranges(programmed, full)
-            self._sync_maglev(programmed, full)
-            if full:
-                self.reconciler.recount_tc()
         if full and not self._attached:
             self._attach()
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
                 "%s sync of %d services: %d map operations", "full" if full else "partial",
                 len(changes), self.reconciler.last_ops)
         return status
-
-    def _sync_source_ranges(self, programmed: Mapping[ServiceKey, list[Frontend]],
-                            full: bool) -> None:
-        """loadBalancerSourceRanges of the frontends just written (after their
-        master entries: until then a new LB frontend denies every source);
-        service ids given up by this sync lose theirs."""
-        from pyagent.dataplanes.ebpf import tc
-
-        assert self.reconciler is not None and self.tc is not None
-        desired: dict[int, tuple[str, ...]] = {
-            rev_id: () for rev_id in self.reconciler.last_freed_revs}
-        for fes in programmed.values():
-            for fe in fes:
-                rev_id = self.reconciler.rev_id(fe)
-                if rev_id is not None and (fe.source_ranges or rev_id not in desired):
-                    desired[rev_id] = desired.get(rev_id, ()) + fe.source_ranges
-        tc.sync_source_ranges(self.tc.maps, desired, prune=full)
-
-    def _sync_maglev(self, programmed: Mapping[ServiceKey, list[Frontend]],
-                     full: bool) -> None:
-        """Maglev tables of the EXTERNAL frontends just written (TC path only);
-        a Service that stopped using Maglev, or went, loses its tables."""
-        from pyagent.dataplanes.ebpf import layout as L
-        from pyagent.dataplanes.ebpf import maglev
-
-        assert self.reconciler is not None and self.tc is not None
-        r = self.reconciler
-        tables: dict[int, list[tuple[int, str]]] = {}
-        for svc, fes in programmed.items():
-            revs = set()
-            for fe in fes:
-                rev_id = r.rev_id(fe)
-                if (fe.scope == L.SCOPE_EXTERNAL and fe.algorithm == L.Algorithm.MAGLEV
-                        and rev_id is not None):
-                    tables[rev_id] = [(r.backend_ids[b.key], join_host_port(b.ip, b.port))
-                                      for b in fe.backends]
-                    revs.add(rev_id)
-            for gone in self._maglev_revs.get(svc, set()) - revs:
-                tables.setdefault(gone, [])
-            if revs:
-                self._maglev_revs[svc] = revs
-            else:
-                self._maglev_revs.pop(svc, None)
-        for rev_id in r.last_freed_revs:  # e.g. adopted frontends pruned
-            tables.setdefault(rev_id, [])
-        if tables or full:
-            maglev.sync_tables(self.tc.maps, tables, prune=full)
 
     def close(self) -> None:
         if self.janitor is not None:

@@ -41,17 +41,32 @@ class KernelWriter:
 
     def __init__(self, maps: LBMaps, tc_maps: Any = None) -> None:
         self.maps = maps
+        self.tc_maps = tc_maps
         self._capacity = {(m, f): _map(maps, m, f).max_entries for m, f in LOGICAL}
         # rev-NAT ids index the per-service counter and round-robin arrays
         self._capacity[(REV_IDS, 0)] = min(MAX_REV_ID, maps.lb_svc_stats.max_entries - 1,
                                            maps.lb_rr.max_entries - 1)
-        if tc_maps is not None:  # the TC path's maps, written by the dataplane
+        if tc_maps is not None:  # the TC path's maps (write_tc)
             self._capacity[(MAGLEV, 0)] = tc_maps.lb_maglev.max_entries
             self._capacity[(SRCRANGE, 4)] = tc_maps.lb4_srcrange.max_entries
             self._capacity[(SRCRANGE, 6)] = tc_maps.lb6_srcrange.max_entries
 
     def capacity(self) -> Mapping[tuple[str, int], int]:
         return self._capacity
+
+    @property
+    def has_tc(self) -> bool:
+        return self.tc_maps is not None
+
+    def write_tc(self, ranges: Mapping[int, tuple[str, ...]],
+                 tables: Mapping[int, list[tuple[int, str]]], prune: bool) -> None:
+        """Source ranges and Maglev tables by service id (after the LB phases:
+        a frontend's master entry exists before its ranges or table)."""
+        from pyagent.dataplanes.ebpf import maglev, tc
+
+        tc.sync_source_ranges(self.tc_maps, ranges, prune=prune)
+        if tables or prune:
+            maglev.sync_tables(self.tc_maps, tables, prune=prune)
 
     def run(self, phases: list[list[Op]]) -> None:
         for phase in phases:

@@ -1,8 +1,13 @@
 """Turns frontend changes into ordered, batched map operations (pure).
 
-It owns the bookkeeping the maps need: stable service (rev-NAT) ids and
-reference-counted backend ids, which frontend belongs to which Service, and
-how full each map and id space is (capacity.Ledger). Every sync is executed
+It is the one writer of every map family of the eBPF datapath (services,
+backends, rev-NAT, affinity match, and on the TC path source ranges and
+Maglev tables) and owns the bookkeeping they need: stable service (rev-NAT)
+ids and reference-counted backend ids, which frontend belongs to which
+Service, which Services have Maglev tables, and how full each map and id
+space is (capacity.Ledger). After each apply, last_frontend_status says per
+frontend whether it was programmed; frontends(), frontends_of(), rev_id()
+and backend_id() are the read API. Every sync is executed
 in phases so that no lookup in the kernel can ever see a slot pointing at a
 missing backend or a master entry counting a slot that does not exist yet
 (make-before-break):
@@ -30,8 +35,9 @@ import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
+from pyagent.core.model import join_host_port
 from pyagent.dataplanes.base import Refusal
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.capacity import (
@@ -59,7 +65,7 @@ __all__ = ["AFFMATCH", "BACKENDS", "REVNAT", "SERVICES", "MAX_REV_ID", "MAX_BACK
 
 ServiceKey = tuple[str, str]
 NPHASES = 7
-TC_KINDS = (MAGLEV, SRCRANGE)  # written by the dataplane after apply(), not in phases
+TC_KINDS = (MAGLEV, SRCRANGE)  # written after the phases (TcWriter.write_tc)
 LB_KINDS = (SERVICES, BACKENDS, REVNAT, AFFMATCH, REV_IDS, BACKEND_IDS)
 
 
@@ -77,11 +83,19 @@ class Op(NamedTuple):
 
 
 class MapWriter(Protocol):
-    """Executes phases in order; each phase may be batched per map."""
+    """Executes phases in order; each phase may be batched per map. A writer
+    with `has_tc` also holds the TC path's maps (source ranges, Maglev)."""
 
     def run(self, phases: list[list[Op]]) -> None: ...
 
     def capacity(self) -> Mapping[tuple[str, int], int]: ...
+
+
+class TcWriter(MapWriter, Protocol):
+    has_tc: bool
+
+    def write_tc(self, ranges: Mapping[int, tuple[str, ...]],
+                 tables: Mapping[int, list[tuple[int, str]]], prune: bool) -> None: ...
 
 
 @dataclass
@@ -149,6 +163,9 @@ class Reconciler:
         self._stray: list[Op] = []
         self._reserved_rev: set[int] = set()  # ids of stray entries, free once deleted
         self._reserved_backend: set[int] = set()
+        self._maglev_revs: dict[ServiceKey, set[int]] = {}  # Services with Maglev tables
+        # per frontend key of the last apply: None (programmed) or why not
+        self.last_frontend_status: dict[tuple, str | None] = {}
         if adopted:
             self._adopt(adopted)
 
@@ -247,7 +264,65 @@ class Reconciler:
         retry, freed = self._round(names, wanted, status, prune_unowned)
         if retry and freed:
             self._round(retry, wanted, status, False)
+        if getattr(self.writer, "has_tc", False):
+            self._write_tc(names, prune_unowned)
+        self.last_frontend_status = {}
+        for svc in names:  # a frontend another Service programmed stays None
+            for fe in wanted[svc]:
+                if self.last_frontend_status.get(fe.key, "") is not None:
+                    self.last_frontend_status[fe.key] = status.get(svc)
         return status
+
+    # -- the TC path's maps: source ranges and Maglev tables, by service id ---
+    def _write_tc(self, names: Iterable[ServiceKey], full: bool) -> None:
+        """What the TC path needs of the Services as programmed (a refused
+        Service keeps its last good state here too), after their master
+        entries: until then a new LB frontend would deny every source."""
+        programmed = {svc: self.frontends_of(svc) for svc in names}
+        writer = cast(TcWriter, self.writer)
+        writer.write_tc(self._source_ranges(programmed), self._maglev(programmed, full), full)
+        if full:
+            self.recount_tc()
+
+    def _source_ranges(self, programmed: Mapping[ServiceKey, list[Frontend]]
+                       ) -> dict[int, tuple[str, ...]]:
+        """loadBalancerSourceRanges by service id; ids this apply gave up
+        lose theirs."""
+        desired: dict[int, tuple[str, ...]] = {rev_id: () for rev_id in self.last_freed_revs}
+        for fes in programmed.values():
+            for fe in fes:
+                rev_id = self.rev_id(fe)
+                if rev_id is not None and (fe.source_ranges or rev_id not in desired):
+                    desired[rev_id] = desired.get(rev_id, ()) + fe.source_ranges
+        return desired
+
+    def _maglev(self, programmed: Mapping[ServiceKey, list[Frontend]], full: bool
+                ) -> dict[int, list[tuple[int, str]]]:
+        """Maglev tables of the EXTERNAL frontends programmed; a Service that
+        stopped using Maglev, or went, loses its tables (an empty list)."""
+        tables: dict[int, list[tuple[int, str]]] = {}
+        for svc, fes in programmed.items():
+            revs = set()
+            for fe in fes:
+                rev_id = self.rev_id(fe)
+                if (fe.scope == L.SCOPE_EXTERNAL and fe.algorithm == L.Algorithm.MAGLEV
+                        and rev_id is not None):
+                    tables[rev_id] = [(self.backend_ids[b.key], join_host_port(b.ip, b.port))
+                                      for b in fe.backends]
+                    revs.add(rev_id)
+            for gone in self._maglev_revs.get(svc, set()) - revs:
+                tables.setdefault(gone, [])
+            if revs:
+                self._maglev_revs[svc] = revs
+            else:
+                self._maglev_revs.pop(svc, None)
+        for rev_id in self.last_freed_revs:  # e.g. adopted frontends pruned
+            tables.setdefault(rev_id, [])
+        return tables
+
+    def services(self) -> set[ServiceKey]:
+        """The Services that hold frontends."""
+        return set(self.by_service)
 
     def _round(self, names: list[ServiceKey], wanted: Mapping[ServiceKey, list[Frontend]],
                status: dict[ServiceKey, str | None],
