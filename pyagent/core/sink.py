@@ -10,12 +10,6 @@ Kind = Literal["Service", "EndpointSlice", "Node"]
 KINDS: tuple[Kind, ...] = ("Service", "EndpointSlice", "Node")
 
 
-def object_key(obj: dict) -> tuple[str, str]:
-    """(namespace, name) of an object; Nodes have an empty namespace."""
-    meta = obj.get("metadata") or {}
-    return (meta.get("namespace") or "", meta.get("name") or "")
-
-
 class ObjectSink(Protocol):
     """Receives the source's view of the cluster.
 

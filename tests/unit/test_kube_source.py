@@ -13,11 +13,16 @@ from pathlib import Path
 import pytest
 from kubeapi import FakeKubeAPI, endpoint_slice, node, service
 
-from pyagent.core.sink import object_key
 from pyagent.sources.kube import Backoff, KubeSource, make_api_client
 
 NODE = "node-a"
 
+
+
+def object_key(obj: dict) -> tuple[str, str]:
+    """(namespace, name) of an object; Nodes have an empty namespace."""
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
 
 class RecordingSink:
     """Records every call and keeps the resulting view per kind."""

@@ -90,11 +90,6 @@ def shares(table: Sequence[int]) -> dict[int, int]:
     return out
 
 
-def disruption(old: Sequence[int], new: Sequence[int]) -> float:
-    """Fraction of entries whose backend differs."""
-    return sum(a != b for a, b in zip(old, new, strict=True)) / len(old)
-
-
 # ---------------------------------------------------------------- kernel sync
 
 
