@@ -25,9 +25,9 @@ def alab() -> Iterator[AgentLab]:
 def refused(errname: str) -> str:
     """What a refused connect() fails with on this kernel: errname, or EPERM
     where the kernel lacks bpf_set_retval (README, "Kernels")."""
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
-    return errname if programs.kernel_variant().features.set_retval else "EPERM"
+    return errname if socket_lb.kernel_variant().features.set_retval else "EPERM"
 
 
 def echo_manifests(a: AgentLab, ready: dict[int, bool]) -> None:

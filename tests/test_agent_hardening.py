@@ -205,7 +205,7 @@ def test_maps_dump_under_a_concurrent_writer_never_shows_none(tmp_path) -> None:
     slot decodes with the same fields and types, a slot whose backend is
     not (or no longer) there is marked as such."""
     from ebpf import bpffs as fs
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
     from pyagent.dataplanes.ebpf.dump import dump
     from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
     from pyagent.dataplanes.ebpf.kernel import KernelWriter
@@ -217,7 +217,7 @@ def test_maps_dump_under_a_concurrent_writer_never_shows_none(tmp_path) -> None:
     try:
         bpffs = str(mnt / "pyagent")
         fs.ensure(bpffs)
-        lb = programs.load(bpffs)
+        lb = socket_lb.load(bpffs)
         r = Reconciler(KernelWriter(lb.maps))
         stop = threading.Event()
         backends = [Backend(f"10.0.{i // 200}.{i % 200 + 1}", 8080, 6) for i in range(400)]

@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from pyagent.lab import Lab
-from pyagent.lab.lab import join_cgroup
+from pyagent.lab.single_node import join_cgroup
 
 pytestmark = pytest.mark.root
 

@@ -32,10 +32,10 @@ CAPS = (256, 256, 256, 256, 64, 256)
 
 
 def _variant(**missing: bool):
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
-    real = programs.kernel_variant().features
-    return programs.choose_variant(dataclasses.replace(real, **missing))
+    real = socket_lb.kernel_variant().features
+    return socket_lb.choose_variant(dataclasses.replace(real, **missing))
 
 
 @pytest.fixture
@@ -50,10 +50,10 @@ def lab():
 
 
 def _load(e: Env, variant):
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
-    e.lb = programs.load(e.bpffs, programs.Capacities(*CAPS), variant=variant)
-    programs.attach(e.lb, e.bpffs, e.cgroup)
+    e.lb = socket_lb.load(e.bpffs, socket_lb.Capacities(*CAPS), variant=variant)
+    socket_lb.attach(e.lb, e.bpffs, e.cgroup)
     return e.lb
 
 
@@ -95,18 +95,18 @@ def test_probe_answers_can_be_forced(monkeypatch):
 
 def test_variant_for_a_kernel_without_anything_optional():
     from ebpf import probe
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     bare = probe.Features(recvmsg=False, getpeername=False, sock_release=False,
                           set_retval=False, netns_cookie=False, cgroup_links=False)
-    v = programs.choose_variant(bare)
+    v = socket_lb.choose_variant(bare)
     assert v.defines == {"LB_HAVE_SET_RETVAL": 0, "LB_HAVE_NETNS_COOKIE": 0,
                          "LB_HAVE_SOCK_RELEASE": 0}
     assert [h.func for h in v.hooks] == ["lb4_connect", "lb4_sendmsg", "lb6_connect",
                                          "lb6_sendmsg"]
     assert v.legacy_attach and len(v.degraded) == 6
     with pytest.raises(RuntimeError, match="connect/sendmsg"):
-        programs.choose_variant(probe.Features(connect=False))
+        socket_lb.choose_variant(probe.Features(connect=False))
 
 
 # ---------------------------------------------------------------- fallbacks
@@ -160,23 +160,23 @@ def test_without_getpeername_hooks_the_peer_is_the_backend(lab):
 @pytest.mark.root
 def test_without_cgroup_links_hooks_attach_legacy_and_restart_and_cleanup_work(lab):
     from ebpf import bpffs
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     variant = _variant(cgroup_links=False)
     first = _load(lab, variant)
     hooks = [h.func for h in variant.hooks]
-    before = programs.attached_programs(lab.cgroup)
+    before = socket_lb.attached_programs(lab.cgroup)
     assert all(len(before[f]) == 1 for f in hooks)
-    assert bpffs.list_pins(programs.links_dir(lab.bpffs)) == []
+    assert bpffs.list_pins(socket_lb.links_dir(lab.bpffs)) == []
     put_service(first.maps, VIP4, 80, "TCP", [(BACKENDS4[1], TCP_PORT)], 61)
     first.close()
     lab.lb = None
 
     # A restarted agent: the new programs replace the recorded ones.
-    second = programs.load(lab.bpffs, programs.Capacities(*CAPS), variant=variant)
+    second = socket_lb.load(lab.bpffs, socket_lb.Capacities(*CAPS), variant=variant)
     lab.lb = second
-    assert all(programs.attach(second, lab.bpffs, lab.cgroup).values())
-    after = programs.attached_programs(lab.cgroup)
+    assert all(socket_lb.attach(second, lab.bpffs, lab.cgroup).values())
+    after = socket_lb.attached_programs(lab.cgroup)
     for f in hooks:
         assert len(after[f]) == 1 and after[f] != before[f]
     try:
@@ -185,9 +185,9 @@ def test_without_cgroup_links_hooks_attach_legacy_and_restart_and_cleanup_work(l
         del_service(second.maps, VIP4, 80, "TCP", 1)
     assert r["ids"] == [BACKENDS4[1]] * 5 and {tuple(p) for p in r["peers"]} == {(VIP4, 80)}
 
-    assert programs.detach_all(lab.bpffs, lab.cgroup) == len(hooks)
-    assert all(ids == [] for ids in programs.attached_programs(lab.cgroup).values())
-    assert programs.detach_all(lab.bpffs, lab.cgroup) == 0
+    assert socket_lb.detach_all(lab.bpffs, lab.cgroup) == len(hooks)
+    assert all(ids == [] for ids in socket_lb.attached_programs(lab.cgroup).values())
+    assert socket_lb.detach_all(lab.bpffs, lab.cgroup) == 0
 
 
 @pytest.mark.root
@@ -230,15 +230,15 @@ def test_without_sock_release_least_conn_picks_at_random(lab):
 
 @pytest.mark.root
 def test_the_kernels_own_variant_serves_and_is_recorded_for_status(lab, monkeypatch, tmp_path):
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
-    monkeypatch.setattr(programs, "RUN_DIR", tmp_path)
-    lb = _load(lab, programs.kernel_variant())
-    programs.record_variant(lab.bpffs, lb.variant)
-    rec = programs.read_variant(lab.bpffs)
+    monkeypatch.setattr(socket_lb, "RUN_DIR", tmp_path)
+    lb = _load(lab, socket_lb.kernel_variant())
+    socket_lb.record_variant(lab.bpffs, lb.variant)
+    rec = socket_lb.read_variant(lab.bpffs)
     assert rec["hooks"] == [h.func for h in lb.variant.hooks]
     assert rec["defines"] == lb.variant.defines
-    assert os.path.exists(programs.variant_record_path(lab.bpffs))
+    assert os.path.exists(socket_lb.variant_record_path(lab.bpffs))
     put_service(lb.maps, VIP4, 80, "TCP", [(BACKENDS4[2], TCP_PORT)], 91)
     try:
         (r,) = lab.client(tcp(VIP4, 80, 3))

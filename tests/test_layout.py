@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from pyagent.dataplanes.ebpf import layout, programs, tc
+from pyagent.dataplanes.ebpf import layout, socket_lb, tc
 
-HEADER = os.path.join(programs.BPF_SRC_DIR, "lb_types.h")
+HEADER = os.path.join(socket_lb.BPF_SRC_DIR, "lb_types.h")
 
 
 def _fields(t: type) -> dict[str, tuple[int, int, type]]:
@@ -45,8 +45,8 @@ def compiled():
     from ebpf import compiler
 
     b = compiler.compile_file(
-        programs.SOURCE, [programs.BPF_SRC_DIR],
-        programs.defines(None, programs.Capacities(64, 64, 64, 64, 64, 64)),
+        socket_lb.SOURCE, [socket_lb.BPF_SRC_DIR],
+        socket_lb.defines(None, socket_lb.Capacities(64, 64, 64, 64, 64, 64)),
     )
     yield b
     b.cleanup()
@@ -58,8 +58,8 @@ def compiled_tc():
     from ebpf import compiler
 
     b = compiler.compile_file(
-        tc.SOURCE, [programs.BPF_SRC_DIR],
-        tc.defines(None, programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64)),
+        tc.SOURCE, [socket_lb.BPF_SRC_DIR],
+        tc.defines(None, socket_lb.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64)),
     )
     yield b
     b.cleanup()
@@ -175,13 +175,13 @@ def test_pin_names_carry_the_layout_version():
 
 @pytest.mark.root
 def test_source_text_for_bpf_print_pins_nothing(tmp_path):
-    text = programs.source_text(programs.Capacities(64, 64, 64, 64, 64, 64))
+    text = socket_lb.source_text(socket_lb.Capacities(64, 64, 64, 64, 64, 64))
     assert "int lb4_connect(struct bpf_sock_addr *ctx)" in text
     assert "-D LB_NO_PIN" in text and "-D PIN_DIR" not in text
 
 
 @pytest.mark.root
 def test_tc_source_text_pins_nothing():
-    text = tc.source_text(programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
+    text = tc.source_text(socket_lb.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
     assert "int lb_netdev_ingress(struct __sk_buff *skb)" in text
     assert "-D PIN_DIR" not in text

@@ -30,11 +30,11 @@ _ports = itertools.count(30100)
 
 @pytest.fixture(scope="module")
 def cluster():
-    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.dataplanes.ebpf import socket_lb, tc
     from pyagent.lab.cluster import Cluster
 
     Cluster.sweep()  # what a crashed run left, including its processes
-    caps = programs.Capacities(1024, 1024, 1024, 64, 256, 1024)
+    caps = socket_lb.Capacities(1024, 1024, 1024, 64, 256, 1024)
     with Cluster(nodes=2, pods_per_node=2) as c:
         c.lbs = []
         # node0 hooks every pod veth; node1 only its pod bridge, which sees
@@ -51,7 +51,7 @@ def cluster():
                 lb.close()
             for node, pods in zip(c.nodes, c.pod_hooks, strict=True):
                 tc.cleanup(str(node.bpffs), [node.uplink, *pods], node.ns)
-                programs.cleanup(str(node.bpffs))
+                socket_lb.cleanup(str(node.bpffs))
 
 
 def put_frontend(cluster, node_index: int, vip: str, port: int, proto: str,
@@ -308,7 +308,7 @@ def test_agent_restart_keeps_established_flows(cluster):
     """A new load + setup (what a restarted agent does) reuses the pinned
     maps and conntrack and swaps the filters in place: a masqueraded TCP
     connection opened before keeps working."""
-    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.dataplanes.ebpf import socket_lb, tc
 
     node0 = cluster.nodes[0]
     port = next(_ports)
@@ -319,7 +319,7 @@ def test_agent_restart_keeps_established_flows(cluster):
     assert held.stdout.readline().strip() == "connected"
     old = cluster.lbs[0]
     new = tc.setup(str(node0.bpffs), [node0.uplink], cluster.pod_hooks[0], node0.ns,
-                   node0.ip4, node0.ip6, programs.Capacities(1024, 1024, 1024, 64, 256, 1024),
+                   node0.ip4, node0.ip6, socket_lb.Capacities(1024, 1024, 1024, 64, 256, 1024),
                    tc.TcCapacities(ct=8192, src_range=64))
     cluster.lbs[0] = new
     old.close()
@@ -330,7 +330,7 @@ def test_agent_restart_keeps_established_flows(cluster):
 
 def test_cleanup_removes_filters_qdiscs_and_pins():
     from ebpf import bpffs
-    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.dataplanes.ebpf import socket_lb, tc
     from pyagent.lab.cluster import Cluster
 
     with Cluster(nodes=1, pods_per_node=1) as c:
@@ -338,7 +338,7 @@ def test_cleanup_removes_filters_qdiscs_and_pins():
         fs = str(node.bpffs)
         ifaces = [node.uplink, *node.pod_links]
         lb = tc.setup(fs, [node.uplink], node.pod_links, node.ns, node.ip4, None,
-                      programs.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
+                      socket_lb.Capacities(64, 64, 64, 64, 64, 64), tc.TcCapacities(64, 64))
         lb.close()
         assert all(tc.attached(ifaces, node.ns).values())
         qdiscs = c.node_exec(0, "tc", "qdisc", "show", "dev", node.uplink).stdout
@@ -348,7 +348,7 @@ def test_cleanup_removes_filters_qdiscs_and_pins():
         assert "clsact" not in c.node_exec(0, "tc", "qdisc", "show", "dev", node.uplink).stdout
         assert not [p for p in bpffs.list_pins(fs) if "/tc/" in p or "_ct_" in p]
         assert tc.cleanup(fs, ifaces, node.ns) == 0  # second run: no-op
-        programs.cleanup(fs)
+        socket_lb.cleanup(fs)
 
 
 BULK_SERVER = r"""

@@ -218,7 +218,7 @@ class Env:
 
     def close(self) -> None:
         from ebpf import bpffs
-        from pyagent.dataplanes.ebpf import programs
+        from pyagent.dataplanes.ebpf import socket_lb
 
         errors = []
 
@@ -231,7 +231,7 @@ class Env:
         if self.lb is not None:
             attempt(self.lb.close)
         if self._mounted:
-            attempt(programs.cleanup, self.bpffs)
+            attempt(socket_lb.cleanup, self.bpffs)
         if self.server is not None:
             self.server.kill()
             self.server.wait()
@@ -248,14 +248,14 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env():
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     sweep_stale()
     e = Env()
     try:
         e.start_server()
-        e.lb = programs.load(e.bpffs, programs.Capacities(1024, 1024, 1024, 1024, 64, 1024))
-        programs.attach(e.lb, e.bpffs, e.cgroup)
+        e.lb = socket_lb.load(e.bpffs, socket_lb.Capacities(1024, 1024, 1024, 1024, 64, 1024))
+        socket_lb.attach(e.lb, e.bpffs, e.cgroup)
         yield e
     finally:
         e.close()
@@ -456,47 +456,47 @@ def test_vip_is_restored_only_while_the_service_exists(env):
 def test_restart_adopts_links_and_maps_and_cleanup_removes_all():
     from ebpf import bpffs, libbpf
     from pyagent.dataplanes.ebpf import layout as L
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     e = Env()
     try:
-        caps = programs.Capacities(64, 64, 64, 64, 64, 64)
-        first = programs.load(e.bpffs, caps)
+        caps = socket_lb.Capacities(64, 64, 64, 64, 64, 64)
+        first = socket_lb.load(e.bpffs, caps)
         e.lb = first
-        assert not any(programs.attach(first, e.bpffs, e.cgroup).values())
+        assert not any(socket_lb.attach(first, e.bpffs, e.cgroup).values())
         first.maps.lb4_backends.set(ctypes.c_uint32(7), L.backend_value("192.0.2.9", 1, "TCP"))
-        ids_before = programs.attached_programs(e.cgroup)
+        ids_before = socket_lb.attached_programs(e.cgroup)
         first.close()
         e.lb = None
 
         # A "restarted agent": same maps, links adopted and switched in place.
-        second = programs.load(e.bpffs, caps)
+        second = socket_lb.load(e.bpffs, caps)
         e.lb = second
-        assert all(programs.attach(second, e.bpffs, e.cgroup).values())
+        assert all(socket_lb.attach(second, e.bpffs, e.cgroup).values())
         assert L.to_dict(second.maps.lb4_backends.get(ctypes.c_uint32(7)))["address"] == (
             "192.0.2.9")
-        ids_after = programs.attached_programs(e.cgroup)
+        ids_after = socket_lb.attached_programs(e.cgroup)
         for h in second.variant.hooks:
             assert len(ids_after[h.func]) == 1 and ids_after[h.func] != ids_before[h.func]
-            link = libbpf.link_info(libbpf.obj_get(programs.link_pin_path(e.bpffs, h)))
+            link = libbpf.link_info(libbpf.obj_get(socket_lb.link_pin_path(e.bpffs, h)))
             assert link.prog_id == ids_after[h.func][0]
         second.close()
         e.lb = None
 
         # open_pinned_maps works without compiling.
-        maps = programs.open_pinned_maps(e.bpffs)
+        maps = socket_lb.open_pinned_maps(e.bpffs)
         assert maps.lb4_backends.count() == 1
         assert maps.lb4_services.max_entries == 64
         maps.close()
 
-        assert programs.detach_all(e.bpffs, e.cgroup) == len(second.variant.hooks)
-        assert programs.cleanup(e.bpffs) == len(L.MAPS)
-        assert all(v == [] for v in programs.attached_programs(e.cgroup).values())
+        assert socket_lb.detach_all(e.bpffs, e.cgroup) == len(second.variant.hooks)
+        assert socket_lb.cleanup(e.bpffs) == len(L.MAPS)
+        assert all(v == [] for v in socket_lb.attached_programs(e.cgroup).values())
         assert bpffs.list_pins(os.path.join(e.bpffs, "maps")) == []
         assert bpffs.list_pins(os.path.join(e.bpffs, "links")) == []
-        assert programs.cleanup(e.bpffs) == 0  # second run: no-op
+        assert socket_lb.cleanup(e.bpffs) == 0  # second run: no-op
         with pytest.raises(FileNotFoundError):
-            programs.open_pinned_maps(e.bpffs)
+            socket_lb.open_pinned_maps(e.bpffs)
     finally:
         e.close()
 
@@ -505,7 +505,7 @@ def test_restart_adopts_links_and_maps_and_cleanup_removes_all():
 def test_load_refuses_a_pinned_map_with_another_layout(tmp_path):
     from ebpf import bpffs, libbpf
     from pyagent.dataplanes.ebpf import layout as L
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     fs = str(tmp_path / "bpffs")
     bpffs.mount(fs)
@@ -514,7 +514,7 @@ def test_load_refuses_a_pinned_map_with_another_layout(tmp_path):
         bpffs.pin(fd, L.MAPS["lb4_services"].pin_path(fs))
         os.close(fd)
         with pytest.raises(RuntimeError, match="layout wants"):
-            programs.load(fs)
+            socket_lb.load(fs)
     finally:
         bpffs.umount(fs)
 

@@ -33,9 +33,9 @@ _ports = itertools.count(30000)
 
 @pytest.fixture(scope="module")
 def lb():
-    from pyagent.dataplanes.ebpf import programs, tc
+    from pyagent.dataplanes.ebpf import socket_lb, tc
 
-    caps = programs.Capacities(1024, 1024, 1024, 64, 256, 4096)
+    caps = socket_lb.Capacities(1024, 1024, 1024, 64, 256, 4096)
     with tc.load(None, caps, tc.TcCapacities(ct=4096, src_range=64)) as lb:
         tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
         yield lb

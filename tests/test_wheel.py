@@ -47,7 +47,7 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     assert pip.returncode == 0, pip.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYAGENT_BPF_SRC", "PYTHONPATH")}
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "from pyagent.dataplanes.ebpf import programs as p; "
+                            "from pyagent.dataplanes.ebpf import socket_lb as p; "
                             "print(p.BPF_SRC_DIR)"],
                            capture_output=True, text=True, env=env, cwd="/", check=True)
     assert where.stdout.strip().startswith(str(venv)), where.stdout

@@ -6,10 +6,10 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     if args.program in ("sock", "all"):
-        print(programs.source_text())
+        print(socket_lb.source_text())
     if args.program in ("tc", "all"):
         from pyagent.dataplanes.ebpf import tc
 

@@ -63,7 +63,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def status(bpffs: str, cgroup: str | None) -> dict[str, Any]:
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     st = statusfile.read(bpffs) or {}
     cgroup = cgroup or st.get("cgroup")
@@ -87,8 +87,8 @@ def status(bpffs: str, cgroup: str | None) -> dict[str, Any]:
     except (FileNotFoundError, ValueError) as exc:
         out["maps"] = {}
         out["mapsError"] = str(exc)
-    out["attachments"] = programs.attached_programs(cgroup) if cgroup else {}
-    out["datapath"] = programs.read_variant(bpffs)  # kernel features and fallbacks
+    out["attachments"] = socket_lb.attached_programs(cgroup) if cgroup else {}
+    out["datapath"] = socket_lb.read_variant(bpffs)  # kernel features and fallbacks
     return out
 
 

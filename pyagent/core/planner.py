@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyagent.core import node_object
 from pyagent.core.config import NodeConfig, with_overrides
-from pyagent.core.manifests import gc_paused, load_manifests
+from pyagent.core.manifest_dir import gc_paused, load_manifests
 from pyagent.core.parse import ParseError, object_name
 from pyagent.core.sink import KINDS
 from pyagent.core.state import DesiredState

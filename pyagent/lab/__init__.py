@@ -14,6 +14,6 @@ Topology (one node):
 
 from __future__ import annotations
 
-from pyagent.lab.lab import ClientResult, Lab, Pod, cgroup2_mount
+from pyagent.lab.single_node import ClientResult, Lab, Pod, cgroup2_mount
 
 __all__ = ["ClientResult", "Lab", "Pod", "cgroup2_mount"]

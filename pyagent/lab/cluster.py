@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyagent.lab.lab import (
+from pyagent.lab.single_node import (
     PREFIX,
     ClientResult,
     Lab,

@@ -78,7 +78,7 @@ def resolve_node(config: NodeConfig, manifests: Path | None, api_client: Any,
 def _node_object(config: NodeConfig, manifests: Path | None, api_client: Any,
                  need_cidrs: bool) -> dict | None:
     if manifests:
-        from pyagent.core.manifests import load_manifests
+        from pyagent.core.manifest_dir import load_manifests
 
         for obj in load_manifests(manifests, config.parse_limits).objects["Node"]:
             if (obj.get("metadata") or {}).get("name") == config.node_name:

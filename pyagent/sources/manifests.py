@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from pyagent.core.inputs import DEFAULT_LIMITS, ParseLimits
-from pyagent.core.manifests import ManifestReader, ManifestSet, manifest_files
+from pyagent.core.manifest_dir import ManifestReader, ManifestSet, manifest_files
 from pyagent.core.sink import KINDS, ObjectSink
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ def compile_child_peak(lab: Lab) -> float:
     bpffs = str(lab.bpffs / "mem-child")
     Path(bpffs).mkdir()
     res = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m",
-                          "pyagent.dataplanes.ebpf.programs", "--bpffs", bpffs],
+                          "pyagent.dataplanes.ebpf.socket_lb", "--bpffs", bpffs],
                          capture_output=True, text=True, check=True)
     subprocess.run([sys.executable, "-m", "pyagent", "cleanup", "--bpffs", bpffs],
                    capture_output=True, check=False)

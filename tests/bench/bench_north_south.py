@@ -25,7 +25,7 @@ import sys
 from ebpf import libbpf
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf import packet as P
-from pyagent.dataplanes.ebpf import programs, tc
+from pyagent.dataplanes.ebpf import socket_lb, tc
 from pyagent.lab.cluster import Cluster
 
 CONNECT_SNIPPET = """
@@ -37,7 +37,7 @@ for _ in range(n):
         s.recv(200)
 print(n / (time.perf_counter() - t))
 """
-CAPS = programs.Capacities(4096, 4096, 4096, 64, 256, 4096)
+CAPS = socket_lb.Capacities(4096, 4096, 4096, 64, 256, 4096)
 
 
 def put(lb: tc.TcLB, vip: str, port: int, backends: list[tuple[str, bool]], flags: int,

@@ -22,7 +22,7 @@ import yaml
 
 from pyagent.cli import plan as cmd_plan
 from pyagent.core.config import NodeConfig
-from pyagent.core.manifests import load_manifests
+from pyagent.core.manifest_dir import load_manifests
 from pyagent.core.store import ServiceStore
 
 NODE = "node-0"

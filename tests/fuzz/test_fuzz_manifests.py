@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pyagent.core.config import NodeConfig
 from pyagent.core.inputs import ParseLimits
-from pyagent.core.manifests import ManifestReader
+from pyagent.core.manifest_dir import ManifestReader
 from pyagent.core.sink import KINDS
 from pyagent.core.store import ServiceStore
 

@@ -404,7 +404,7 @@ def test_map_size_config_key_flag_and_defines() -> None:
 
     from pyagent.cli.run import add_node_flags, node_config
     from pyagent.core.config import config_from_dict
-    from pyagent.dataplanes.ebpf.programs import Capacities, defines
+    from pyagent.dataplanes.ebpf.socket_lb import Capacities, defines
     from pyagent.dataplanes.ebpf.tc import TcCapacities
 
     assert config_from_dict({"pyagent": {"bpfLbMapMax": 1000}}).bpf_lb_map_max == 1000

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pyagent.core.config import load_config
-from pyagent.core.manifests import load_manifests
+from pyagent.core.manifest_dir import load_manifests
 from pyagent.core.parse import ParseError
 
 # pyagent.core.inputs is imported where needed: the tests of behaviour through

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pyagent.core.manifests import ManifestSet
+from pyagent.core.manifest_dir import ManifestSet
 from pyagent.sources.manifests import ManifestDirectory
 
 SVC = """apiVersion: v1

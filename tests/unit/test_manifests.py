@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyagent.core.manifests import load_manifests
+from pyagent.core.manifest_dir import load_manifests
 
 
 def names(objs: list[dict]) -> list[str]:

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
-from pyagent.core.manifests import gc_paused
+from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf import programs, removal
+from pyagent.dataplanes.ebpf import removal, socket_lb
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
@@ -50,7 +50,7 @@ class EbpfDataplane:
         self.config = config
         self.bpffs = config.bpffs
         self.cgroup = config.cgroup or cg.cgroup2_mount()
-        self.lb: programs.SockLB | None = None
+        self.lb: socket_lb.SockLB | None = None
         self.reconciler: Reconciler | None = None
         self.stats: Stats | None = None
         self._attached = False
@@ -61,8 +61,8 @@ class EbpfDataplane:
         """Load (reusing pinned maps) and adopt. The programs are attached at
         the first full sync, once the maps hold the desired state: after a
         layout upgrade (new, empty maps) no connection ever sees them empty."""
-        caps = programs.Capacities.for_lb_map_max(self.config.bpf_lb_map_max)
-        self.lb = programs.load_out_of_process(self.bpffs, caps)
+        caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max)
+        self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc
 
@@ -83,11 +83,11 @@ class EbpfDataplane:
 
     def _attach(self) -> None:
         assert self.lb is not None
-        adopted = programs.attach(self.lb, self.bpffs, self.cgroup)
+        adopted = socket_lb.attach(self.lb, self.bpffs, self.cgroup)
         if any(adopted.values()):
             log.info("adopted existing links on %s (hitless restart)", self.cgroup)
         self._attached = True
-        for path in programs.stale_version_pins(self.bpffs):
+        for path in socket_lb.stale_version_pins(self.bpffs):
             log.info("removing %s: maps of another layout version, now unused", path)
             os.unlink(path)
 

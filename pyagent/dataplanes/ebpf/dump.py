@@ -63,10 +63,10 @@ def _slot(i: int, sv: tuple | None, b: tuple | None, states: dict[int, str]) -> 
 
 def dump(bpffs: str) -> dict[str, Any]:
     from pyagent.dataplanes.ebpf import layout as L
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
     from pyagent.dataplanes.ebpf.reconciler import BACKENDS, REVNAT, SERVICES
 
-    maps = programs.open_pinned_maps(bpffs)
+    maps = socket_lb.open_pinned_maps(bpffs)
     try:
         entries = read_consistent(maps)
         sizes = {name: {"maxEntries": m.max_entries} for name, m in maps.all().items()}

@@ -14,7 +14,6 @@ from pyagent.dataplanes.ebpf import codec
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.capacity import MAGLEV, MAX_REV_ID, REV_IDS, SRCRANGE
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
-from pyagent.dataplanes.ebpf.programs import LBMaps
 from pyagent.dataplanes.ebpf.reconciler import (
     AFFMATCH,
     BACKENDS,
@@ -23,6 +22,7 @@ from pyagent.dataplanes.ebpf.reconciler import (
     KernelState,
     Op,
 )
+from pyagent.dataplanes.ebpf.socket_lb import LBMaps
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def present(config: NodeConfig) -> bool:
 
 
 def remove(config: NodeConfig) -> str:
-    from pyagent.dataplanes.ebpf import programs
+    from pyagent.dataplanes.ebpf import socket_lb
 
     if not os.path.isdir(config.bpffs):
         return f"nothing to clean under {config.bpffs}"
@@ -25,8 +25,8 @@ def remove(config: NodeConfig) -> str:
         from pyagent.dataplanes.ebpf import tc
 
         filters = tc.cleanup(config.bpffs, ifaces)
-    links = programs.detach_all(config.bpffs, config.cgroup)
-    pins = programs.cleanup(config.bpffs) + filters
+    links = socket_lb.detach_all(config.bpffs, config.cgroup)
+    pins = socket_lb.cleanup(config.bpffs) + filters
     _remove_dir_or_mount(config.bpffs)
     if not links and not pins:
         return f"nothing to clean under {config.bpffs}"

@@ -32,7 +32,7 @@ from typing import Any
 from pyagent.core.model import join_host_port
 from pyagent.dataplanes.ebpf import sockdiag
 from pyagent.dataplanes.ebpf.frontends import Backend
-from pyagent.dataplanes.ebpf.programs import LBMaps
+from pyagent.dataplanes.ebpf.socket_lb import LBMaps
 
 log = logging.getLogger(__name__)
 UDP = 17

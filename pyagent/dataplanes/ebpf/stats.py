@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from ebpf import libbpf
 from ebpf.maps import Map
-from pyagent.dataplanes.ebpf.programs import LBMaps
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
+from pyagent.dataplanes.ebpf.socket_lb import LBMaps
 
 
 class Stats:

@@ -30,11 +30,11 @@ from ebpf import bpffs as fs
 from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf import programs
+from pyagent.dataplanes.ebpf import socket_lb
 
 log = logging.getLogger(__name__)
 
-SOURCE = os.path.join(programs.BPF_SRC_DIR, "tc_nat.c")
+SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "tc_nat.c")
 PROG_NETDEV_INGRESS = "lb_netdev_ingress"
 PROG_POD_INGRESS = "lb_pod_ingress"
 PROG_EGRESS = "lb_egress"
@@ -102,7 +102,7 @@ class TcLB:
     handles on the shared LB maps (services, backends, ...)."""
 
     def __init__(self, bpf: Any, prog_fds: dict[str, int], maps: TcMaps,
-                 lb_maps: programs.LBMaps):
+                 lb_maps: socket_lb.LBMaps):
         self.bpf = bpf
         self.prog_fds = prog_fds
         self.maps = maps
@@ -121,25 +121,25 @@ class TcLB:
         self.close()
 
 
-def defines(bpffs: str | None, capacities: programs.Capacities | None = None,
+def defines(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
             tc_capacities: TcCapacities | None = None) -> dict[str, Any]:
     """-D defines for tc_nat.c: the socket LB's (same pin directory, so the
     maps are shared) plus the TC capacities. bpffs None: private maps."""
-    out = programs.defines(bpffs, capacities)
+    out = socket_lb.defines(bpffs, capacities)
     out.update((tc_capacities or TcCapacities()).defines())
     return out
 
 
-def source_text(capacities: programs.Capacities | None = None,
+def source_text(capacities: socket_lb.Capacities | None = None,
                 tc_capacities: TcCapacities | None = None) -> str:
     """The program as BCC compiles it (`pyagent bpf print`); pins nothing."""
-    return compiler.preprocess(SOURCE, [programs.BPF_SRC_DIR],
+    return compiler.preprocess(SOURCE, [socket_lb.BPF_SRC_DIR],
                                defines(None, capacities, tc_capacities))
 
 
 def check_pinned_tc_maps(bpffs: str, sizes: dict[str, Any] | None = None) -> None:
     """Refuse pinned TC maps whose type, key/value or max_entries differ."""
-    programs.check_pinned_maps(bpffs, L.TC_MAPS, sizes)
+    socket_lb.check_pinned_maps(bpffs, L.TC_MAPS, sizes)
 
 
 def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
@@ -167,24 +167,24 @@ def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
     return out
 
 
-def load(bpffs: str | None, capacities: programs.Capacities | None = None,
+def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
          tc_capacities: TcCapacities | None = None) -> TcLB:
     """Compile and load the TC programs (SCHED_CLS). With a bpffs, create
     or reuse the pinned maps, shared with the socket LB; bpffs None gives
     private maps (tests, `trace --bpf` on a scratch copy)."""
     if bpffs is not None:
         fs.ensure(bpffs)
-        os.makedirs(programs.maps_dir(bpffs), exist_ok=True)
-        programs.check_pinned_maps(bpffs, sizes=(capacities or programs.Capacities()).defines())
+        os.makedirs(socket_lb.maps_dir(bpffs), exist_ok=True)
+        socket_lb.check_pinned_maps(bpffs, sizes=(capacities or socket_lb.Capacities()).defines())
         check_pinned_tc_maps(bpffs, (tc_capacities or TcCapacities()).defines())
-    b = compiler.compile_file(SOURCE, [programs.BPF_SRC_DIR],
+    b = compiler.compile_file(SOURCE, [socket_lb.BPF_SRC_DIR],
                               defines(bpffs, capacities, tc_capacities))
     try:
         prog_fds = {name: compiler.load_prog(b, name, compiler.PROG_TYPE_SCHED_CLS)
                     for name in PROGRAMS}
         tc_maps = TcMaps(**_module_maps(b, L.TC_MAPS))
         try:
-            lb_maps = programs.LBMaps(**_module_maps(b, L.MAPS))
+            lb_maps = socket_lb.LBMaps(**_module_maps(b, L.MAPS))
         except BaseException:
             tc_maps.close()
             raise
@@ -215,7 +215,7 @@ def open_pinned_program(bpffs: str, name: str = PROG_NETDEV_INGRESS) -> int:
 def open_pinned_tc_maps(bpffs: str) -> TcMaps:
     """Typed handles on the pinned TC maps without compiling (control plane,
     `maps dump`). FileNotFoundError when the TC programs never ran here."""
-    return TcMaps(**programs.open_pinned(bpffs, L.TC_MAPS, "TC"))
+    return TcMaps(**socket_lb.open_pinned(bpffs, L.TC_MAPS, "TC"))
 
 
 # ---------------------------------------------------------------- control data
@@ -329,7 +329,7 @@ def flush_conntrack(maps: TcMaps) -> int:
 
 def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
           netns: str | None = None, snat_ip4: str | None = None, snat_ip6: str | None = None,
-          capacities: programs.Capacities | None = None,
+          capacities: socket_lb.Capacities | None = None,
           tc_capacities: TcCapacities | None = None) -> TcLB:
     """Everything an agent start needs, in a hitless order: load (reusing
     the pinned maps and conntrack), write the node config, pin the programs,
@@ -338,8 +338,8 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     # As for the socket LB's maps: a TC map of another layout or size is
     # replaced loudly (conntrack starts empty), never reused.
     sizes = (tc_capacities or TcCapacities()).defines()
-    if os.path.isdir(programs.maps_dir(bpffs)):
-        for path, why in programs.incompatible_pins(bpffs, L.TC_MAPS, sizes):
+    if os.path.isdir(socket_lb.maps_dir(bpffs)):
+        for path, why in socket_lb.incompatible_pins(bpffs, L.TC_MAPS, sizes):
             log.warning("replacing incompatible pinned map %s: %s", path, why)
             fs.unpin(path)
     lb = load(bpffs, capacities, tc_capacities)
@@ -479,7 +479,7 @@ def _has_clsact(ipr: Any, index: int) -> bool:
 
 def cleanup(bpffs: str, interfaces: Iterable[str] = (), netns: str | None = None) -> int:
     """Detach from interfaces, unpin the TC maps and programs (the shared LB
-    maps are programs.cleanup's). Returns filters + pins removed; a second
+    maps are socket_lb.cleanup's). Returns filters + pins removed; a second
     call returns 0."""
     n = detach(interfaces, netns)
     for spec in L.TC_MAPS.values():
