@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import bpfmaps
 import pytest
 import yaml
 from agentlab import sync_marker, wait_for_marker
@@ -131,7 +132,7 @@ def test_trace_bpf_asks_the_loaded_program(cluster: Cluster, agent: Agent) -> No
 
 def test_maglev_service_gets_a_table_and_serves_every_backend(cluster: Cluster,
                                                               agent: Agent) -> None:
-    from pyagent.dataplanes.ebpf import maglev, tc
+    from pyagent.dataplanes.ebpf import tc
 
     n0, n1 = cluster.nodes
     svc = service("mag", "10.96.0.11")
@@ -149,10 +150,10 @@ def test_maglev_service_gets_a_table_and_serves_every_backend(cluster: Cluster,
     assert ext["algorithm"] == "maglev"
     maps = tc.open_pinned_tc_maps(str(n0.bpffs))
     try:
-        table = maglev.read_table(maps, ext["revNatId"])
+        table = bpfmaps.read_table(maps, ext["revNatId"])
         ids = {b["backendId"] for b in ext["backends"]}
         assert table is not None and set(table) == ids  # every backend owns entries
         agent.apply(service("mag", "10.96.0.11"), eps("mag", backends))  # annotation gone
-        assert maglev.read_table(maps, ext["revNatId"]) is None
+        assert bpfmaps.read_table(maps, ext["revNatId"]) is None
     finally:
         maps.close()

@@ -8,6 +8,7 @@ import ctypes
 import itertools
 import os
 
+import bpfmaps
 import pytest
 
 from pyagent.dataplanes.ebpf import layout as L
@@ -88,7 +89,7 @@ def choices(lb, fe: Frontend, client: str, flows=FLOWS) -> dict[int, str]:
     flushed first so no earlier entry pins a flow."""
     from pyagent.dataplanes.ebpf import tc
 
-    tc.flush_conntrack(lb.maps)
+    bpfmaps.flush_conntrack(lb.maps)
     out = {}
     for cport in flows:
         ret, frame = tc.test_packet(lb.prog_fds[tc.PROG_NETDEV_INGRESS],
@@ -170,7 +171,7 @@ def test_table_naming_a_deleted_backend_falls_back_to_the_slots(lb):
     stale = fe.ids[bes[0]]
     # The table still names bes[0], which is deleted before the table syncs.
     fe.set(bes[1:], sync=False)
-    assert stale in set(mg.read_table(lb, fe.rev))
+    assert stale in set(bpfmaps.read_table(lb, fe.rev))
     got = choices(lb, fe, CLIENT4, range(24000, 24200))
     assert set(got.values()) == set(bes[1:])
 
@@ -182,7 +183,7 @@ def test_the_swap_is_one_map_update_and_the_old_table_stays_intact(lb):
     bes = addrs4(N, base=160)
     fe.set(bes)
     old_id = mg.current_table_id(lb, fe.rev)
-    old_table = mg.read_table(lb, fe.rev)
+    old_table = bpfmaps.read_table(lb, fe.rev)
     assert old_table == mg.build_table(fe.table_input(bes))
     old_fd = libbpf.map_fd_by_id(old_id)  # a reader holding the old table
     try:
@@ -198,7 +199,7 @@ def test_the_swap_is_one_map_update_and_the_old_table_stays_intact(lb):
         assert len(writes) == 1 and writes[0][0] == fe.rev  # one update of lb_maglev
         new_id = mg.current_table_id(lb, fe.rev)
         assert new_id != old_id  # a fresh inner map, not an in-place rewrite
-        assert mg.read_table(lb, fe.rev) == mg.build_table(fe.table_input(new))
+        assert bpfmaps.read_table(lb, fe.rev) == mg.build_table(fe.table_input(new))
         # The old inner map was never written: readers that still hold it
         # see a complete old table.
         from ebpf.maps import Map

@@ -15,6 +15,7 @@ import itertools
 import subprocess
 import sys
 
+import bpfmaps
 import pytest
 
 from pyagent.dataplanes.ebpf import layout as L
@@ -194,7 +195,7 @@ def test_load_balancer_ip_with_source_ranges(cluster):
 
     tc.set_source_ranges(maps, rev, ["203.0.113.0/25"])
     assert cluster.client(vip, port, "tcp", count=2, timeout=0.5).errors == {"ETIMEDOUT": 2}
-    assert tc.tc_stats(maps)["drop_range"] >= 2
+    assert bpfmaps.tc_stats(maps)["drop_range"] >= 2
 
 
 def test_non_service_traffic_passes_untouched(cluster):
@@ -467,9 +468,8 @@ def test_fragmented_datagrams_are_not_half_translated(cluster):
 
 
 def tc_stat(cluster, node_index: int, name: str) -> int:
-    from pyagent.dataplanes.ebpf import tc
 
-    return tc.tc_stats(cluster.lbs[node_index].maps)[name]
+    return bpfmaps.tc_stats(cluster.lbs[node_index].maps)[name]
 
 
 def test_vip_routes_can_move_to_another_node(cluster):

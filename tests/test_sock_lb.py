@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 
+import bpfmaps
 import pytest
 
 PREFIX = "pysk"  # every netns, cgroup and temp dir of this module
@@ -285,7 +286,7 @@ def put_service(maps, vip: str, port: int, proto: str, backends: list[tuple[str,
     smap.set(L.service_key(vip, port, proto),
              L.LbService(count=len(ids), rev_nat_id=rev_id, flags=flags))
     (maps.lb6_revnat if v6 else maps.lb4_revnat).set(ctypes.c_uint16(rev_id),
-                                                     L.revnat_value(vip, port))
+                                                     bpfmaps.revnat_value(vip, port))
     return ids
 
 

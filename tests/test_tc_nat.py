@@ -11,6 +11,7 @@ import ctypes
 import itertools
 import time
 
+import bpfmaps
 import pytest
 
 from pyagent.dataplanes.ebpf import layout as L
@@ -300,15 +301,15 @@ def test_load_balancer_source_ranges(lb, v6):
     rev = frontend(lb, vip, port, "TCP", [(fam(v6)[2][0], 8080, True)],
                    F.LOADBALANCER | F.SOURCE_RANGE)
     tc.set_source_ranges(lb.maps, rev, [" 203.0.113.0/25", "2001:db8::/64"])
-    before = tc.tc_stats(lb.maps)["drop_range"]
+    before = bpfmaps.tc_stats(lb.maps)["drop_range"]
     ret, out = ingress(lb, P.build(allowed, vip, "TCP", 40015, port))
     assert ret == OK and parsed(out).dport == 8080
     ret, _ = ingress(lb, P.build(blocked, vip, "TCP", 40015, port))
     assert ret == SHOT
-    assert tc.tc_stats(lb.maps)["drop_range"] == before + 1
+    assert bpfmaps.tc_stats(lb.maps)["drop_range"] == before + 1
     tc.set_source_ranges(lb.maps, rev, ["0.0.0.0/0", "::/0"])
     assert ingress(lb, P.build(blocked, vip, "TCP", 40016, port))[0] == OK
-    tc.clear_source_ranges(lb.maps, rev)
+    bpfmaps.clear_source_ranges(lb.maps, rev)
     assert ingress(lb, P.build(allowed, vip, "TCP", 40017, port))[0] == SHOT
 
 

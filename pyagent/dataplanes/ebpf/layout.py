@@ -527,10 +527,6 @@ def backend_value(
     return Lb6Backend(ip6(address), be16(port), _proto(proto), state, flags, zone)
 
 
-def revnat_value(vip: str, port: int) -> Lb4ReverseNat | Lb6ReverseNat:
-    if ipaddress.ip_address(vip).version == 4:
-        return Lb4ReverseNat(ip4(vip), be16(port))
-    return Lb6ReverseNat(ip6(vip), be16(port))
 
 
 _ADDRESS_FIELDS = {"address", "saddr", "daddr", "snat_ip4", "snat_ip6"}

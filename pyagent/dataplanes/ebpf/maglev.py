@@ -153,16 +153,6 @@ def current_table_id(maps: Any, rev_nat_id: int) -> int | None:
     return None if v is None else int(v.value)
 
 
-def read_table(maps: Any, rev_nat_id: int) -> list[int] | None:
-    """The kernel's table of a service (backend ids by index), or None."""
-    tm = _tc_maps(maps)
-    map_id = current_table_id(tm, rev_nat_id)
-    if map_id is None:
-        return None
-    data = _read_inner(map_id, tm.lb_maglev_inner.max_entries)
-    if data is None:
-        return None
-    return list((ctypes.c_uint32 * (len(data) // 4)).from_buffer_copy(data))
 
 
 def sync_tables(maps: Any, desired: Mapping[int, Backends], prune: bool = False) -> SyncResult:

@@ -284,17 +284,8 @@ def set_source_ranges(maps: TcMaps, rev_nat_id: int, cidrs: Iterable[str]) -> No
     sync_source_ranges(maps, {rev_nat_id: list(cidrs)})
 
 
-def clear_source_ranges(maps: TcMaps, rev_nat_id: int) -> None:
-    set_source_ranges(maps, rev_nat_id, ())
 
 
-def tc_stats(maps: TcMaps) -> dict[str, int]:
-    """TC verdict counters summed over CPUs, by name."""
-    out = {}
-    for stat in L.TcStat:
-        per_cpu = maps.lb_tc_stats.get(ctypes.c_uint32(stat))
-        out[stat.name.lower()] = sum(v.packets for v in per_cpu) if per_cpu else 0
-    return out
 
 
 def delete_flows_to(maps: TcMaps, backend_ip: str, port: int, proto: int | str) -> int:
@@ -319,9 +310,6 @@ def delete_flows_to(maps: TcMaps, backend_ip: str, port: int, proto: int | str) 
     return ct.delete_many(doomed)
 
 
-def flush_conntrack(maps: TcMaps) -> int:
-    """Forget every tracked flow (established connections break)."""
-    return maps.lb4_ct.clear() + maps.lb6_ct.clear()
 
 
 # ---------------------------------------------------------------- agent entry
