@@ -39,8 +39,8 @@ def legacy_service_connections(dp: EbpfDataplane) -> dict[str, float]:
     """The first implementation: a lookup per frontend."""
     r, m = dp.reconciler, dp.lb.maps.lb_svc_stats
     out: dict[str, float] = {}
-    for fe in list(r.kernel.values()):
-        rev_id = r.rev_ids.get(fe.addr)
+    for fe in r.frontends():
+        rev_id = r.rev_id(fe)
         if rev_id is None or not fe.service:
             continue
         per_cpu = m.get(ctypes.c_uint32(rev_id)) or []
@@ -51,7 +51,7 @@ def legacy_service_connections(dp: EbpfDataplane) -> dict[str, float]:
 def legacy_backend_connections(dp: EbpfDataplane) -> dict[str, float]:
     r, stats = dp.reconciler, dp.lb.maps.lb_be_stats
     out: dict[str, float] = {}
-    for bid, b in list(r.backends.items()):
+    for bid, b in r.backend_ids_in_use():
         if bid < stats.max_entries:
             per_cpu = stats.get(ctypes.c_uint32(bid)) or []
             addr = join_host_port(b.ip, b.port)
@@ -115,7 +115,8 @@ def main() -> None:
                 stop()
             out = {"services": args.services, "programmed": sum(1 for v in status.values()
                                                                 if v is None),
-                   "frontends": len(dp.reconciler.kernel), "backends": len(dp.reconciler.backends),
+                   "frontends": len(dp.reconciler.frontends()),
+                   "backends": len(dp.reconciler.backend_ids_in_use()),
                    "legacy_service_reads_s": round(legacy_s, 4),
                    "service_reads_s": round(new_s, 4),
                    "legacy_backend_reads_s": round(legacy_b, 4),

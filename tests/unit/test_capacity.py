@@ -94,10 +94,10 @@ class KernelLikeMaps:
     def tc_sync(self, r: Reconciler) -> None:
         """What the dataplane writes after apply(): tables and ranges of the
         programmed frontends; checked against their caps."""
-        tables = sum(maglev_tables(f) for f in r.kernel.values())
+        tables = sum(maglev_tables(f) for f in r.frontends())
         assert tables <= self.cap[(MAGLEV, 0)], "lb_maglev over capacity"
         for fam in (4, 6):
-            n = sum(1 for f in r.kernel.values() for rf, _ in source_ranges(f) if rf == fam)
+            n = sum(1 for f in r.frontends() for rf, _ in source_ranges(f) if rf == fam)
             assert n <= self.cap[(SRCRANGE, fam)], f"lb{fam}_srcrange over capacity"
 
 
@@ -197,7 +197,8 @@ def test_every_kind_of_entry_is_checked_before_the_first_write(kind: str) -> Non
     assert st is not None and st.startswith(message), st
     assert st.reason == "map_full"
     assert all(not m for m in maps.maps.values())  # nothing of it written
-    assert not r.kernel and not r.backend_ids and not r.rev_ids
+    state = r.state()
+    assert not state.frontends and not state.backend_ids and not r.backend_ids_in_use()
     maps.tc_sync(r)
     # its first frontend alone fits, and then that map is exactly full
     assert r.apply({("ns", "big"): fes[:1]}) == {("ns", "big"): None}
@@ -373,11 +374,13 @@ def test_agent_killed_mid_first_sync_restart_converges(fraction: float) -> None:
     assert len(maps.maps[(BACKENDS, 4)]) == len({b for v in want.values() for b in v})
     assert len(maps.maps[(REVNAT, 4)]) == 240  # one per (VIP, port)
     assert len(maps.maps[(SERVICES, 4)]) == sum(1 + len(v) for v in want.values())
+    state = r3.state()
+    rev_ids = {f.addr: rev for f, rev in state.frontends.values()}
     for key, rev in kept.items():
         if key in want:
-            assert r3.rev_ids[key[:3]] == rev
+            assert rev_ids[key[:3]] == rev
     for bkey, bid in kept_backends.items():
-        assert r3.backend_ids.get(bkey, bid) == bid
+        assert state.backend_ids.get(bkey, bid) == bid
     used_matches_maps(r3, maps)
 
 
@@ -393,7 +396,7 @@ def test_adopted_id_gaps_are_reused() -> None:
     st = r2.apply({("ns", "new"): [fe("10.255.0.1", 80, [be(0)])], **{
         ("ns", f"s{i}"): [fe(vip(i), 80, [be(0)])] for i in (0, 65534)}}, prune_unowned=True)
     assert not any(st.values())
-    assert r2.rev_ids[("10.255.0.1", 80, 6)] == 2
+    assert {f.addr: rev for f, rev in r2.state().frontends.values()}[("10.255.0.1", 80, 6)] == 2
     assert r2.used[(BACKEND_IDS, 0)] == 1
 
 

@@ -15,7 +15,6 @@ from pyagent.dataplanes.ebpf.reconciler import (
     BACKENDS,
     REVNAT,
     SERVICES,
-    KernelState,
     Op,
     Reconciler,
 )
@@ -142,14 +141,18 @@ def test_full_map_refuses_service_and_keeps_last_good_state() -> None:
     assert view[("10.96.0.2", 80, 6, 1)] == [("10.0.0.9", 8080)]
 
 
+def rev_ids(r: Reconciler) -> dict[tuple[str, int, int], int | None]:
+    return {f.addr: r.rev_id(f) for f in r.frontends()}
+
+
 def test_rev_ids_are_stable_and_not_reused_within_a_sync() -> None:
     maps = FakeMaps()
     r = Reconciler(maps)
     r.apply({("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1")]})
-    first = r.rev_ids[("10.96.0.1", 80, 6)]
+    first = rev_ids(r)[("10.96.0.1", 80, 6)]
     # remove a and add c in one sync: c must not get a's id (phase 5 deletes it)
     r.apply({("ns", "a"): [], ("ns", "c"): [fe("10.96.0.3", 80, "10.0.0.1")]})
-    assert r.rev_ids[("10.96.0.3", 80, 6)] != first
+    assert rev_ids(r)[("10.96.0.3", 80, 6)] != first
     maps.check()
 
 
@@ -159,19 +162,15 @@ def test_adopt_then_identical_desired_state_writes_nothing() -> None:
     wanted = {("ns", "a"): [fe("10.96.0.1", 80, "10.0.0.1", "10.0.0.2")],
               ("ns", "b"): [fe("fd00::2", 53, "fd00:1::1")]}
     r.apply(wanted)
-    adopted = KernelState(
-        frontends={k: (f, r.rev_ids[f.addr]) for k, f in r.kernel.items()},
-        backend_ids=dict(r.backend_ids))
+    adopted = r.state()
     maps.ops = 0
     r2 = Reconciler(maps, adopted)
     r2.apply(wanted, prune_unowned=True)
     assert maps.ops == 0
-    assert r2.rev_ids == r.rev_ids and r2.backend_ids == r.backend_ids
+    assert rev_ids(r2) == rev_ids(r) and r2.state().backend_ids == r.state().backend_ids
     # an adopted frontend nobody claims goes at the first full sync
     r2.apply({("ns", "a"): wanted[("ns", "a")]}, prune_unowned=True)
-    r3 = Reconciler(maps, KernelState(
-        frontends={k: (f, r2.rev_ids[f.addr]) for k, f in r2.kernel.items()},
-        backend_ids=dict(r2.backend_ids)))
+    r3 = Reconciler(maps, r2.state())
     r3.apply({}, prune_unowned=True)
     assert all(not m for m in maps.maps.values())
 

@@ -144,14 +144,14 @@ class Reconciler:
     def __init__(self, writer: MapWriter, adopted: KernelState | None = None) -> None:
         self.writer = writer
         self.ledger = Ledger(writer.capacity())
-        self.kernel: dict[tuple, Frontend] = {}
-        self.owner: dict[tuple, ServiceKey | None] = {}
-        self.by_service: dict[ServiceKey, set[tuple]] = {}
-        self.rev_ids: dict[tuple[str, int, int], int] = {}
-        self.rev_refs: dict[int, int] = {}
-        self.backend_ids: dict[tuple[str, int, int], int] = {}
-        self.backend_refs: dict[int, int] = {}
-        self.backends: dict[int, Backend] = {}
+        self._kernel: dict[tuple, Frontend] = {}
+        self._owner: dict[tuple, ServiceKey | None] = {}
+        self._by_service: dict[ServiceKey, set[tuple]] = {}
+        self._rev_ids: dict[tuple[str, int, int], int] = {}
+        self._rev_refs: dict[int, int] = {}
+        self._backend_ids: dict[tuple[str, int, int], int] = {}
+        self._backend_refs: dict[int, int] = {}
+        self._backends: dict[int, Backend] = {}
         self._next_rev, self._next_backend = 1, 1
         self._free_rev: list[int] = []  # a stack: pop() gives the lowest first after adopt
         self._free_backend: list[int] = []
@@ -177,38 +177,38 @@ class Reconciler:
     def _adopt(self, st: KernelState) -> None:
         led = self.ledger
         for key, (fe, rev_id) in st.frontends.items():
-            self.kernel[key] = fe
-            self.owner[key] = None  # claimed by the first Service that wants it
-            self.rev_ids.setdefault(fe.addr, rev_id)
-            self.rev_refs[rev_id] = self.rev_refs.get(rev_id, 0) + 1
+            self._kernel[key] = fe
+            self._owner[key] = None  # claimed by the first Service that wants it
+            self._rev_ids.setdefault(fe.addr, rev_id)
+            self._rev_refs[rev_id] = self._rev_refs.get(rev_id, 0) + 1
             led.add((SERVICES, family(fe.ip)), 1 + len(fe.slots))
         for bkey, bid in st.backend_ids.items():
-            self.backend_ids[bkey] = bid
-            self.backend_refs.setdefault(bid, 0)
-            self.backends[bid] = Backend(*bkey)
+            self._backend_ids[bkey] = bid
+            self._backend_refs.setdefault(bid, 0)
+            self._backends[bid] = Backend(*bkey)
             led.add((BACKENDS, family(bkey[0])))
-        for fe in self.kernel.values():
+        for fe in self._kernel.values():
             for b in fe.slots:
-                self.backend_refs[self.backend_ids[b.key]] += 1
+                self._backend_refs[self._backend_ids[b.key]] += 1
             led.add((AFFMATCH, 0), len(self._affinity_entries(fe)))
-        for addr in self.rev_ids:
+        for addr in self._rev_ids:
             led.add((REVNAT, family(addr[0])))
         # Stray entries stay in the maps until the first full sync deletes
         # them: they take room, and their ids must not be handed out before.
         for op in st.stray:
             led.add((op.map, op.family))
-            if op.map == REVNAT and op.key[0] not in self.rev_refs:
+            if op.map == REVNAT and op.key[0] not in self._rev_refs:
                 self._reserved_rev.add(op.key[0])
-            elif op.map == BACKENDS and op.key[0] not in self.backend_refs:
+            elif op.map == BACKENDS and op.key[0] not in self._backend_refs:
                 self._reserved_backend.add(op.key[0])
         for res, n in st.tc_used.items():
             led.add(res, n)
-        self._next_rev, self._free_rev = _id_space(set(self.rev_refs) | self._reserved_rev)
+        self._next_rev, self._free_rev = _id_space(set(self._rev_refs) | self._reserved_rev)
         self._next_backend, self._free_backend = _id_space(
-            set(self.backend_refs) | self._reserved_backend)
-        led.add((REV_IDS, 0), len(set(self.rev_refs) | self._reserved_rev))
-        led.add((BACKEND_IDS, 0), len(set(self.backend_refs) | self._reserved_backend))
-        self._unused = {i for i, n in self.backend_refs.items() if n == 0}  # orphans go
+            set(self._backend_refs) | self._reserved_backend)
+        led.add((REV_IDS, 0), len(set(self._rev_refs) | self._reserved_rev))
+        led.add((BACKEND_IDS, 0), len(set(self._backend_refs) | self._reserved_backend))
+        self._unused = {i for i, n in self._backend_refs.items() if n == 0}  # orphans go
         self._stray = list(st.stray)
 
     # -- bookkeeping --------------------------------------------------------
@@ -222,22 +222,29 @@ class Reconciler:
         return val
 
     def frontends_of(self, svc: ServiceKey) -> list[Frontend]:
-        return [self.kernel[k] for k in sorted(self.by_service.get(svc, ()))]
+        return [self._kernel[k] for k in sorted(self._by_service.get(svc, ()))]
 
     def rev_id(self, fe: Frontend) -> int | None:
-        return self.rev_ids.get(fe.addr)
+        return self._rev_ids.get(fe.addr)
 
     # -- the typed read API (observers, stats): no dict of ours leaves ---------
     def frontends(self) -> list[Frontend]:
         """Every frontend the maps hold, in key order."""
-        return [self.kernel[k] for k in sorted(self.kernel)]
+        return [self._kernel[k] for k in sorted(self._kernel)]
 
     def backend_ids_in_use(self) -> list[tuple[int, Backend]]:
         """(backend id, backend) of every backend in the maps."""
-        return sorted(self.backends.items())
+        return sorted(self._backends.items())
 
     def backend_id(self, b: Backend) -> int | None:
-        return self.backend_ids.get(b.key)
+        return self._backend_ids.get(b.key)
+
+    def state(self) -> KernelState:
+        """A copy of what the maps hold as this reconciler wrote them: what a
+        restarted agent adopts from the kernel."""
+        return KernelState(
+            frontends={k: (f, self._rev_ids[f.addr]) for k, f in self._kernel.items()},
+            backend_ids=dict(self._backend_ids))
 
     def pressure(self) -> dict[str, float]:
         return self.ledger.pressure()
@@ -255,7 +262,7 @@ class Reconciler:
         # The dataplane wrote the TC-path maps of the previous apply by now.
         self.ledger.settle(TC_KINDS)
         if prune_unowned:
-            changes = {**{svc: () for svc in self.by_service}, **changes}
+            changes = {**{svc: () for svc in self._by_service}, **changes}
         names = sorted(changes, key=order) if order else sorted(changes)
         status: dict[ServiceKey, str | None] = {}
         self.last_ops = 0
@@ -307,7 +314,7 @@ class Reconciler:
                 rev_id = self.rev_id(fe)
                 if (fe.scope == L.SCOPE_EXTERNAL and fe.algorithm == L.Algorithm.MAGLEV
                         and rev_id is not None):
-                    tables[rev_id] = [(self.backend_ids[b.key], join_host_port(b.ip, b.port))
+                    tables[rev_id] = [(self._backend_ids[b.key], join_host_port(b.ip, b.port))
                                       for b in fe.backends]
                     revs.add(rev_id)
             for gone in self._maglev_revs.get(svc, set()) - revs:
@@ -322,7 +329,7 @@ class Reconciler:
 
     def services(self) -> set[ServiceKey]:
         """The Services that hold frontends."""
-        return set(self.by_service)
+        return set(self._by_service)
 
     def _round(self, names: list[ServiceKey], wanted: Mapping[ServiceKey, list[Frontend]],
                status: dict[ServiceKey, str | None],
@@ -347,8 +354,8 @@ class Reconciler:
     def _prune(self, phases: list[list[Op]]) -> None:
         """Frontends no Service holds (adopted and unclaimed, or any whose
         bookkeeping lost its Service) and stray entries go."""
-        for key in [k for k, o in self.owner.items()
-                    if o is None or k not in self.by_service.get(o, ())]:
+        for key in [k for k, o in self._owner.items()
+                    if o is None or k not in self._by_service.get(o, ())]:
             self._remove_frontend(key, phases)
         where = {SERVICES: 4, AFFMATCH: 5, REVNAT: 5, BACKENDS: 6}
         # A stray key this sync writes anew (a slot a killed agent wrote
@@ -373,7 +380,7 @@ class Reconciler:
                       phases: list[list[Op]]) -> None:
         new: dict[tuple, Frontend] = {}
         for fe in wanted:
-            holder = self.owner.get(fe.key)
+            holder = self._owner.get(fe.key)
             if fe.key in new or (holder is not None and holder != svc):
                 raise CapacityError(
                     f"frontend {fe.ip}:{fe.port}/{fe.proto} is already used by "
@@ -384,7 +391,7 @@ class Reconciler:
                     f"the {L.MAX_SLOTS} slots of a services-map entry (16-bit slot numbers)",
                     TOO_MANY_BACKENDS)
             new[fe.key] = fe
-        old_keys = self.by_service.get(svc, set())
+        old_keys = self._by_service.get(svc, set())
         need, id_family = self._needs(old_keys, new)
         self.ledger.check(need, id_family)
         # From here on nothing can fail: the whole Service is planned.
@@ -392,11 +399,11 @@ class Reconciler:
             self._remove_frontend(key, phases)
         for key, fe in new.items():
             self._put_frontend(fe, phases)
-            self.owner[key] = svc
+            self._owner[key] = svc
         if new:
-            self.by_service[svc] = set(new)
+            self._by_service[svc] = set(new)
         else:
-            self.by_service.pop(svc, None)
+            self._by_service.pop(svc, None)
 
     def _needs(self, old_keys: set[tuple],
                new: dict[tuple, Frontend]) -> tuple[dict[Resource, int], int]:
@@ -411,24 +418,24 @@ class Reconciler:
 
         drop: dict[tuple, int] = {}  # addr -> frontends of it this Service removes
         for key in old_keys - new.keys():
-            addr = self.kernel[key].addr
+            addr = self._kernel[key].addr
             drop[addr] = drop.get(addr, 0) + 1
         new_addrs: set[tuple] = set()
         new_backends: set[tuple[str, int, int]] = set()
         id_family = 0
-        ids = self.backend_ids
+        ids = self._backend_ids
         for key, fe in new.items():
             fam = family(fe.ip)
-            old = self.kernel.get(key)
+            old = self._kernel.get(key)
             for rfam, _ in source_ranges(fe) - source_ranges(old):
                 add((SRCRANGE, rfam), 1)
             if old is not None and old.kernel_view() == fe.kernel_view():
                 continue
             add((MAGLEV, 0), maglev_tables(fe) - maglev_tables(old))
-            rev_id = self.rev_ids.get(fe.addr)
+            rev_id = self._rev_ids.get(fe.addr)
             if old is None:
                 add((SERVICES, fam), 1 + len(fe.slots))
-                fresh = rev_id is None or self.rev_refs[rev_id] == drop.get(fe.addr, 0)
+                fresh = rev_id is None or self._rev_refs[rev_id] == drop.get(fe.addr, 0)
                 if fresh and fe.addr not in new_addrs:
                     new_addrs.add(fe.addr)
                     add((REVNAT, fam), 1)
@@ -452,23 +459,23 @@ class Reconciler:
 
     def _put_frontend(self, fe: Frontend, phases: list[list[Op]]) -> None:
         led = self.ledger
-        old = self.kernel.get(fe.key)
+        old = self._kernel.get(fe.key)
         self._count_ranges(old, fe)
         if old is not None and old.kernel_view() == fe.kernel_view():
-            self.kernel[fe.key] = fe  # only the name or the source ranges may differ
+            self._kernel[fe.key] = fe  # only the name or the source ranges may differ
             return
         fam = family(fe.ip)
-        rev_id = self.rev_ids.get(fe.addr)
+        rev_id = self._rev_ids.get(fe.addr)
         old_match = self._affinity_entries(old) if old else set()
         if rev_id is None:
             rev_id = self._alloc(self._free_rev, "_next_rev", led.limits[(REV_IDS, 0)])
-            self.rev_ids[fe.addr] = rev_id
-            self.rev_refs[rev_id] = 0
+            self._rev_ids[fe.addr] = rev_id
+            self._rev_refs[rev_id] = 0
             phases[1].append(Op(REVNAT, fam, (rev_id,), (fe.ip, fe.port)))
             led.add((REVNAT, fam))
             led.add((REV_IDS, 0))
         if old is None:
-            self.rev_refs[rev_id] += 1
+            self._rev_refs[rev_id] += 1
         tables = maglev_tables(fe) - maglev_tables(old)
         if tables > 0:
             led.add((MAGLEV, 0), tables)
@@ -478,7 +485,7 @@ class Reconciler:
         old_backends = old.slots if old else ()
         slots = fe.slots
         # The hot loop of a full sync (one pass per endpoint): locals only.
-        ids, refs, put_slot = self.backend_ids, self.backend_refs, phases[2].append
+        ids, refs, put_slot = self._backend_ids, self._backend_refs, phases[2].append
         n_old = len(old_backends)
         for i, b in enumerate(slots, start=1):
             bkey = (b.ip, b.port, b.proto)
@@ -490,7 +497,7 @@ class Reconciler:
                 put_slot(Op(SERVICES, fam, (ip, port, proto, scope, i), (bid, 0, 0, 0, 0, 0, 0)))
         for b in old_backends:
             self._unref(ids[b.key])
-        self.kernel[fe.key] = fe  # (rev id known now: _affinity_entries reads it)
+        self._kernel[fe.key] = fe  # (rev id known now: _affinity_entries reads it)
         new_match = self._affinity_entries(fe)
         phases[2].extend(Op(AFFMATCH, 0, k, (1,)) for k in sorted(new_match - old_match))
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), master_value(fe, rev_id)))
@@ -516,16 +523,16 @@ class Reconciler:
         """Membership entries the BPF affinity check needs (ClientIP frontends)."""
         if not fe.flags & L.ServiceFlag.AFFINITY:
             return set()
-        rev_id = self.rev_ids[fe.addr]
-        return {(self.backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
+        rev_id = self._rev_ids[fe.addr]
+        return {(self._backend_ids[b.key], rev_id, fe.scope) for b in fe.backends}
 
     def _new_backend(self, b: Backend, phases: list[list[Op]]) -> int:
         bid = self._alloc(self._free_backend, "_next_backend",
                           self.ledger.limits[(BACKEND_IDS, 0)])
-        self.backend_ids[b.key] = bid
-        self.backend_refs[bid] = 0
+        self._backend_ids[b.key] = bid
+        self._backend_refs[bid] = 0
         self._unused.add(bid)  # until referenced
-        self.backends[bid] = b
+        self._backends[bid] = b
         phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
         self.ledger.add((BACKENDS, family(b.ip)))
         self.ledger.add((BACKEND_IDS, 0))
@@ -533,27 +540,27 @@ class Reconciler:
 
     def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
         led = self.ledger
-        fe = self.kernel[key]
+        fe = self._kernel[key]
         match = self._affinity_entries(fe)
         phases[5].extend(Op(AFFMATCH, 0, k, None) for k in sorted(match))
         led.release((AFFMATCH, 0), len(match))
         led.release((MAGLEV, 0), maglev_tables(fe))
         self._count_ranges(fe, None)
-        del self.kernel[key]
-        self.owner.pop(key, None)
+        del self._kernel[key]
+        self._owner.pop(key, None)
         fam = family(fe.ip)
         ip, port, proto, scope = key
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), None))
         for i, b in enumerate(fe.slots, start=1):
             phases[4].append(Op(SERVICES, fam, (ip, port, proto, scope, i), None))
-            self._unref(self.backend_ids[b.key])
+            self._unref(self._backend_ids[b.key])
         led.release((SERVICES, fam), 1 + len(fe.slots))
-        rev_id = self.rev_ids[fe.addr]
-        self.rev_refs[rev_id] -= 1
-        if self.rev_refs[rev_id] == 0:
+        rev_id = self._rev_ids[fe.addr]
+        self._rev_refs[rev_id] -= 1
+        if self._rev_refs[rev_id] == 0:
             # Freed only after planning (in _release), so no frontend of this
             # same round can be given the id whose entry phase 5 deletes.
-            del self.rev_refs[rev_id], self.rev_ids[fe.addr]
+            del self._rev_refs[rev_id], self._rev_ids[fe.addr]
             self._freed_rev.append(rev_id)
             self.last_freed_revs.append(rev_id)
             phases[5].append(Op(REVNAT, fam, (rev_id,), None))
@@ -561,8 +568,8 @@ class Reconciler:
             led.release((REV_IDS, 0))
 
     def _unref(self, bid: int) -> None:
-        self.backend_refs[bid] -= 1
-        if self.backend_refs[bid] == 0:
+        self._backend_refs[bid] -= 1
+        if self._backend_refs[bid] == 0:
             self._unused.add(bid)
 
     def _release(self, phases: list[list[Op]]) -> None:
@@ -571,10 +578,10 @@ class Reconciler:
         # Only ids whose count reached zero are candidates: no scan of every
         # backend, so one endpoint change costs O(that service).
         unused, self._unused = self._unused, set()
-        for bid in sorted(i for i in unused if self.backend_refs.get(i) == 0):
-            b = self.backends.pop(bid)
+        for bid in sorted(i for i in unused if self._backend_refs.get(i) == 0):
+            b = self._backends.pop(bid)
             self.last_released.append(b)
-            del self.backend_refs[bid], self.backend_ids[b.key]
+            del self._backend_refs[bid], self._backend_ids[b.key]
             self._free_backend.append(bid)
             phases[6].append(Op(BACKENDS, family(b.ip), (bid,), None))
             self.ledger.release((BACKENDS, family(b.ip)))
@@ -583,9 +590,9 @@ class Reconciler:
     def recount_tc(self) -> None:
         """After a full sync of the TC-path maps (strays pruned), their use is
         exactly what the frontends need."""
-        tables = sum(maglev_tables(fe) for fe in self.kernel.values())
+        tables = sum(maglev_tables(fe) for fe in self._kernel.values())
         ranges = {4: 0, 6: 0}
-        for fe in self.kernel.values():
+        for fe in self._kernel.values():
             for rfam, _ in source_ranges(fe):
                 ranges[rfam] += 1
         self.ledger.set_used((MAGLEV, 0), tables)
