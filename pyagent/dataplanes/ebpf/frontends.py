@@ -18,7 +18,6 @@ from pyagent.core.model import PROTOCOL_NUMBERS, Endpoint
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.ebpf import layout as L
 
-PROTO_NUMBERS = PROTOCOL_NUMBERS
 ALGORITHMS = {
     "random": L.Algorithm.RANDOM,
     "round-robin": L.Algorithm.ROUND_ROBIN,
@@ -102,7 +101,7 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     only the policy excludes them, in which case it drops.
     """
     svc = sps.service
-    proto = PROTO_NUMBERS[svc.protocol]
+    proto = PROTOCOL_NUMBERS[svc.protocol]
     node = config.node_name
     name = f"{svc.namespace}/{svc.name}:{svc.port_name}" if svc.port_name else \
         f"{svc.namespace}/{svc.name}"

@@ -474,9 +474,6 @@ TC_MAPS: dict[str, MapSpec] = {
 
 # Address and port encoding (network byte order in the structs).
 
-PROTO = PROTOCOL_NUMBERS
-
-
 def be16(port: int) -> int:
     """Host port -> the u16 whose memory holds it in network order."""
     return socket.htons(port)
@@ -505,8 +502,8 @@ def from_ip6(value: V6Addr) -> str:
     return socket.inet_ntop(socket.AF_INET6, bytes(value.addr))
 
 
-def _proto(proto: int | str) -> int:
-    return PROTO[proto.upper()] if isinstance(proto, str) else proto
+def proto_number(proto: int | str) -> int:
+    return PROTOCOL_NUMBERS[proto.upper()] if isinstance(proto, str) else proto
 
 
 def service_key(
@@ -514,8 +511,8 @@ def service_key(
 ) -> Lb4Key | Lb6Key:
     """The services-map key of a frontend slot; the family follows vip."""
     if ipaddress.ip_address(vip).version == 4:
-        return Lb4Key(ip4(vip), be16(port), slot, _proto(proto), scope)
-    return Lb6Key(ip6(vip), be16(port), slot, _proto(proto), scope)
+        return Lb4Key(ip4(vip), be16(port), slot, proto_number(proto), scope)
+    return Lb6Key(ip6(vip), be16(port), slot, proto_number(proto), scope)
 
 
 def backend_value(
@@ -523,8 +520,8 @@ def backend_value(
     flags: int = 0, zone: int = 0,
 ) -> Lb4Backend | Lb6Backend:
     if ipaddress.ip_address(address).version == 4:
-        return Lb4Backend(ip4(address), be16(port), _proto(proto), state, flags, zone)
-    return Lb6Backend(ip6(address), be16(port), _proto(proto), state, flags, zone)
+        return Lb4Backend(ip4(address), be16(port), proto_number(proto), state, flags, zone)
+    return Lb6Backend(ip6(address), be16(port), proto_number(proto), state, flags, zone)
 
 
 

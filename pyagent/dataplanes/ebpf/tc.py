@@ -299,7 +299,7 @@ def delete_flows_to(maps: TcMaps, backend_ip: str, port: int, proto: int | str) 
     addr = bytes(L.ip6(backend_ip)) if v6 else L.ip4(backend_ip)
     enc = (lambda a: bytes(a)) if v6 else (lambda a: a)
     bport = L.be16(port)
-    proto = L.PROTO[proto.upper()] if isinstance(proto, str) else proto
+    proto = L.proto_number(proto)
     doomed = []
     for k, v in ct.items():
         if k.proto != proto:

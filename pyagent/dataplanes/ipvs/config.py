@@ -20,8 +20,6 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from pyagent.core.model import PROTOCOL_NUMBERS
-
 SCHEDULERS = frozenset({"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq",
                         "fo", "ovf", "mh", "twos"})
 ALIASES = {
@@ -29,7 +27,6 @@ ALIASES = {
     "source-hash": "sh", "destination-hash": "dh", "shortest-expected-delay": "sed",
     "never-queue": "nq",
 }
-PROTOCOLS = PROTOCOL_NUMBERS
 FWMARK_SHIFT = 16  # fwmarks live in the upper 16 bits; 0x4000/0x8000 stay ours
 FWMARK_MASK = 0xFFFF0000
 MASQ_BIT = 0x4000

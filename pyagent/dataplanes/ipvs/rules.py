@@ -24,14 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pyagent.core.config import NodeConfig
-from pyagent.core.model import Endpoint
+from pyagent.core.model import PROTOCOL_NUMBERS, Endpoint
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.iptables import policy as P
 from pyagent.dataplanes.iptables.rules import Fragment, Renderer
 from pyagent.dataplanes.ipvs.config import (
     FWMARK_MASK,
     MASQ_BIT,
-    PROTOCOLS,
     RealServer,
     VirtualServer,
     scheduler_for,
@@ -90,7 +89,7 @@ class IpvsRenderer(Renderer):
             eps: tuple[Endpoint, ...]) -> VirtualServer:
         sp = sps.service
         return VirtualServer(
-            family=self.family, protocol=0 if fwmark else PROTOCOLS[sp.protocol],
+            family=self.family, protocol=0 if fwmark else PROTOCOL_NUMBERS[sp.protocol],
             ip="" if fwmark else ip, port=0 if fwmark else port, fwmark=fwmark,
             scheduler=sched, persistence=sp.affinity_timeout or 0,
             reals=tuple(sorted(RealServer(e.ip, e.port) for e in eps)))
