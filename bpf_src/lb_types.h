@@ -369,4 +369,56 @@ struct lb_tc_stat {
 	__u64 packets;
 };
 
+/* ---- decision events (`pyagent monitor`) ----
+ *
+ * Each listening monitor owns one slot of lb_mon_rings (an array of ring
+ * buffers it creates itself, so two monitors never consume each other's
+ * records) and sets its bit in lb_monitor.mask. Every LB decision looks
+ * at the mask first: with no listener that one array lookup is all an
+ * event costs. The owner fields are user space's (pid + start time, so a
+ * monitor killed without cleaning up is recognised and its slot reclaimed);
+ * the programs read only mask and add to lost. */
+#define LB_MONITOR_SLOTS 4
+#define LB_MONITOR_KEY 0
+/* bytes per ring (a power of two pages; the inner-map template and every
+ * monitor's ring must have the same size) */
+#define LB_MONITOR_RING_BYTES 131072
+
+/* lb_event.verdict */
+#define LB_EV_TRANSLATED   1  /* sent to a backend */
+#define LB_EV_AFFINITY     2  /* sent to the backend of a live affinity entry */
+#define LB_EV_REJECT       3  /* no endpoints: ECONNREFUSED / RST / ICMP */
+#define LB_EV_DROP         4  /* endpoints exist, none fit the policy (or source range) */
+#define LB_EV_NO_BACKEND   5  /* slot or backend missing: maps mid-update */
+
+/* lb_event.origin */
+#define LB_EV_FROM_SOCK 1  /* connect() / sendmsg() at the cgroup hooks */
+#define LB_EV_FROM_TC   2  /* a new flow at a node interface (TC ingress) */
+
+struct lb_monitor {
+	__u32 mask;              /* bit i: slot i of lb_mon_rings has a listener */
+	__u32 pad;
+	__u64 lost;              /* events not written: a listener's ring was full */
+	__u32 owner_pid[LB_MONITOR_SLOTS];
+	__u64 owner_start[LB_MONITOR_SLOTS];  /* /proc/<pid>/stat start time */
+};
+
+/* One ring buffer record per decision. */
+struct lb_event {
+	__u64 time_ns;           /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 netns_cookie;      /* socket path: the client's netns; TC: 0 */
+	union lb_v6addr client;  /* TC: the client's address; socket path: zero */
+	union lb_v6addr frontend;
+	union lb_v6addr backend; /* zero without a backend */
+	__be16 client_port;      /* TC only */
+	__be16 frontend_port;
+	__be16 backend_port;
+	__u16 rev_nat_id;
+	__u32 backend_id;
+	__u8  family;            /* LB_V4 | LB_V6 */
+	__u8  proto;
+	__u8  verdict;           /* LB_EV_* */
+	__u8  origin;            /* LB_EV_FROM_* */
+};
+
 #endif /* PYAGENT_LB_TYPES_H */

@@ -54,6 +54,10 @@ static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb
 { lb_affinity.update(k, v); }
 static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k)
 { return lb_aff_match.lookup(k); }
+static __always_inline struct lb_monitor *lb_monitor_get(void)
+{ __u32 k = LB_MONITOR_KEY; return lb_monitor.lookup(&k); }
+static __always_inline void *lb_mon_ring_get(__u32 slot)
+{ return lb_mon_rings.lookup(&slot); }
 
 /* BCC 0.26 declares bpf_get_socket_cookie() as returning u32; the helper
  * returns the full 64-bit cookie. */
@@ -298,19 +302,29 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 {
 	union lb_key key;
 	struct lb_service *svc;
-	struct lb_be be;
+	struct lb_monitor *mon;
+	struct lb_be be = {};
 	__u32 backend_id = 0;
-	__u16 rev_nat_id, flags;
+	__u16 rev_nat_id, flags = 0;
 	__u64 now = 0;
-	__u8 alg;
+	__u8 alg = 0, verdict;
+	int ret;
 
 	lb_key_init(fam, &key, addr, *port, proto, LB_SCOPE_INTERNAL);
 	svc = lb_service_at(fam, &key, LB_MASTER_SLOT);
 	if (!svc)
 		return LB_UNTOUCHED;
-	if (svc->count == 0)
-		return lb_no_backend(svc) == LB_VERDICT_DROP ? -LB_ERR_DROP : -LB_ERR_REJECT;
 	rev_nat_id = svc->rev_nat_id;
+	if (svc->count == 0) {
+		if (lb_no_backend(svc) == LB_VERDICT_DROP) {
+			verdict = LB_EV_DROP;
+			ret = -LB_ERR_DROP;
+		} else {
+			verdict = LB_EV_REJECT;
+			ret = -LB_ERR_REJECT;
+		}
+		goto out;
+	}
 	flags = svc->flags;
 	alg = svc->algorithm;
 	if (!LB_HAVE_NETNS_COOKIE)
@@ -318,10 +332,13 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 	if (!LB_HAVE_SOCK_RELEASE && alg == LB_ALG_LEAST_CONN)
 		alg = LB_ALG_RANDOM;
 
+	verdict = LB_EV_TRANSLATED;
 	if (flags & LB_F_AFFINITY) {
 		now = bpf_ktime_get_ns() / 1000000000ULL;
 		backend_id = lb_affinity_backend(lb_netns_cookie(ctx), 1, rev_nat_id,
 						 LB_SCOPE_INTERNAL, svc->affinity_timeout, now);
+		if (backend_id)
+			verdict = LB_EV_AFFINITY;
 	}
 	if (!backend_id) {
 		if (proto == IPPROTO_TCP && alg == LB_ALG_LEAST_CONN)
@@ -337,6 +354,26 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 		goto inconsistent;
 
 	lb_sockrev_put(fam, cookie, &be, addr, *port, rev_nat_id);
+	ret = LB_TRANSLATED;
+	goto out;
+inconsistent:
+	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
+	verdict = LB_EV_NO_BACKEND;
+	ret = -LB_ERR_INCONSISTENT;
+out:
+	/* One event site for every outcome, before addr is rewritten. */
+	mon = lb_monitor_on();
+	if (mon) {
+		struct lb_event ev;
+
+		lb_ev_init(fam, &ev, LB_EV_FROM_SOCK, proto, addr, *port, rev_nat_id, verdict);
+		ev.netns_cookie = lb_netns_cookie(ctx);
+		if (ret == LB_TRANSLATED)
+			lb_ev_backend(fam, &ev, backend_id, &be);
+		lb_mon_emit(mon, &ev);
+	}
+	if (ret != LB_TRANSLATED)
+		return ret;
 	lb_addr_copy(fam, addr, &be.address);
 	*port = be.port;
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
@@ -348,9 +385,6 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 		lb_conn_open(ctx, backend_id);
 #endif
 	return LB_TRANSLATED;
-inconsistent:
-	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
-	return -LB_ERR_INCONSISTENT;
 }
 
 /* Backend -> VIP for a socket, only while the service still exists with the

@@ -66,6 +66,10 @@ static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb
 { lb_affinity.update(k, v); }
 static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k)
 { return lb_aff_match.lookup(k); }
+static __always_inline struct lb_monitor *lb_monitor_get(void)
+{ __u32 k = LB_MONITOR_KEY; return lb_monitor.lookup(&k); }
+static __always_inline void *lb_mon_ring_get(__u32 slot)
+{ return lb_mon_rings.lookup(&slot); }
 
 static __always_inline void tc_count(__u32 what)
 {
@@ -429,7 +433,8 @@ static __always_inline int snat_addr(int fam, const struct lb_node_config *cfg,
  * the Maglev table, then slot hash % count + 1. A choice naming a backend
  * that is gone (maps mid-update) falls through to the next. 0: none. */
 static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, union lb_key *skey,
-					    const struct lb_service *svc, __u32 hash, __u64 now)
+					    const struct lb_service *svc, __u32 hash, __u64 now,
+					    int *affinity_hit)
 {
 	__u16 rev_nat_id = svc->rev_nat_id;
 	__u32 backend_id = 0;
@@ -439,6 +444,7 @@ static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, uni
 						 LB_SCOPE_EXTERNAL, svc->affinity_timeout, now);
 		if (backend_id && !lb_backend_exists(fam, backend_id))
 			backend_id = 0;
+		*affinity_hit = backend_id != 0;
 	}
 	if (!backend_id && svc->algorithm == LB_ALG_MAGLEV) {
 		backend_id = maglev_pick(rev_nat_id, hash);
@@ -450,6 +456,21 @@ static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, uni
 	return backend_id;
 }
 
+/* A new-flow decision to the monitors (called only when lb_monitor_on()). */
+static __always_inline void tc_event(int fam, struct lb_monitor *m, const struct lb_pkt *p,
+				     __u16 rev_nat_id, __u8 verdict, __u32 backend_id,
+				     const struct lb_be *be)
+{
+	struct lb_event ev;
+
+	lb_ev_init(fam, &ev, LB_EV_FROM_TC, p->proto, &p->daddr, p->dport, rev_nat_id, verdict);
+	lb_addr_copy(fam, &ev.client, &p->saddr);
+	ev.client_port = p->sport;
+	if (be)
+		lb_ev_backend(fam, &ev, backend_id, be);
+	lb_mon_emit(m, &ev);
+}
+
 static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
 				    const struct lb_node_config *cfg, __u64 now)
 {
@@ -457,11 +478,12 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	union ct_key key;
 	union ct_val val;
 	struct lb_service *svc;
+	struct lb_monitor *mon;
 	struct lb_be be;
 	__u32 backend_id;
 	__u16 rev_nat_id, flags;
 	__be16 nport = 0;
-	int masq;
+	int masq, affinity_hit = 0;
 	__u64 expires;
 
 	lb_key_init(fam, &skey, &p->daddr, p->dport, p->proto, LB_SCOPE_EXTERNAL);
@@ -475,18 +497,24 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 
 	if ((flags & LB_F_SOURCE_RANGE) && !src_range_allows(fam, rev_nat_id, &p->saddr)) {
 		tc_count(LB_TC_STAT_DROP_RANGE);
+		if ((mon = lb_monitor_on()))
+			tc_event(fam, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
 		return TC_ACT_SHOT;
 	}
 	if (svc->count == 0) {
 		if (lb_no_backend(svc) == LB_VERDICT_DROP) {
 			tc_count(LB_TC_STAT_DROP);
+			if ((mon = lb_monitor_on()))
+				tc_event(fam, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
 			return TC_ACT_SHOT;
 		}
 		tc_count(LB_TC_STAT_REJECT);
+		if ((mon = lb_monitor_on()))
+			tc_event(fam, mon, p, rev_nat_id, LB_EV_REJECT, 0, 0);
 		return reject(fam, skb, p);
 	}
 
-	backend_id = select_backend(fam, p, &skey, svc, lb_flow_hash(p), now);
+	backend_id = select_backend(fam, p, &skey, svc, lb_flow_hash(p), now, &affinity_hit);
 	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
 	/* A remote backend's reply must come back through this node. */
@@ -529,6 +557,10 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	CT_VAL(fam, &val, backend_id) = backend_id;
 	ct_update(fam, &key, &val);
 
+	/* before the rewrite: p still holds the frontend */
+	if ((mon = lb_monitor_on()))
+		tc_event(fam, mon, p, rev_nat_id, affinity_hit ? LB_EV_AFFINITY : LB_EV_TRANSLATED,
+			 backend_id, &be);
 	if (lb_rewrite(fam, skb, p, 0, &be.address, be.port) < 0)
 		goto error;
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
@@ -537,6 +569,8 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 error:
 	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
 	tc_count(LB_TC_STAT_ERROR);
+	if ((mon = lb_monitor_on()))
+		tc_event(fam, mon, p, rev_nat_id, LB_EV_NO_BACKEND, 0, 0);
 	return TC_ACT_SHOT;
 }
 

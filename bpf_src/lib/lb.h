@@ -32,6 +32,8 @@ static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id);
 static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k);
 static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v);
 static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k);
+static __always_inline struct lb_monitor *lb_monitor_get(void);
+static __always_inline void *lb_mon_ring_get(__u32 slot);
 
 /* ---- frontends and backends of either family */
 
@@ -227,6 +229,76 @@ static __always_inline void lb_affinity_record(__u64 client, __u8 netns, __u16 r
 	av.last_used = now;
 	av.backend_id = backend_id;
 	lb_affinity_put(&ak, &av);
+}
+
+/* ---- decision events (`pyagent monitor`, see lb_types.h) */
+
+/* -D LB_MONITOR=0 builds the programs without any event code: the
+ * baseline of tests/bench/bench_monitor.py. */
+#ifndef LB_MONITOR
+#define LB_MONITOR 1
+#endif
+
+/* The listener state, or 0 when nobody listens: the only cost of events
+ * then. Callers build an event only behind a non-zero answer. */
+static __always_inline struct lb_monitor *lb_monitor_on(void)
+{
+	struct lb_monitor *m;
+
+	if (!LB_MONITOR)
+		return 0;
+	m = lb_monitor_get();
+
+	return m && m->mask ? m : 0;
+}
+
+static __always_inline void lb_mon_send(struct lb_monitor *m, __u32 mask, __u32 slot,
+					struct lb_event *ev)
+{
+	void *ring;
+
+	if (!(mask & (1U << slot)))
+		return;
+	ring = lb_mon_ring_get(slot);
+	if (!ring || bpf_ringbuf_output(ring, ev, sizeof(*ev), 0) < 0)
+		__sync_fetch_and_add(&m->lost, 1);
+}
+
+/* ev (frontend, backend, verdict... set by the caller) to every listener.
+ * Written out per slot: LB_MONITOR_SLOTS is 4. */
+static __always_inline void lb_mon_emit(struct lb_monitor *m, struct lb_event *ev)
+{
+	__u32 mask = m->mask;
+
+	ev->time_ns = bpf_ktime_get_ns();
+	lb_mon_send(m, mask, 0, ev);
+	lb_mon_send(m, mask, 1, ev);
+	lb_mon_send(m, mask, 2, ev);
+	lb_mon_send(m, mask, 3, ev);
+}
+
+/* ev := a decision about frontend (addr, port) of family fam; backend
+ * and client fields are zero until the caller sets them. */
+static __always_inline void lb_ev_init(int fam, struct lb_event *ev, __u8 origin, __u8 proto,
+				       const union lb_v6addr *addr, __be16 port,
+				       __u16 rev_nat_id, __u8 verdict)
+{
+	__builtin_memset(ev, 0, sizeof(*ev));
+	lb_addr_copy(fam, &ev->frontend, addr);
+	ev->frontend_port = port;
+	ev->rev_nat_id = rev_nat_id;
+	ev->family = fam;
+	ev->proto = proto;
+	ev->verdict = verdict;
+	ev->origin = origin;
+}
+
+static __always_inline void lb_ev_backend(int fam, struct lb_event *ev, __u32 backend_id,
+					  const struct lb_be *be)
+{
+	ev->backend_id = backend_id;
+	lb_addr_copy(fam, &ev->backend, &be->address);
+	ev->backend_port = be->port;
 }
 
 #endif /* PYAGENT_LIB_LB_H */

@@ -76,4 +76,19 @@ struct lb_sk_backend_table_t lb_sk_backend = { .flags = BPF_F_NO_PREALLOC };
 BPF_ANNOTATE_KV_PAIR(lb_sk_backend, int, __u32);
 #endif
 
+/* Decision events (lb_types.h): the listener mask and one ring per monitor
+ * slot. lb_mon_ring is the inner-map template (never written); monitors put
+ * rings of their own of the same size into lb_mon_rings. */
+LB_MAP("array", __u32, struct lb_monitor, lb_monitor, 1);
+#ifdef LB_NO_PIN
+struct lb_mon_ring_table_t { int key; __u32 leaf; __u32 max_entries; };
+__attribute__((section("maps/ringbuf")))
+struct lb_mon_ring_table_t lb_mon_ring = { .max_entries = LB_MONITOR_RING_BYTES };
+#else
+struct lb_mon_ring_table_t { int key; __u32 leaf; __u32 max_entries; };
+__attribute__((section("maps/ringbuf:" LB_PIN_PATH(lb_mon_ring))))
+struct lb_mon_ring_table_t lb_mon_ring = { .max_entries = LB_MONITOR_RING_BYTES };
+#endif
+LB_MAP("array_of_maps$lb_mon_ring", __u32, int, lb_mon_rings, LB_MONITOR_SLOTS);
+
 #endif /* PYAGENT_LIB_MAPS_H */

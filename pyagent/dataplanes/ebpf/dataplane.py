@@ -18,8 +18,8 @@ from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
+from pyagent.dataplanes.ebpf import events, removal, socket_lb
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf import removal, socket_lb
 from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
@@ -130,6 +130,8 @@ class EbpfDataplane:
             self.janitor.removed(self.reconciler.last_released)
         if full and not self._attached:
             self._attach()
+        if full:  # a killed `pyagent monitor` must not keep events on for long
+            events.prune(self.bpffs)
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
                 "%s sync of %d services: %d map operations", "full" if full else "partial",
                 len(changes), self.reconciler.last_ops)

@@ -116,6 +116,24 @@ class TcStat(enum.IntEnum):
 
 TC_STAT_MAX = 16
 
+# Decision events (`pyagent monitor`)
+MONITOR_SLOTS = 4
+MONITOR_KEY = 0
+MONITOR_RING_BYTES = 131072
+
+
+class EventVerdict(enum.IntEnum):
+    TRANSLATED = 1
+    AFFINITY = 2
+    REJECT = 3
+    DROP = 4
+    NO_BACKEND = 5
+
+
+class EventOrigin(enum.IntEnum):
+    SOCK = 1
+    TC = 2
+
 # The C names of the constants above, for the header comparison test.
 C_CONSTANTS: dict[str, int] = {
     "LB_LAYOUT_VERSION": LAYOUT_VERSION,
@@ -152,6 +170,11 @@ C_CONSTANTS: dict[str, int] = {
     "LB_CT_TIMEOUT_CLOSING_DEFAULT": CT_TIMEOUT_CLOSING_DEFAULT,
     **{f"LB_TC_STAT_{t.name}": int(t) for t in TcStat},
     "LB_TC_STAT_MAX": TC_STAT_MAX,
+    "LB_MONITOR_SLOTS": MONITOR_SLOTS,
+    "LB_MONITOR_KEY": MONITOR_KEY,
+    "LB_MONITOR_RING_BYTES": MONITOR_RING_BYTES,
+    **{f"LB_EV_{v.name}": int(v) for v in EventVerdict},
+    **{f"LB_EV_FROM_{o.name}": int(o) for o in EventOrigin},
 }
 
 
@@ -367,6 +390,41 @@ class LbTcStat(ctypes.Structure):
     _fields_ = [("packets", c_uint64)]
 
 
+class LbMonitor(ctypes.Structure):
+    _fields_ = [
+        ("mask", c_uint32),
+        ("pad", c_uint32),
+        ("lost", c_uint64),
+        ("owner_pid", c_uint32 * MONITOR_SLOTS),
+        ("owner_start", c_uint64 * MONITOR_SLOTS),
+    ]
+
+
+class LbEvent(ctypes.Structure):
+    _fields_ = [
+        ("time_ns", c_uint64),
+        ("netns_cookie", c_uint64),
+        ("client", V6Addr),
+        ("frontend", V6Addr),
+        ("backend", V6Addr),
+        ("client_port", c_uint16),
+        ("frontend_port", c_uint16),
+        ("backend_port", c_uint16),
+        ("rev_nat_id", c_uint16),
+        ("backend_id", c_uint32),
+        ("family", c_uint8),
+        ("proto", c_uint8),
+        ("verdict", c_uint8),
+        ("origin", c_uint8),
+    ]
+
+
+class NoValue(ctypes.Structure):
+    """Key and value of a ring buffer map: none (size 0)."""
+
+    _fields_: list = []
+
+
 # C struct name -> mirror, for the layout test.
 C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb_v6addr": V6Addr,
@@ -393,6 +451,8 @@ C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb6_src_range_key": Lb6SrcRangeKey,
     "lb_node_config": LbNodeConfig,
     "lb_tc_stat": LbTcStat,
+    "lb_monitor": LbMonitor,
+    "lb_event": LbEvent,
 }
 
 # Maps: bpf_src/lib/maps.h declares the same names (checked by a test).
@@ -402,8 +462,10 @@ MAP_TYPE_ARRAY = 2
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_ARRAY_OF_MAPS = 12
 MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_SK_STORAGE = 24
+MAP_TYPE_RINGBUF = 27
 
 MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
 LINKS_SUBDIR = "links"  # <bpffs>/links/<program name>
@@ -449,6 +511,10 @@ MAPS: dict[str, MapSpec] = {
         MapSpec("lb_rr", c_uint32, c_uint32, MAP_TYPE_PERCPU_ARRAY, "LB_STATS_MAP_MAX"),
         MapSpec("lb_be_conns", c_uint32, c_uint64, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
         MapSpec("lb_sk_backend", ctypes.c_int, c_uint32, MAP_TYPE_SK_STORAGE, ""),
+        # decision events: listener mask, ring template, one ring per monitor
+        MapSpec("lb_monitor", c_uint32, LbMonitor, MAP_TYPE_ARRAY, ""),
+        MapSpec("lb_mon_ring", NoValue, NoValue, MAP_TYPE_RINGBUF, ""),
+        MapSpec("lb_mon_rings", c_uint32, c_uint32, MAP_TYPE_ARRAY_OF_MAPS, ""),
     )
 }
 

@@ -226,6 +226,9 @@ class LBMaps:
     lb_rr: Map[ctypes.c_uint32, ctypes.c_uint32]
     lb_be_conns: Map[ctypes.c_uint32, ctypes.c_uint64]
     lb_sk_backend: Map[ctypes.c_int, ctypes.c_uint32]
+    lb_monitor: Map[ctypes.c_uint32, layout.LbMonitor]
+    lb_mon_ring: Map[layout.NoValue, layout.NoValue]
+    lb_mon_rings: Map[ctypes.c_uint32, ctypes.c_uint32]
 
     def all(self) -> dict[str, Map]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
