@@ -157,3 +157,56 @@ def test_maglev_service_gets_a_table_and_serves_every_backend(cluster: Cluster,
         assert bpfmaps.read_table(maps, ext["revNatId"]) is None
     finally:
         maps.close()
+
+
+def _pyagent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyagent", *args], capture_output=True,
+                          text=True, check=False, timeout=120)
+
+
+def test_monitor_shows_tc_decisions_and_conntrack_holds_the_flows(cluster: Cluster,
+                                                                  agent: Agent) -> None:
+    """New flows to a NodePort, as the TC program decides them: the client
+    address, the backend that answered each connection, REJECT for a
+    Service without endpoints; then the flows in `maps dump --map conntrack`."""
+    n0, n1 = cluster.nodes
+    agent.apply(service("mon", "10.96.0.12"),
+                eps("mon", [(n0.pods[0], n0.name), (n1.pods[0], n1.name)]),
+                service("monempty", "10.96.0.13"))
+    n = 8
+    mon = subprocess.Popen([sys.executable, "-m", "pyagent", "monitor", "--bpffs",
+                            str(n0.bpffs), "--json", "--count", str(n + 2),
+                            "--service", "d/mon", "--service", "d/monempty"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert mon.stderr is not None and mon.stderr.readline().startswith("listening")
+    res = cluster.client(n0.ip4, 30012, count=n, timeout=3)
+    assert not res.errors and res.total == n
+    cluster.client(n0.ip4, 30013, count=2, timeout=3)
+    out, err = mon.communicate(timeout=60)
+    assert mon.returncode == 0, err
+    evs = [json.loads(line) for line in out.splitlines()]
+    by_ip = {p.ip4: p.name for p in cluster.pods}
+    tc_new = [e for e in evs if e["frontend"]["port"] == 30012]
+    assert [by_ip[e["backend"]["address"]] for e in tc_new] == [d["pod"] for d in res.details]
+    for e in tc_new:
+        assert (e["origin"], e["verdict"], e["service"]) == ("tc", "translated", "d/mon:http")
+        assert e["client"]["address"] == cluster.client_ip4 and e["client"]["port"] > 0
+        assert e["frontend"]["address"] == n0.ip4
+    assert [(e["verdict"], e["backend"]) for e in evs if e["frontend"]["port"] == 30013] == \
+        [("reject", None)] * 2
+
+    r = _pyagent("maps", "dump", "--bpffs", str(n0.bpffs), "--map", "conntrack", "--json")
+    assert r.returncode == 0, r.stderr
+    ct = {m["name"]: m["entries"] for m in json.loads(r.stdout)["maps"]}
+    service_entries = [e for e in ct["lb4_ct"] if "SERVICE" in e["value"]["flags"]
+                       and e["key"]["dport"] == 30012]
+    # the service entry of each monitored flow, DNATed to the backend the event named
+    by_port = {e["key"]["sport"]: e for e in service_entries}
+    for ev in tc_new:
+        e = by_port[ev["client"]["port"]]
+        assert e["key"]["saddr"] == cluster.client_ip4 and e["key"]["stage"] == "ingress"
+        assert (e["value"]["daddr"], e["value"]["dport"]) == \
+            (ev["backend"]["address"], ev["backend"]["port"])
+        assert e["value"]["expiresIn"] > 0
+    r = _pyagent("maps", "dump", "--bpffs", str(n0.bpffs), "--map", "nonsense")
+    assert r.returncode == 1 and "choose from" in r.stderr and "conntrack" in r.stderr

@@ -32,12 +32,16 @@ def print_table(d: dict[str, Any]) -> None:
 
 
 def run_dump(args: argparse.Namespace) -> int:
+    from pyagent.dataplanes.ebpf import map_entries
+
     try:
-        d = dump(args.bpffs)
+        d = map_entries.dump_map(args.bpffs, args.map) if args.map else dump(args.bpffs)
     except (FileNotFoundError, ValueError) as exc:
         print(f"pyagent maps dump: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    if args.map and not args.json:
+        map_entries.print_table(d)
+    elif args.json:
         print(json.dumps(d, indent=2))
     else:
         print_table(d)
@@ -51,4 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         epilog="example: pyagent maps dump --bpffs /sys/fs/bpf/pyagent --json")
     d.add_argument("--bpffs", default=DEFAULT_BPFFS)
     d.add_argument("--json", action="store_true")
+    d.add_argument("--map", metavar="NAME",
+                   help="one map's entries instead: conntrack, affinity, sockrev, or a map "
+                        "name (lb4_ct, lb_affinity, lb4_sockrev, ...)")
     d.set_defaults(func=run_dump)

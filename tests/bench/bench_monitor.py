@@ -25,11 +25,12 @@ import subprocess
 import sys
 import threading
 
-from pyagent.config import NodeConfig
-from pyagent.dataplanes.ebpf import events, programs
-from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
+from pyagent.core.config import NodeConfig
+from pyagent.core.store import ServiceStore
+from pyagent.dataplanes import registry
+from pyagent.dataplanes.ebpf import events
+from pyagent.dataplanes.ebpf import socket_lb as programs
 from pyagent.lab import Lab
-from pyagent.store import ServiceStore
 from tests.bench.bench_ebpf import CONNECT_SNIPPET, states
 from tests.bench.bench_plan import objects
 
@@ -95,7 +96,7 @@ def main() -> int:
         objs[1]["endpoints"] = [{"addresses": [lab.pods[0].ip4], "nodeName": "node-0"}]
         for kind in ("Service", "EndpointSlice", "Node"):
             store.replace(kind, [o for o in objs if o["kind"] == kind])
-        dp = EbpfDataplane(config)
+        dp = registry.get("ebpf").create(config)
         dp.setup()
         variant = programs.kernel_variant()
         bare = programs.load(config.bpffs, variant=dataclasses.replace(
