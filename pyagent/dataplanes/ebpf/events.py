@@ -58,7 +58,8 @@ class Listeners:
 
     live: list[int]   # pids of listening monitors
     stale: list[int]  # slots held by monitors that are gone (pruned on the next start)
-    lost: int         # events not written because a ring was full
+    lost: int         # events not written because a ring was full (an indicator: a
+                      # registration rewrites the entry and may drop increments meanwhile)
 
 
 def _open(bpffs: str) -> tuple[Map, Map]:
