@@ -69,3 +69,23 @@ def test_filters() -> None:
     assert not monitor.matcher(args(backend=["10.244.0.10"]))(refused)  # no backend
     only = monitor.matcher(args(verdict=["reject", "drop"]))
     assert only(refused) and not only(ok)
+
+
+def test_prune_never_fails_a_sync(tmp_path, monkeypatch) -> None:
+    from pyagent.dataplanes.ebpf import events
+
+    assert events.prune(str(tmp_path / "no-bpffs")) == []  # nothing pinned: nothing to do
+
+    class Boom:
+        def __init__(self, bpffs: str) -> None:
+            raise PermissionError(13, "read-only /run")
+
+    calls = []
+
+    class FakeMap:
+        def close(self) -> None:
+            calls.append("closed")
+
+    monkeypatch.setattr(events, "_open", lambda bpffs: (FakeMap(), FakeMap()))
+    monkeypatch.setattr(events, "_Locked", Boom)
+    assert events.prune("/x") == [] and calls == ["closed", "closed"]

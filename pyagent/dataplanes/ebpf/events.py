@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import select
@@ -32,6 +33,7 @@ from ebpf import libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
 
+log = logging.getLogger(__name__)
 RUN_DIR = Path(os.environ.get("PYAGENT_RUN_DIR", "/run/pyagent"))
 _KEY = ctypes.c_uint32(L.MONITOR_KEY)
 _BUSY, _DISCARD = 1 << 31, 1 << 30
@@ -123,14 +125,18 @@ def _read(mon: Map) -> L.LbMonitor:
 
 
 def prune(bpffs: str) -> list[int]:
-    """Reclaim the slots of killed monitors; [] when the maps are absent."""
+    """Reclaim the slots of killed monitors; [] when the maps are absent.
+    Never raises OSError: the agent calls it on every full sync."""
     try:
         mon, rings = _open(bpffs)
-    except (FileNotFoundError, OSError):
+    except OSError:
         return []
     try:
         with _Locked(bpffs):
             return _prune(mon, rings, _read(mon))
+    except OSError as exc:
+        log.warning("cannot reclaim monitor slots in %s: %s", bpffs, exc)
+        return []
     finally:
         mon.close()
         rings.close()
