@@ -210,8 +210,26 @@ def _overrides() -> dict[str, bool]:
     return out
 
 
+def raise_memlock_limit() -> None:
+    """Kernels before 5.11 charge BPF objects to the user's RLIMIT_MEMLOCK
+    (all of root's pinned maps count against this process's limit, 64 KiB
+    by default there): lift it, as BCC and libbpf do, or every probe fails
+    with EPERM once the agent's maps exist."""
+    import contextlib
+    import resource
+
+    inf = resource.RLIM_INFINITY
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (inf, inf))
+    except (OSError, ValueError):  # no CAP_SYS_RESOURCE: as far as the hard limit goes
+        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
 def probe() -> Features:
     """Ask the running kernel (needs CAP_BPF or root)."""
+    raise_memlock_limit()
     sa = _PROG_CGROUP_SOCK_ADDR
     connect4 = ATTACH_TYPES["connect4"][0]
     found = {

@@ -80,6 +80,27 @@ def test_probe_answers_from_the_kernel():
 
 
 @pytest.mark.root
+def test_probe_lifts_the_memlock_limit_that_pre_5_11_kernels_charge():
+    """On 5.10 a process with the default 64 KiB RLIMIT_MEMLOCK got EPERM
+    from every probe once the agent's maps (charged to root) existed, so an
+    agent could not start; the probe lifts the limit as BCC and libbpf do."""
+    import subprocess
+    import sys
+
+    code = ("import resource\n"
+            "hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]\n"
+            "resource.setrlimit(resource.RLIMIT_MEMLOCK, (65536, hard))\n"
+            "from ebpf import probe\n"
+            "probe.probe()\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)\n"
+            "print(soft == hard and soft > 65536)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True"
+
+
+@pytest.mark.root
 def test_probe_answers_can_be_forced(monkeypatch):
     from ebpf import probe
 
