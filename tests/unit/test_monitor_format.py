@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pyagent import monitor
+from pyagent.cli import monitor
 from pyagent.dataplanes.ebpf import layout as L
 
 
