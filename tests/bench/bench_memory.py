@@ -1,12 +1,13 @@
 """Memory of the agent as the DaemonSet runs it, for its resource requests
 and limits (deploy/kubernetes/daemonset.yaml, docs/install.md):
 
-  - the socket LB's compile child (BCC + LLVM, run once at start), max RSS;
+  - the socket LB's compile child (BCC + LLVM, run once at start), max RSS
+    (the TC programs' child, run after it, is of the same size);
   - a real `pyagent run` from the (test) API server holding S x E endpoints
-    with TC programs on an interface (their compile runs in the agent):
-    steady RSS and peak (VmHWM) after the first full sync;
+    with TC programs on an interface: steady RSS and peak (VmHWM) after the
+    first full sync;
   - the container's worst case: the agent's peak plus the child's (the
-    child runs at start, before the lists arrive, so this over-counts).
+    children run at start, one at a time, so this over-counts).
 
     .venv/bin/python -m tests.bench.bench_memory [--services 10000] [--endpoints 10] [--json]
 

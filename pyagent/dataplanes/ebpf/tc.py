@@ -22,6 +22,8 @@ import errno
 import ipaddress
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,7 +114,11 @@ class TcLB:
         """Drop this process's handles; pins and attached filters stay."""
         self.maps.close()
         self.lb_maps.close()
-        self.bpf.cleanup()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+        else:  # fds of pinned programs opened by load_out_of_process
+            for fd in self.prog_fds.values():
+                os.close(fd)
 
     def __enter__(self) -> TcLB:
         return self
@@ -192,6 +198,38 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
         b.cleanup()
         raise
     return TcLB(b, prog_fds, tc_maps, lb_maps)
+
+
+def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
+                        tc_capacities: TcCapacities | None = None) -> TcLB:
+    """Compile, load and pin in a child process (`main` below), then open
+    the pins here: as for the socket LB, BCC and LLVM (about 150 MB of RSS)
+    never enter the agent. The child replaces incompatible TC pins."""
+    fs.ensure(bpffs)
+    sizes = {**(capacities or socket_lb.Capacities()).defines(),
+             **(tc_capacities or TcCapacities()).defines()}
+    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs,
+                          *(f"--size={k}={v}" for k, v in sizes.items())],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"loading the TC programs failed:\n{res.stderr.strip()}")
+    for line in res.stderr.splitlines():
+        log.warning("%s", line)
+    prog_fds: dict[str, int] = {}
+    try:
+        for name in PROGRAMS:
+            prog_fds[name] = open_pinned_program(bpffs, name)
+        tc_maps = open_pinned_tc_maps(bpffs)
+        try:
+            lb_maps = socket_lb.open_pinned_maps(bpffs)
+        except BaseException:
+            tc_maps.close()
+            raise
+    except BaseException:
+        for fd in prog_fds.values():
+            os.close(fd)
+        raise
+    return TcLB(None, prog_fds, tc_maps, lb_maps)
 
 
 def prog_pin_path(bpffs: str, name: str) -> str:
@@ -323,17 +361,9 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
     runs and close()s it on exit (filters and pins stay)."""
-    # As for the socket LB's maps: a TC map of another layout or size is
-    # replaced loudly (conntrack starts empty), never reused.
-    sizes = (tc_capacities or TcCapacities()).defines()
-    if os.path.isdir(socket_lb.maps_dir(bpffs)):
-        for path, why in socket_lb.incompatible_pins(bpffs, L.TC_MAPS, sizes):
-            log.warning("replacing incompatible pinned map %s: %s", path, why)
-            fs.unpin(path)
-    lb = load(bpffs, capacities, tc_capacities)
+    lb = load_out_of_process(bpffs, capacities, tc_capacities)  # pins the programs
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6)
-        pin_programs(lb, bpffs)
         attach(lb, netdevs=netdevs, pods=pods, netns=netns)
     except BaseException:
         lb.close()
@@ -495,3 +525,37 @@ test_packet.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 def verdict_name(retval: int) -> str:
     return VERDICTS.get(retval, f"TC_ACT({retval})")
+
+
+def main() -> int:
+    """The child of load_out_of_process: compile, load, pin, exit."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--bpffs", required=True)
+    ap.add_argument("--size", action="append", default=[], metavar="DEFINE=N",
+                    help="a capacity -D define of the socket LB or the TC maps")
+    args = ap.parse_args()
+    sizes = {d: int(v) for d, v in (item.split("=", 1) for item in args.size)}
+    tc_fields = {"LB_CT_MAP_MAX": "ct", "LB_SRC_RANGE_MAP_MAX": "src_range",
+                 "LB_MAGLEV_MAP_MAX": "maglev"}
+    tc_caps = TcCapacities(**{tc_fields[d]: v for d, v in sizes.items() if d in tc_fields})
+    caps = socket_lb.Capacities.from_defines(
+        {d: v for d, v in sizes.items() if d not in tc_fields})
+    # As for the socket LB's maps: a TC map of another layout or size is
+    # replaced loudly (conntrack starts empty), never reused.
+    if os.path.isdir(socket_lb.maps_dir(args.bpffs)):
+        for path, why in socket_lb.incompatible_pins(args.bpffs, L.TC_MAPS,
+                                                    tc_caps.defines()):
+            print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
+            fs.unpin(path)
+    lb = load(args.bpffs, caps, tc_caps)
+    try:
+        pin_programs(lb, args.bpffs)
+    finally:
+        lb.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
