@@ -14,11 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyagent.core.model import PROTOCOLS, ServiceKey, ServicePort
+from pyagent.core.model import PROTOCOLS, Endpoint, ServiceKey, ServicePort
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -174,6 +175,11 @@ def _int(value: object, field: str, lo: int, hi: int, default: int | None = None
     return value
 
 
+def _intern(text: str) -> str:
+    """One copy of a string many objects repeat (namespaces, node names)."""
+    return sys.intern(text) if type(text) is str else text
+
+
 def _port_name(value: object, field: str) -> str:
     name = _str(value, field)
     return check_name(name, field, "label") if name else name
@@ -210,7 +216,8 @@ def object_name(kind: str, obj: object) -> tuple[str, str]:
     if kind == "Node":
         return ("", name)
     namespace = _str(meta.get("namespace"), "metadata.namespace") or "default"
-    return (check_name(namespace, "metadata.namespace", "label"), name)
+    # Interned: a few namespaces are shared by every object of a large cluster.
+    return (_intern(check_name(namespace, "metadata.namespace", "label")), name)
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -228,7 +235,7 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 # --- Service -------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedService:
     key: ServiceKey
     ports: tuple[ServicePort, ...]  # every family; empty when not proxied
@@ -381,36 +388,29 @@ def _affinity_timeout(spec: Mapping[str, Any]) -> int | None:
 # --- EndpointSlice ---------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class EndpointSeed:
-    """One endpoint of a slice, before it is paired with a port number."""
-    ip: str
-    ready: bool
-    serving: bool
-    terminating: bool
-    node_name: str | None
-    zone_hints: frozenset[str]
-    node_hints: frozenset[str]
-
-
-@dataclass(frozen=True)
 class ParsedSlice:
     namespace: str
     name: str
     service: str  # the kubernetes.io/service-name label
     family: int | None  # None: FQDN slices, which kube-proxy ignores
     ports: tuple[tuple[str, int, str], ...]  # (name, port, protocol)
-    endpoints: tuple[EndpointSeed, ...]
+    # With the first port's number (0 when none) and is_local for the node
+    # it was parsed for: the state of a one-port Service reuses them as they
+    # are, so 100k endpoints are 100k objects, not one per slice and one per
+    # Service port.
+    endpoints: tuple[Endpoint, ...]
 
     @property
     def service_key(self) -> ServiceKey:
         return (self.namespace, self.service)
 
 
-def parse_endpoint_slice(obj: Mapping[str, Any]) -> ParsedSlice:
+def parse_endpoint_slice(obj: Mapping[str, Any], node_name: str = "") -> ParsedSlice:
     namespace, name = object_name("EndpointSlice", obj)
     meta = _metadata(obj)
     labels = _dict(meta.get("labels"), "metadata.labels")
-    service = _str(labels.get(SERVICE_NAME_LABEL), f"metadata.labels[{SERVICE_NAME_LABEL}]")
+    service = _intern(_str(labels.get(SERVICE_NAME_LABEL),
+                              f"metadata.labels[{SERVICE_NAME_LABEL}]"))
     if not service:
         raise ParseError(f"metadata.labels: no {SERVICE_NAME_LABEL} label")
     address_type = _choice(obj.get("addressType"), "addressType", ("IPv4", "IPv6", "FQDN"))
@@ -424,19 +424,21 @@ def parse_endpoint_slice(obj: Mapping[str, Any]) -> ParsedSlice:
         port = _int(entry.get("port"), f"{field}.port", 0, 65535, 0)
         if port == 0:
             continue  # kube-proxy ignores ports without a number
-        ports.append((_port_name(entry.get("name"), f"{field}.name"),
+        ports.append((_intern(_port_name(entry.get("name"), f"{field}.name")),
                       port,
                       _choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP"))
     endpoints = []
     if family is not None:
+        first_port = ports[0][1] if ports else 0
         for i, raw in enumerate(_list(obj.get("endpoints"), "endpoints")):
-            seed = _endpoint_seed(raw, f"endpoints[{i}]", family, address_type)
-            if seed is not None:
-                endpoints.append(seed)
+            ep = _endpoint(raw, f"endpoints[{i}]", family, address_type, first_port, node_name)
+            if ep is not None:
+                endpoints.append(ep)
     return ParsedSlice(namespace, name, service, family, tuple(ports), tuple(endpoints))
 
 
-def _endpoint_seed(raw: object, field: str, family: int, address_type: str) -> EndpointSeed | None:
+def _endpoint(raw: object, field: str, family: int, address_type: str, port: int,
+              node_name: str) -> Endpoint | None:
     entry = _dict(raw, field, required=True)
     addresses = _list(entry.get("addresses"), f"{field}.addresses")
     if not addresses:
@@ -449,14 +451,16 @@ def _endpoint_seed(raw: object, field: str, family: int, address_type: str) -> E
     cond = _dict(entry.get("conditions"), f"{field}.conditions")
     ready = _bool(cond.get("ready"), f"{field}.conditions.ready", True)
     hints = _dict(entry.get("hints"), f"{field}.hints")
-    return EndpointSeed(
-        ip=parsed[0],
-        ready=ready,
-        serving=_bool(cond.get("serving"), f"{field}.conditions.serving", True),
-        terminating=_bool(cond.get("terminating"), f"{field}.conditions.terminating", False),
-        node_name=_str(entry.get("nodeName"), f"{field}.nodeName") or None,
-        zone_hints=_hint_names(hints.get("forZones"), f"{field}.hints.forZones"),
-        node_hints=_hint_names(hints.get("forNodes"), f"{field}.hints.forNodes"),
+    # Interned: a cluster has far fewer nodes than endpoints.
+    on_node = _intern(_str(entry.get("nodeName"), f"{field}.nodeName")) or None
+    return Endpoint(
+        parsed[0], port, ready,
+        _bool(cond.get("serving"), f"{field}.conditions.serving", True),
+        _bool(cond.get("terminating"), f"{field}.conditions.terminating", False),
+        on_node,
+        _hint_names(hints.get("forZones"), f"{field}.hints.forZones"),
+        _hint_names(hints.get("forNodes"), f"{field}.hints.forNodes"),
+        bool(node_name) and on_node == node_name,
     )
 
 
@@ -466,14 +470,14 @@ _NO_HINTS: frozenset[str] = frozenset()
 def _hint_names(value: object, field: str) -> frozenset[str]:
     if not value:  # the common case: one shared empty set, not 200 B per endpoint
         return _NO_HINTS
-    return frozenset(_str(_dict(h, f"{field}[{i}]", required=True).get("name"),
-                          f"{field}[{i}].name")
+    return frozenset(_intern(_str(_dict(h, f"{field}[{i}]", required=True).get("name"),
+                                     f"{field}[{i}].name"))
                      for i, h in enumerate(_list(value, field)))
 
 
 # --- Node --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedNode:
     name: str
     labels: tuple[tuple[str, str], ...]

@@ -21,6 +21,10 @@ class ObjectSink(Protocol):
     `upsert`/`delete` carry single watch events. A source calls `replace`
     for every kind before the sink may prune anything. `report` carries what
     the source's last read could not apply at all ([] when clean).
+
+    A sink with a true `accepts_pages` attribute also takes a list in pages:
+    `replace(kind, page, first=bool, last=bool)`; it prunes at the last
+    page only, and a new first page abandons an unfinished list.
     """
 
     def replace(self, kind: Kind, objects: list[dict], *,

@@ -14,7 +14,7 @@ from pyagent.core.parse import ParsedSlice, parse_cidr
 from pyagent.core.selection import categorize, dedupe
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePortState:
     service: ServicePort
     # None: that policy is never used (or no slice carries the port at all);
@@ -51,9 +51,11 @@ def _endpoints_for(sp: ServicePort, slices: Iterable[ParsedSlice],
                 continue
             out = out if out is not None else []
             for s in sl.endpoints:
-                out.append(Endpoint(s.ip, number, s.ready, s.serving, s.terminating,
-                                    s.node_name, s.zone_hints, s.node_hints,
-                                    bool(node_name) and s.node_name == node_name))
+                local = bool(node_name) and s.node_name == node_name
+                # The slice's own objects when they fit (the usual one-port case).
+                out.append(s if s.port == number and s.is_local == local else
+                           Endpoint(s.ip, number, s.ready, s.serving, s.terminating,
+                                    s.node_name, s.zone_hints, s.node_hints, local))
     return out
 
 

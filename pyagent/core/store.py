@@ -62,6 +62,7 @@ class ServiceStore:
         self._pending_services: set[ServiceKey] = set()
         self._pending_endpoints: set[ServiceKey] = set()
         self._synced: set[str] = set()
+        self._listing: dict[str, set[ObjectKey]] = {}  # keys of a paged list so far
         self.errors: dict[ErrorKey, str] = {}
         self._origin: dict[ErrorKey, str] = {}  # where an object in error came from (a file)
         self.source_problems: list[str] = []  # what the source could not apply (see report)
@@ -75,13 +76,23 @@ class ServiceStore:
 
     # --- ObjectSink ------------------------------------------------------------
 
+    # Sources may deliver a long list page by page (first=..., last=...).
+    accepts_pages = True
+
     def replace(self, kind: Kind, objects: list[dict], *,
                 refused: Mapping[ObjectKey, str] | None = None,
-                origins: Mapping[ObjectKey, str] | None = None) -> None:
+                origins: Mapping[ObjectKey, str] | None = None,
+                first: bool = True, last: bool = True) -> None:
         """`refused`: objects the source has but could not use (reason);
         they keep their last good version like any invalid update.
-        `origins`: where each object came from, for error messages."""
-        keep: set[ObjectKey] = set()
+        `origins`: where each object came from, for error messages.
+        A list may come in pages: `first` starts one (forgetting any list
+        left unfinished), each page is applied as it comes, and only the
+        `last` one prunes what none of the pages held. The source's raw
+        pages are then never all alive at once."""
+        if first:
+            self._listing[kind] = set()
+        keep = self._listing.setdefault(kind, set())
         for obj in objects:
             key = self._apply(kind, obj, origins)
             if key is not None:
@@ -89,6 +100,9 @@ class ServiceStore:
         for key, reason in (refused or {}).items():
             self._invalid(kind, key, reason, origins.get(key) if origins else None)
             keep.add(key)
+        if not last:
+            return
+        del self._listing[kind]
         for key in list(self._raw[kind].keys() - keep):
             self._remove(kind, key)
         for err in [e for e in self.errors if e[0] == kind and (e[1], e[2]) not in keep]:
@@ -212,7 +226,7 @@ class ServiceStore:
         old = self._raw[kind].get(key)
         parser: Callable[[Mapping[str, Any]], Any] = {
             "Service": lambda o: parse_service(o, honour_ip_mode=self.config.honour_lb_ip_mode),
-            "EndpointSlice": parse_endpoint_slice,
+            "EndpointSlice": lambda o: parse_endpoint_slice(o, self.config.node_name),
             "Node": parse_node,
         }[kind]
         try:

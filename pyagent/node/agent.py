@@ -44,6 +44,7 @@ class AgentSink:
     def __init__(self, store: ObjectSink, lock: threading.Lock,
                  notify: Callable[[], None]) -> None:
         self.store, self.lock, self.notify = store, lock, notify
+        self.accepts_pages = getattr(store, "accepts_pages", False)
 
     def replace(self, kind: Kind, objects: list[dict], **kw: Any) -> None:
         with self.lock:

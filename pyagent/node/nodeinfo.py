@@ -159,6 +159,7 @@ class PodCIDRGuard:
     def __init__(self, sink: Any, node_name: str, cidrs: tuple[str, ...],
                  changed: Callable[[str], None]) -> None:
         self.sink, self.node_name, self.cidrs, self.changed = sink, node_name, cidrs, changed
+        self.accepts_pages = getattr(sink, "accepts_pages", False)
 
     def _check(self, kind: str, obj: dict) -> None:
         if kind != "Node" or (obj.get("metadata") or {}).get("name") != self.node_name:

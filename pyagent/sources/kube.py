@@ -224,10 +224,15 @@ class _Reflector:
         return resp
 
     def list(self) -> None:
-        """A complete (paged) list, delivered as one replace."""
+        """A complete (paged) list, delivered as one replace, or page by page
+        to a sink that accepts pages (the raw pages are then not all alive
+        at once: at 100k endpoints they are twice the parsed state)."""
         src = self.source
+        paged = getattr(src.sink, "accepts_pages", False)
         items: list[dict] = []
         cont: str | None = None
+        first = True
+        count = 0
         while True:
             kwargs: dict[str, Any] = {"_request_timeout": src.request_timeout}
             if src.page_size:
@@ -243,12 +248,19 @@ class _Reflector:
             finally:
                 resp.release_conn()
             doc = json.loads(body)
-            items.extend(doc.get("items") or [])
+            del body
+            items.extend(self._complete(obj) for obj in doc.get("items") or [])
             meta = doc.get("metadata") or {}
+            del doc
             cont = meta.get("continue")
             if not cont:
                 break
-        objects = [self._complete(obj) for obj in items]
+            if paged:
+                if src.stopping:
+                    return
+                count += len(items)
+                src._deliver("replace", self.kind, items, first=first, last=False)
+                items, first = [], False
         if src.stopping:
             return
         listed = meta.get("resourceVersion") or ""
@@ -256,10 +268,14 @@ class _Reflector:
             log.warning("%s: the API server's resourceVersion went back from %s to %s (etcd "
                         "restored from a backup?): everything is replaced by its current "
                         "list", self.kind, self.resource_version, listed)
-        src._deliver("replace", self.kind, objects)
+        count += len(items)
+        if paged:
+            src._deliver("replace", self.kind, items, first=first, last=True)
+        else:
+            src._deliver("replace", self.kind, items)
         self.resource_version = listed
         self.synced.set()
-        log.debug("%s: listed %d at %s", self.kind, len(objects), self.resource_version)
+        log.debug("%s: listed %d at %s", self.kind, count, self.resource_version)
 
     def _complete(self, obj: dict) -> dict:
         # List items come without kind/apiVersion; watch objects carry them.
@@ -392,12 +408,12 @@ class KubeSource:
             return self.stopping
         return self._stop.wait(delay)
 
-    def _deliver(self, op: str, kind: Kind, payload: Any) -> None:
+    def _deliver(self, op: str, kind: Kind, payload: Any, **kw: Any) -> None:
         with self._sink_lock:
             if self.stopping:
                 return
             try:
-                getattr(self.sink, op)(kind, payload)
+                getattr(self.sink, op)(kind, payload, **kw)
             except Exception:
                 # The sink owns per-object errors; a bug there must not stop the watch.
                 log.exception("%s: sink.%s failed", kind, op)

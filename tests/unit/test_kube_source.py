@@ -173,6 +173,44 @@ def test_paged_list_is_one_replace(api: FakeKubeAPI, make_source) -> None:
     assert len(pages) == 3 and "continue" in pages[1].query
 
 
+class PagedSink(RecordingSink):
+    """A sink that takes lists page by page, like the agent's store."""
+
+    accepts_pages = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing: dict[str, dict] = {}
+
+    def replace(self, kind: str, objects: list[dict], *, first: bool = True,
+                last: bool = True) -> None:
+        with self.lock:
+            self.events.append(("page" if not (first and last) else "replace", kind,
+                                (first, last, names(objects))))
+            if first:
+                self.listing[kind] = {}
+            self.listing[kind].update((object_key(o), o) for o in objects)
+            if last:
+                self.state[kind] = self.listing.pop(kind)
+
+
+def test_a_paged_list_reaches_a_paged_sink_page_by_page(api: FakeKubeAPI,
+                                                        kubeconfig: str) -> None:
+    for i in range(5):
+        api.create(service("default", f"s{i}", f"10.96.0.{i + 1}"))
+    sink = PagedSink()
+    src = KubeSource(sink, NODE, kubeconfig=kubeconfig, page_size=2, sleep=SleepRecorder(),
+                     watch_timeout=(30, 30))
+    src.start()
+    try:
+        assert src.wait_synced(5)
+        assert [obj for _, obj in sink.of("Service")] == [
+            (True, False, ["s0", "s1"]), (False, False, ["s2", "s3"]), (False, True, ["s4"])]
+        assert sink.names("Service") == [f"s{i}" for i in range(5)]
+    finally:
+        src.stop()
+
+
 def test_watch_updates_arrive_in_order(api: FakeKubeAPI, make_source) -> None:
     populate(api)
     src, sink = make_source()

@@ -138,6 +138,45 @@ def test_replace_prunes_missing_objects() -> None:
     assert store.state_for(("ns", "svc")) == () and store.full_state().service_ports == ()
 
 
+def test_a_list_in_pages_prunes_only_at_its_last_page() -> None:
+    store = fresh()
+    store.replace("Service", [svc("svc", rv="1"), svc("b", "172.30.0.2")])
+    store.take_changes()
+    # A relist in two pages: "b" is gone, "c" new; nothing goes before the end.
+    store.replace("Service", [svc("c", "172.30.0.3")], first=True, last=False)
+    assert store.service_keys() == [("ns", "b"), ("ns", "c"), ("ns", "svc")]
+    assert store.state_for(("ns", "c"))  # applied as it came
+    store.replace("Service", [svc("svc", rv="1")], first=False, last=True)
+    assert store.service_keys() == [("ns", "c"), ("ns", "svc")]
+    assert store.take_changes() == {("ns", "b"), ("ns", "c")}
+
+
+def test_a_new_first_page_abandons_an_unfinished_list() -> None:
+    store = fresh()
+    store.replace("Service", [svc("svc"), svc("b", "172.30.0.2")])
+    store.replace("Service", [svc("b", "172.30.0.2")], first=True, last=False)  # then it failed
+    store.replace("Service", [svc("svc")], first=True, last=True)  # the next list: b is gone
+    assert store.service_keys() == [("ns", "svc")]
+
+
+def test_slice_endpoints_serve_every_port_and_node() -> None:
+    store = ServiceStore(NodeConfig(node_name=NODE))
+    two = svc(ports=[{"name": "http", "port": 80}, {"name": "metrics", "port": 9090}])
+    sl = eps("svc-1", "svc", "10.0.0.1", node=NODE)
+    sl["ports"] = [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9100}]
+    store.replace("Service", [two])
+    store.replace("EndpointSlice", [sl])
+    store.replace("Node", [])
+    got = {s.service.port_name: [(e.addr, e.is_local) for e in s.cluster_endpoints or ()]
+           for s in store.state_for(("ns", "svc"))}
+    assert got == {"http": [("10.0.0.1:8080", True)], "metrics": [("10.0.0.1:9100", True)]}
+    other = ServiceStore(NodeConfig(node_name="elsewhere"))
+    for kind, objs in (("Service", [two]), ("EndpointSlice", [sl]), ("Node", [])):
+        other.replace(kind, objs)
+    assert all(not e.is_local for s in other.state_for(("ns", "svc"))
+               for e in s.cluster_endpoints or ())
+
+
 def test_slice_moving_between_services_marks_both() -> None:
     store = fresh()
     store.upsert("Service", svc("other", "172.30.0.2"))

@@ -44,7 +44,7 @@ class Backend(NamedTuple):
         return (self.ip, self.port, self.proto)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     ip: str
     port: int
@@ -120,9 +120,15 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     if svc.internal_policy_local:
         base_flags |= L.ServiceFlag.LOCAL_ITP
 
-    def make(ip: str, port: int, kind_flag: int, eps: Iterable[Endpoint] | None,
+    shared: dict[int, tuple[Backend, ...]] = {}  # id(endpoint set) -> its backends
+
+    def make(ip: str, port: int, kind_flag: int, eps: tuple[Endpoint, ...] | None,
              scope: int = L.SCOPE_INTERNAL, ranges: tuple[str, ...] = ()) -> Frontend:
-        backends = _backends(eps, proto, node)
+        # Frontends of one endpoint set share one backend tuple (NodePort,
+        # external and LB IPs repeat the cluster set).
+        backends = shared.get(id(eps))
+        if backends is None:
+            backends = shared[id(eps)] = _backends(eps, proto, node)
         active = {b.key for b in backends}
         local_only = eps is not None and eps is sps.local_endpoints
         draining = tuple(b for b in _backends(
