@@ -295,3 +295,32 @@ def test_a_refused_service_is_reported_per_frontend() -> None:
     status = r.apply({("ns", "a"): [a], ("ns", "b"): [b, c]})  # b wants a's frontend too
     assert status[("ns", "a")] is None and "already used by ns/a" in status[("ns", "b")]
     assert r.last_frontend_status == {a.key: None, c.key: status[("ns", "b")]}
+
+
+def test_a_large_sync_in_batches_keeps_every_lookup_whole(monkeypatch) -> None:
+    from pyagent.dataplanes.ebpf import reconciler
+
+    def services(n: int, shift: int) -> dict:
+        def backend(k: int) -> str:
+            return f"10.1.{k // 200}.{k % 200 + 1}"
+        # backends shared between neighbours; a shift moves them all
+        return {("ns", f"s{i:04}"): [fe(f"10.96.{i // 250}.{i % 250 + 1}", 80,
+                                        *(backend(i + j + shift) for j in range(3)))]
+                for i in range(n)}
+
+    batched, whole = FakeMaps(), FakeMaps()
+    runs = []
+    run = batched.run
+    monkeypatch.setattr(batched, "run", lambda phases: (runs.append(1), run(phases)))
+    rb, rw = Reconciler(batched), Reconciler(whole)
+    for step, (n, shift) in enumerate([(600, 0), (600, 7), (300, 3)]):
+        want = services(n, shift)
+        runs.clear()
+        monkeypatch.setattr(reconciler, "FLUSH_OPS", 50)
+        rb.apply(want, prune_unowned=True)
+        monkeypatch.setattr(reconciler, "FLUSH_OPS", 10**9)
+        rw.apply(want, prune_unowned=True)
+        assert len(runs) > 1, "not batched"
+        # FakeMaps.check ran after every phase of every batch
+        assert batched.maps == whole.maps, f"step {step}"
+        assert rb.last_ops == rw.last_ops

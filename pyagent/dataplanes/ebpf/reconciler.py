@@ -15,6 +15,9 @@ missing backend or a master entry counting a slot that does not exist yet
   1 new backends, 2 new rev-NAT entries, 3 slots, 4 master entries
   (writes and deletes), 5 surplus slots, 6 freed rev-NAT ids, 7 freed backends.
 
+A large sync runs these phases once per batch of Services (freed backends
+only in the last), so its map operations are never all in memory at once.
+
 Capacity is all-or-nothing per Service: everything a Service needs (map
 entries, slots, ids, affinity membership, Maglev tables, source ranges) is
 counted and checked before any of it is planned, so a Service the maps
@@ -65,6 +68,7 @@ __all__ = ["AFFMATCH", "BACKENDS", "REVNAT", "SERVICES", "MAX_REV_ID", "MAX_BACK
 
 ServiceKey = tuple[str, str]
 NPHASES = 7
+FLUSH_OPS = 20_000  # map operations planned before a large sync writes a batch
 TC_KINDS = (MAGLEV, SRCRANGE)  # written after the phases (TcWriter.write_tc)
 LB_KINDS = (SERVICES, BACKENDS, REVNAT, AFFMATCH, REV_IDS, BACKEND_IDS)
 
@@ -336,7 +340,7 @@ class Reconciler:
                prune_unowned: bool) -> tuple[list[ServiceKey], bool]:
         phases: list[list[Op]] = [[] for _ in range(NPHASES)]
         retry: list[ServiceKey] = []
-        for svc in names:
+        for planned, svc in enumerate(names, start=1):
             try:
                 self._plan_service(svc, wanted[svc], phases)
                 status[svc] = None
@@ -344,6 +348,16 @@ class Reconciler:
                 status[svc] = Refusal(str(exc), exc.reason, exc.map)
                 if exc.reason == MAP_FULL:
                     retry.append(svc)
+            # A large sync runs in batches of whole Services, each in phase
+            # order: its operations are never all alive at once (a full sync
+            # of 100k endpoints makes 200k). Nothing is freed before the end
+            # (ids, backends: see _release), so a later batch never reuses
+            # what an earlier one deletes. Not with stray entries: _prune must
+            # see every write of the sync.
+            if planned % 256 == 0 and not self._stray and sum(map(len, phases)) >= FLUSH_OPS:
+                self.last_ops += sum(len(p) for p in phases)
+                self.writer.run([p for p in phases if p])
+                phases = [[] for _ in range(NPHASES)]
         if prune_unowned:
             self._prune(phases)
         self._release(phases)
