@@ -107,6 +107,7 @@ class Watcher:
 class Request:
     path: str
     query: dict[str, str]
+    authorization: str | None = None  # the Authorization header
     watch: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -642,7 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         url = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        api.requests.append(Request(url.path, q))
+        api.requests.append(Request(url.path, q, self.headers.get("Authorization")))
         if (code := api.next_failure()) is not None:
             self.send_body(code, status(code, "InternalError", "injected failure"))
             return

@@ -133,14 +133,14 @@ def fetch_node(get: Callable[[], dict | None], ready: Callable[[dict | None], bo
 
 def api_getter(api_client: Any, name: str) -> Callable[[], dict | None]:
     """GET /api/v1/nodes/NAME as a plain dict; None when it does not exist (404)."""
-    from kubernetes import client
+    from pyagent.sources.kube_http import ApiError, getter
 
-    core = client.CoreV1Api(api_client)
+    read_node = getter(api_client, f"/api/v1/nodes/{name}")
 
     def get() -> dict | None:
         try:
-            resp = core.read_node(name, _preload_content=False, _request_timeout=(5, 10))
-        except client.ApiException as exc:
+            resp = read_node(_request_timeout=(5, 10))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise

@@ -20,8 +20,8 @@ after the backup is undone in the datapath too, and the new watch starts from
 the restored history.
 
 Objects are plain dicts exactly as the API server serializes them (camelCase):
-responses are read raw (`_preload_content=False`), never through the client's
-snake_case models. Sink calls are serialized, so a sink need not be thread-safe.
+responses are read raw (kube_http), never through the client's snake_case
+models. Sink calls are serialized, so a sink need not be thread-safe.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from pyagent.sources.kube_errors import (
     too_large,
     too_large_status,
 )
+from pyagent.sources.kube_http import getter
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +96,22 @@ class TooLarge(Exception):
 class _Resource:
     kind: Kind
     api_version: str
-    list_fn: Callable[..., Any]  # the client's list_* function
+    list_fn: Callable[..., Any]  # kube_http.getter of the collection
     selectors: dict[str, str] = field(default_factory=dict)
 
 
 def _resources(api_client: Any, node_name: str, label_selector: str) -> list[_Resource]:
-    from kubernetes import client
-
-    core = client.CoreV1Api(api_client)
-    discovery = client.DiscoveryV1Api(api_client)
     labels = {"label_selector": label_selector} if label_selector else {}
     return [
-        _Resource("Service", "v1", core.list_service_for_all_namespaces, labels),
+        _Resource("Service", "v1", getter(api_client, "/api/v1/services"), labels),
         _Resource(
             "EndpointSlice",
             "discovery.k8s.io/v1",
-            discovery.list_endpoint_slice_for_all_namespaces,
+            getter(api_client, "/apis/discovery.k8s.io/v1/endpointslices"),
             labels,
         ),
-        _Resource("Node", "v1", core.list_node, {"field_selector": f"metadata.name={node_name}"}),
+        _Resource("Node", "v1", getter(api_client, "/api/v1/nodes"),
+                  {"field_selector": f"metadata.name={node_name}"}),
     ]
 
 
@@ -213,7 +211,7 @@ class _Reflector:
 
     def _call(self, **kwargs: Any) -> Any:
         try:
-            resp = self.res.list_fn(**self.res.selectors, **kwargs, _preload_content=False)
+            resp = self.res.list_fn(**self.res.selectors, **kwargs)
         except Exception as e:
             if _gone_status(e):
                 raise Gone(f"HTTP 410: {getattr(e, 'reason', e)}") from e

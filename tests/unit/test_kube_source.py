@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -209,6 +211,22 @@ def test_a_paged_list_reaches_a_paged_sink_page_by_page(api: FakeKubeAPI,
         assert sink.names("Service") == [f"s{i}" for i in range(5)]
     finally:
         src.stop()
+
+
+def test_requests_carry_the_kubeconfig_token_and_skip_the_generated_api(
+        api: FakeKubeAPI, kubeconfig: str) -> None:
+    populate(api)
+    code = ("import sys; from pyagent.sources.kube import KubeSource\n"
+            "class Sink:\n"
+            "    def __getattr__(self, name): return lambda *a, **kw: None\n"
+            f"src = KubeSource(Sink(), {NODE!r}, kubeconfig={kubeconfig!r})\n"
+            "src.start(); assert src.wait_synced(10); src.stop()\n"
+            "print([m for m in sys.modules if m.startswith('kubernetes.client.api.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    # The generated API classes cost seconds and megabytes to import.
+    assert out.strip() == "[]"
+    assert {r.authorization for r in api.requests} == {"Bearer fake-token"}
 
 
 def test_watch_updates_arrive_in_order(api: FakeKubeAPI, make_source) -> None:
