@@ -140,9 +140,25 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
         from pyagent.sources.kube import KubeSource
 
         source = KubeSource(sink, node_name=config.node_name, api_client=client)
-    agent.start()
+    # The dataplane's setup (the BPF compiles, in child processes: seconds)
+    # runs while the source lists: the first sync finds the store filled.
+    setup_error: list[BaseException] = []
+
+    def setup() -> None:
+        try:
+            agent.start()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in this thread
+            setup_error.append(exc)
+    setting_up = threading.Thread(target=setup, name="dataplane-setup")
+    setting_up.start()
+    try:
+        source.start()
+    finally:
+        setting_up.join()
+    if setup_error:
+        source.stop()
+        raise setup_error[0]
     obs.start()
-    source.start()
     log.info("pyagent running: mode=%s node=%s node IPs=%s interfaces=%s cgroup=%s bpffs=%s",
              config.mode, config.node_name, ",".join(config.node_ips) or "-",
              ",".join(config.interfaces) or "-", config.cgroup or "(root)", config.bpffs)
