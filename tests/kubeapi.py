@@ -158,6 +158,7 @@ def _field(obj: dict, path: str) -> str:
 class Selector:
     def __init__(self, namespace: str | None, labels: str, fields: str) -> None:
         self.namespace = namespace
+        self.text = (namespace, labels, fields)
         self.labels = _selector_terms(labels, "label")
         self.fields = _selector_terms(fields, "field")
 
@@ -223,6 +224,7 @@ class FakeKubeAPI:
         self._objects: dict[str, dict[tuple[str, str], dict]] = {k: {} for k in RESOURCES}
         self._log: list[Event] = []
         self._compacted = 0
+        self._listed: dict[tuple[str, int, tuple], list[dict]] = {}  # first pages' lists
         self._paused = False
         self._watchers: set[Watcher] = set()
         self._failures: list[int] = []
@@ -415,6 +417,7 @@ class FakeKubeAPI:
                 self._rv, objects, log = snap
                 self._objects = copy.deepcopy(objects)
                 self._log = list(log)
+                self._listed.clear()  # its resourceVersions will mean other states
             self.close_watches()
             return
         self.stop()
@@ -422,6 +425,7 @@ class FakeKubeAPI:
             self._rv, objects, log = snap
             self._objects = copy.deepcopy(objects)
             self._log = list(log)
+            self._listed.clear()
         self.start()
 
     def compact(self) -> int:
@@ -493,11 +497,20 @@ class FakeKubeAPI:
                 if rv < self._compacted:
                     return 410, status(410, "Expired", "The provided continue parameter is too old")
                 snapshot = self._state_at(kind, rv)
+                items = self._listed.get((kind, rv, sel.text))
+                if items is None:
+                    snapshot = self._state_at(kind, rv)
             else:
-                rv, snapshot = self._rv, self._objects[kind]
-            items = [o for k, o in sorted(snapshot.items()) if sel.matches(o)]
+                rv, snapshot, items = self._rv, self._objects[kind], None
+            if items is None:
+                items = [o for k, o in sorted(snapshot.items()) if sel.matches(o)]
+                # The next pages of this list read the same snapshot (immutable:
+                # commits store copies): a list of N items costs O(N), not O(N^2).
+                if len(self._listed) >= 8:
+                    self._listed.pop(next(iter(self._listed)))
+                self._listed[(kind, rv, sel.text)] = items
         if after is not None:
-            items = [o for o in items if list(_key(o)) > after]
+            items = items[bisect.bisect_right([list(_key(o)) for o in items], after):]
         meta: dict = {"resourceVersion": str(rv)}
         if limit and len(items) > limit:
             items, rest = items[:limit], len(items) - limit
@@ -505,12 +518,10 @@ class FakeKubeAPI:
             meta["continue"] = base64.b64encode(json.dumps({"rv": rv, "after": last}).encode())
             meta["continue"] = meta["continue"].decode()
             meta["remainingItemCount"] = rest
-        stripped = []
-        for obj in items:  # the real server omits kind/apiVersion on list items
-            obj = copy.deepcopy(obj)
-            obj.pop("kind", None)
-            obj.pop("apiVersion", None)
-            stripped.append(obj)
+        # The real server omits kind/apiVersion on list items (shallow copies:
+        # the stored objects are never changed in place).
+        stripped = [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+                    for obj in items]
         body = {"kind": kind + "List", "apiVersion": res.api_version, "metadata": meta}
         return 200, body | {"items": stripped}
 
