@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 
 def release_free_memory() -> None:
     """After a large sync, hand the heap's free pages back to the kernel
-    (glibc keeps them otherwise: the RSS would stay at the sync's peak)."""
+    (glibc keeps them otherwise: the RSS would stay at the sync's peak),
+    and move what survives out of the collector's sight (gc.freeze): the
+    next collections then scan only what changed since, instead of a
+    million long-lived objects in the middle of an endpoint change (a
+    10-50 ms pause at 100k endpoints). Refcounting still frees them."""
+    gc.unfreeze()  # cycles among earlier survivors are collected too
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
