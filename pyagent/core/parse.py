@@ -12,6 +12,7 @@ them anyway.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 import sys
@@ -63,21 +64,32 @@ DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 DNS1123_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
+_NAME_RULES = {
+    "label": (DNS1123_LABEL, 63, "a DNS-1123 label (lower-case letters, digits and '-', "
+                                 "starting and ending with a letter or digit)"),
+    "1035": (DNS1035_LABEL, 63, "a DNS-1035 label (lower-case letters, digits and '-', "
+                                "starting with a letter, ending with a letter or digit)"),
+    "subdomain": (DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain (DNS-1123 labels "
+                                          "joined by '.')"),
+}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_ok(value: str, rule: str) -> bool:
+    # Cached: each object's namespace and name are checked two or three times
+    # on its way into the store, and namespaces repeat across the cluster.
+    pattern, limit, _ = _NAME_RULES[rule]
+    return len(value) <= limit and pattern.fullmatch(value) is not None
+
+
 def check_name(value: str, field: str, rule: str) -> str:
     """`value` if it is a valid name under `rule` ("label", "1035", "subdomain")."""
-    pattern, limit, what = {
-        "label": (DNS1123_LABEL, 63, "a DNS-1123 label (lower-case letters, digits and '-', "
-                                     "starting and ending with a letter or digit)"),
-        "1035": (DNS1035_LABEL, 63, "a DNS-1035 label (lower-case letters, digits and '-', "
-                                    "starting with a letter, ending with a letter or digit)"),
-        "subdomain": (DNS1123_SUBDOMAIN, 253, "a DNS-1123 subdomain (DNS-1123 labels "
-                                              "joined by '.')"),
-    }[rule]
+    if _name_ok(value, rule):
+        return value
+    pattern, limit, what = _NAME_RULES[rule]
     if len(value) > limit:
         raise ParseError(f"{field}: {show(value)} is longer than {limit} characters")
-    if not pattern.fullmatch(value):
-        raise ParseError(f"{field}: {show(value)} is not {what}")
-    return value
+    raise ParseError(f"{field}: {show(value)} is not {what}")
 
 
 # --- addresses ---------------------------------------------------------------
@@ -91,7 +103,7 @@ def parse_ip(text: object) -> IPAddress | None:
         fields = [int(f) for f in text.split(".")]
         if max(fields) > 255:
             return None
-        return ipaddress.IPv4Address(".".join(map(str, fields)))
+        return ipaddress.IPv4Address(bytes(fields))  # from bytes: no second parse
     if ":" not in text or "%" in text:
         return None
     try:
