@@ -234,6 +234,9 @@ class Loaded:
     documents: list[Any] = field(default_factory=list)  # data (may hold NotJSON) or BadDocument
     errors: list[str] = field(default_factory=list)  # each names the file
     broken: bool = False  # unreadable, unparsable or over a limit: the content is incomplete
+    # JSON data throughout (JSON text without an out-of-range number): the
+    # per-object check_constructed can be skipped.
+    json_data: bool = False
 
 
 def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | None = None
@@ -265,12 +268,20 @@ def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | Non
 
 
 def _load_json(text: str, name: str, limits: ParseLimits, out: Loaded) -> None:
+    finite = [True]
+
+    def number(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):  # 1e999: refused later, per object
+            finite[0] = False
+        return value
     try:
-        doc = json.loads(text, parse_constant=_no_constant)
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=number)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         out.errors.append(f"{name}: invalid JSON: {_oneline(exc)}")
         out.broken = True
         return
+    out.json_data = finite[0]
     items = doc.get("items") if isinstance(doc, dict) else doc
     if isinstance(items, list) and len(items) > limits.max_objects:
         out.errors.append(f"{name}: more than {limits.max_objects:,} objects "

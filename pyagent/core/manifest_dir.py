@@ -72,6 +72,9 @@ class FileResult:
     refused: list[tuple[Kind, ObjectKey, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     broken: bool = False  # unreadable, unparsable or over a limit: its content is incomplete
+    # JSON data by construction (inputs.Loaded.json_data): the per-object
+    # check (a json.dumps of each) is skipped.
+    json_data: bool = False
 
 
 @contextmanager
@@ -179,7 +182,8 @@ def _note_duplicate(out: ManifestSet, kind: Kind, key: ObjectKey, fname: str) ->
 def read_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS) -> FileResult:
     """One file's usable objects, refused objects and problems."""
     loaded = load_file(path, limits)
-    res = FileResult(errors=list(loaded.errors), broken=loaded.broken)
+    res = FileResult(errors=list(loaded.errors), broken=loaded.broken,
+                     json_data=loaded.json_data)
     many = len(loaded.documents) > 1
     for i, doc in enumerate(loaded.documents, 1):
         _collect(doc, path.name, f" (document {i})" if many else "", res)
@@ -237,7 +241,8 @@ def _collect(doc: Any, fname: str, at: str, res: FileResult,
         res.errors.append(f"{fname}: {_describe(doc)}: {exc}, ignored{at}")
         return
     try:
-        res.objects.append((kind, key, check_constructed(doc)))  # type: ignore[arg-type]
+        obj = doc if res.json_data else check_constructed(doc)
+        res.objects.append((kind, key, obj))  # type: ignore[arg-type]
     except ParseError as exc:
         res.refused.append((kind, key, str(exc)))  # type: ignore[arg-type]
 
