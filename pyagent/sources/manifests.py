@@ -21,6 +21,7 @@ from pyagent.core.sink import KINDS, ObjectSink
 
 log = logging.getLogger(__name__)
 LOGGED = 100  # problems logged per read: a file of 200,000 bad documents must not flood
+PAGE = 500  # objects per replace() to a sink that accepts pages
 
 
 class ManifestDirectory(ManifestReader):
@@ -73,10 +74,24 @@ class ManifestSource:
     def sync_once(self) -> None:
         loaded = self.dir.load()
         self.sink.report(loaded.errors)
-        objects = loaded.objects
+        paged = getattr(self.sink, "accepts_pages", False)
         for kind in KINDS:
-            self.sink.replace(kind, objects[kind], refused=loaded.refused[kind],
-                              origins=loaded.origins[kind])
+            objects = list(loaded.by_key[kind].values())
+            loaded.by_key[kind].clear()
+            if not paged:
+                self.sink.replace(kind, objects, refused=loaded.refused[kind],
+                                  origins=loaded.origins[kind])
+                continue
+            # In pages, each dropped here once the sink has it: the raw objects
+            # go while the parsed ones grow, instead of both being alive at once.
+            n = len(objects)
+            for start in range(0, max(n, 1), PAGE):
+                page = objects[start:start + PAGE]
+                objects[start:start + PAGE] = [None] * len(page)
+                last = start + PAGE >= n
+                self.sink.replace(kind, page, refused=loaded.refused[kind] if last else None,
+                                  origins=loaded.origins[kind], first=start == 0, last=last)
+                del page
 
     def start(self) -> None:
         self.sync_once()

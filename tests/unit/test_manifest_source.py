@@ -167,3 +167,30 @@ def test_plan_and_the_agent_see_the_same_state_and_errors(tmp_path) -> None:
     assert store.full_state() == plan_state
     assert sorted(plan_errors) == sorted(store.source_problems + store.error_messages())
     assert [s.service.name for s in plan_state.service_ports] == ["b", "dated"]
+
+
+def test_a_directory_reaches_a_paged_sink_in_pages_and_prunes_at_the_end(
+        tmp_path, monkeypatch) -> None:
+    from pyagent.core.config import NodeConfig
+    from pyagent.core.store import ServiceStore
+    from pyagent.sources import manifests as source
+
+    monkeypatch.setattr(source, "PAGE", 2)
+    store = ServiceStore(NodeConfig(node_name="n1"))
+    calls = []
+    replace = store.replace
+    monkeypatch.setattr(store, "replace", lambda kind, objs, **kw: (
+        calls.append((kind, len(objs), kw.get("first", True), kw.get("last", True))),
+        replace(kind, objs, **kw)))
+    (tmp_path / "a.yaml").write_text("---\n".join(SVC % f"s{i}" for i in range(5)) +
+                                     "---\nkind: Service\nmetadata: {name: bad, namespace: ns}\n"
+                                     "spec: {clusterIP: 10.96.0.9, ports: [{port: 0}]}\n")
+    src = source.ManifestSource(tmp_path, store)
+    src.sync_once()
+    assert [c for c in calls if c[0] == "Service"] == [
+        ("Service", 2, True, False), ("Service", 2, False, False), ("Service", 2, False, True)]
+    assert store.service_keys() == [("ns", f"s{i}") for i in range(5)]
+    assert any("bad" in e for e in store.error_messages())
+    (tmp_path / "a.yaml").write_text(SVC % "s3")
+    src.sync_once()
+    assert store.service_keys() == [("ns", "s3")]
