@@ -74,10 +74,11 @@ _NAME_RULES = {
 }
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=4096)
 def _name_ok(value: str, rule: str) -> bool:
     # Cached: each object's namespace and name are checked two or three times
-    # on its way into the store, and namespaces repeat across the cluster.
+    # in a row on its way into the store, and namespaces repeat. Small: a
+    # cache of every name would cost 2.7 MiB at 10k Services.
     pattern, limit, _ = _NAME_RULES[rule]
     return len(value) <= limit and pattern.fullmatch(value) is not None
 
