@@ -73,6 +73,13 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     assert st["cgroup"] == str(lab.cgroup)
     assert len(st["attachments"]) == 9 and all(len(v) == 1 for v in st["attachments"].values())
     assert st["maps"]["lb4_services"]["entries"] == 4  # master + 3 slots
+    assert st["healthy"] is True and st["problems"] == [], st["problems"]
+    assert st["source"]["kind"] == "manifests" and st["source"]["connected"] is True
+    assert st["version"] and st["agentVersion"] == st["version"]
+    assert st["lastEvent"] and st["metricsAddress"].startswith("127.0.0.1:")
+    assert st["monitors"] == {"listening": [], "stale": [], "lost": 0}
+    text = alab.pyagent("status", "--bpffs", alab.bpffs)
+    assert text.returncode == 0 and text.stdout.rstrip().endswith("status:      OK"), text.stdout
 
     info = statusfile.read(alab.bpffs)
     assert info is not None
@@ -94,3 +101,7 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     code, body = http_get(lab, info["healthzPort"], "/healthz")
     assert code == 200, body
     assert {"lastUpdated", "currentTime"} <= set(json.loads(body))
+
+    alab.stop()
+    down = alab.pyagent("status", "--bpffs", alab.bpffs)
+    assert down.returncode == 1 and "problem:     the agent is not running" in down.stdout

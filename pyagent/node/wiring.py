@@ -140,6 +140,7 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
         from pyagent.sources.kube import KubeSource
 
         source = KubeSource(sink, node_name=config.node_name, api_client=client)
+    obs.set_source(source.connectivity)
     # The dataplane's setup (the BPF compiles, in child processes: seconds)
     # runs while the source lists: the first sync finds the store filled.
     setup_error: list[BaseException] = []

@@ -18,6 +18,7 @@ from pyagent.observe.health import HealthState, start_health_server
 from pyagent.observe.healthcheck import ServiceHealthServer
 from pyagent.observe.metrics import Metrics, start_metrics_server
 from pyagent.observe.report import SyncReport
+from pyagent.observe.status_report import Connectivity
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ class Observability:
         self._dataplane: Described | None = None
         self._hc: dict[tuple[str, str], tuple[int, int]] = {}
         self.healthz_port = self.metrics_port = 0
+        self._connectivity: Connectivity | None = None
+        self.last_event: float | None = None
+
+    def set_source(self, connectivity: Connectivity) -> None:
+        """How the status file learns whether the source answers."""
+        self._connectivity = connectivity
 
     def attach(self, dataplane: Described) -> None:
         self._dataplane = dataplane
@@ -77,6 +84,7 @@ class Observability:
 
     # -- agent events -------------------------------------------------------
     def on_queued(self) -> None:
+        self.last_event = time.time()
         self.health.queued_update()
         self.metrics.queued(time.time())
 
@@ -107,7 +115,7 @@ class Observability:
 
     def _write_status(self, report: SyncReport) -> None:
         """For `pyagent status` / `services list`: frontends by name."""
-        from pyagent.observe import statusfile
+        from pyagent.observe import status_report, statusfile
 
         described = self._dataplane.describe() if self._dataplane is not None else None
         statusfile.write(self.config.bpffs, {
@@ -120,7 +128,9 @@ class Observability:
             "objectErrors": list(report.object_errors),
             "sourceErrors": list(report.source_problems),
             "refused": [r.to_json() for r in report.refused],
-            "frontends": [fe.to_json() for fe in described.frontends] if described else []})
+            "frontends": [fe.to_json() for fe in described.frontends] if described else [],
+            **status_report.fields(self.config, self._connectivity, self.last_event,
+                                   self.healthz_port, self.metrics_port)})
 
     def _sync_health_checks(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
                             full: bool) -> None:

@@ -447,6 +447,18 @@ class KubeSource:
                 return False
         return True
 
+    def connectivity(self) -> dict:
+        """For `pyagent status`: does the API server answer every watch?"""
+        failing = {k: r.outage for k, r in self._reflectors.items() if r.outage is not None}
+        problem = ""
+        if failing:
+            kind, (since, failures, _) = next(iter(failing.items()))
+            problem = (f"{kind}: failing for {time.monotonic() - since:.0f}s "
+                       f"({failures} attempts)")
+        return {"kind": "kubernetes", "where": self._api_client.configuration.host,
+                "connected": not failing, "synced": all(self.synced.values()),
+                "problem": problem}
+
     def resource_version(self, kind: Kind) -> str:
         """The last resourceVersion seen for `kind` (list, event or bookmark)."""
         return self._reflectors[kind].resource_version

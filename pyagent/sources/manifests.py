@@ -112,3 +112,9 @@ class ManifestSource:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+
+    def connectivity(self) -> dict:
+        """For `pyagent status`: the directory stands in for the API server."""
+        ok = self.dir.directory.is_dir()
+        return {"kind": "manifests", "where": str(self.dir.directory), "connected": ok,
+                "synced": ok, "problem": "" if ok else "directory missing"}
