@@ -67,6 +67,11 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     [row] = [r for r in rows if r["frontend"] == "10.96.0.10:80/TCP"]
     assert row["service"] == "default/echo:http" and row["type"] == "CLUSTER_IP"
     assert sorted(row["backends"]) == sorted(f"{p.ip4}:8080" for p in lab.pods)
+    assert row["scope"] == "internal" and row["algorithm"] == "random"
+    assert sum(e["newConnections"] for e in row["endpoints"]) >= 30
+    assert {e["state"] for e in row["endpoints"]} == {"active"}
+    wide = alab.pyagent("services", "list", "--bpffs", alab.bpffs, "-o", "wide").stdout
+    assert "AFFINITY" in wide and "default/echo:http" in wide and " new)" in wide
 
     st = json.loads(alab.pyagent("status", "--bpffs", alab.bpffs, "--json").stdout)
     assert st["mode"] == "ebpf" and st["agentRunning"] is True
