@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from collections.abc import Iterator
 
@@ -57,7 +58,7 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     alab.write("svc.yaml", service("echo", ["10.96.0.10"], [("http", "TCP", 80)]),
                slice_("echo", "echo", 4, [("http", "TCP", 8080)],
                       [(p.ip4, True) for p in lab.pods]))
-    alab.start()
+    alab.start("--metrics-per-backend")
     alab.wait(lambda f: len(f.get(("10.96.0.10", 80, "TCP"), ())) == 3, "echo")
     alab.wait(lambda f: statusfile.read(alab.bpffs) is not None, "status file")
     assert lab.client("10.96.0.10", 80, count=30).total == 30
@@ -98,7 +99,15 @@ def test_services_list_status_metrics_healthz(alab: AgentLab) -> None:
     assert m["kubeproxy_sync_proxy_rules_service_changes_pending"] == 0
     assert m["kubeproxy_sync_proxy_rules_endpoint_changes_total"] >= 1
     assert m['pyagent_bpf_map_pressure{map_name="lb4_services"}'] > 0
-    assert m['pyagent_service_new_connections_total{service="default/echo:http"}'] >= 30
+    key = 'pyagent_service_new_connections_total{namespace="default",port="http",service="echo"}'
+    assert m[key] >= 30
+    build = (f'pyagent_build_info{{mode="ebpf",python_version="{platform.python_version()}",'
+             f'version="{st["version"]}"}}')
+    assert m[build] == 1
+    assert m["process_resident_memory_bytes"] > 0 and m["process_open_fds"] > 0
+    assert m["kubeproxy_sync_full_proxy_rules_duration_seconds_count"] >= 1
+    assert m['kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="internal"}'] == 0
+    assert not [k for k in m if "_created" in k]
     per_backend = [m[f'pyagent_backend_new_connections_total{{backend="{p.ip4}:8080"}}']
                    for p in lab.pods]
     assert sum(per_backend) >= 30 and all(n > 0 for n in per_backend)

@@ -87,6 +87,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     kubeconfig = getattr(args, "kubeconfig", None)
     if kubeconfig:
         changes["kubeconfig"] = kubeconfig
+    if getattr(args, "metrics_per_backend", False):
+        changes["metrics_per_backend"] = True
     if getattr(args, "bpf_lb_map_max", None):
         changes["bpf_lb_map_max"] = args.bpf_lb_map_max
     config = dataclasses.replace(config, **changes)
@@ -182,5 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--healthz-bind-address", help="HOST:PORT for /healthz (port 0: any)")
     p.add_argument("--metrics-bind-address", help="HOST:PORT for /metrics (port 0: any; "
                    "empty: off)")
+    p.add_argument("--metrics-per-backend", action="store_true",
+                   help="also export new connections per backend address (series grow "
+                        "with the cluster)")
     KP.add_flags(p)
     p.set_defaults(func=run)

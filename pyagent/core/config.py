@@ -49,6 +49,7 @@ class NodeConfig:
     min_sync_period: float = 1.0
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
+    metrics_per_backend: bool = False  # pyagent_backend_new_connections_total (big)
     mode: str = "ebpf"
     bpffs: str = DEFAULT_BPFFS
     cgroup: str | None = None  # None: the root of the cgroup2 mount

@@ -120,6 +120,10 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
         log.info("%s", kheaders.ensure())
     dataplane = make_dataplane(config)
     obs = Observability(config)
+    if client is not None:
+        from pyagent.sources.kube_client import instrument
+
+        instrument(client, obs.metrics.extra.request)
     agent = Agent(config, dataplane, observers=[obs])
     obs.attach(dataplane)
     exit_code = [0]

@@ -14,7 +14,13 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
@@ -29,6 +35,9 @@ from pyagent.observe.httpserver import (
 )
 
 log = logging.getLogger(__name__)
+# No <counter>_created / <histogram>_created series: one more series per
+# counter that no kube-proxy dashboard reads.
+disable_created_metrics()
 
 DEFAULT_BIND = "127.0.0.1:10249"
 REFUSAL_REASONS = ("map_full", "frontend_conflict", "too_many_backends", "error")
@@ -45,6 +54,16 @@ NETWORK_PROGRAMMING_BUCKETS = (
     _linear(0.25, 0.25, 2) + _linear(1, 1, 59) + _linear(60, 5, 12) + _linear(120, 30, 7)
 )
 
+SERVICE_LABELS = ("namespace", "service", "port")
+
+
+def split_service(name: str) -> list[str]:
+    """"ns/name:port" -> [ns, name, port] (the labels of SERVICE_LABELS)."""
+    ns, _, rest = name.partition("/")
+    svc, _, port = rest.rpartition(":")
+    return [ns, svc, port] if svc else [ns, rest, ""]
+
+
 # Each returns {label value: number}, read at scrape time.
 ValuesFn = Callable[[], Mapping[str, float]]
 
@@ -57,34 +76,35 @@ class _ScrapeTimeCollector:
         self.service_connections: ValuesFn | None = None
         self.backend_connections: ValuesFn | None = None
 
-    def _families(self) -> list[tuple[str, type, str, str, ValuesFn | None]]:
+    def _families(self) -> list[tuple[str, type, str, tuple[str, ...], ValuesFn | None]]:
         return [
             (
                 "pyagent_bpf_map_pressure",
                 GaugeMetricFamily,
                 "Fill level of a BPF map (entries / max entries); >= 1.0 means full.",
-                "map_name",
+                ("map_name",),
                 self.map_pressure,
             ),
             (
                 "pyagent_service_new_connections",
                 CounterMetricFamily,
-                "New connections load-balanced to a service, per service.",
-                "service",
+                "New connections load-balanced to a service port.",
+                SERVICE_LABELS,
                 self.service_connections,
             ),
             (
                 "pyagent_backend_new_connections",
                 CounterMetricFamily,
-                "New connections sent to a backend, per backend.",
-                "backend",
+                "New connections sent to a backend address (of any Service; opt-in: "
+                "--metrics-per-backend).",
+                ("backend",),
                 self.backend_connections,
             ),
         ]
 
     def describe(self) -> Iterator[Metric]:
-        for name, family, doc, label, _ in self._families():
-            yield family(name, doc, labels=[label])
+        for name, family, doc, labels, _ in self._families():
+            yield family(name, doc, labels=list(labels))
 
     def render(self, openmetrics: bool) -> bytes:
         """The same families as collect() in exposition text, written
@@ -92,7 +112,7 @@ class _ScrapeTimeCollector:
         per-sample formatting was most of a scrape. Byte-identical to
         prometheus_client's output (tests/unit/test_health_metrics.py)."""
         out: list[str] = []
-        for name, family, doc, label, fn in self._families():
+        for name, family, doc, labels, fn in self._families():
             counter = family is CounterMetricFamily
             sample = f"{name}_total" if counter else name
             head = name if openmetrics or not counter else sample
@@ -103,14 +123,18 @@ class _ScrapeTimeCollector:
                 log.exception("metrics: reading %s failed", name)
                 continue
             out.append(f"# HELP {head} {_escape_doc(doc, openmetrics)}\n# TYPE {head} {kind}\n")
-            prefix = f"{sample}{{{label}=\""
+            if labels == SERVICE_LABELS:  # one key, several labels
+                out.extend(f"{sample}{{{_label_set(labels, split_service(k))}}} "
+                           f"{_go_float(v)}\n" for k, v in sorted(values.items()))
+                continue
+            prefix = f"{sample}{{{labels[0]}=\""
             out.extend(f"{prefix}{_escape_label(k)}\"}} {_go_float(v)}\n"
                        for k, v in sorted(values.items()))
         return "".join(out).encode()
 
     def collect(self) -> Iterator[Metric]:
-        for name, family, doc, label, fn in self._families():
-            metric = family(name, doc, labels=[label])
+        for name, family, doc, labels, fn in self._families():
+            metric = family(name, doc, labels=list(labels))
             if fn is not None:
                 try:
                     values = dict(fn())
@@ -118,7 +142,8 @@ class _ScrapeTimeCollector:
                     log.exception("metrics: reading %s failed", name)
                     continue
                 for key, value in sorted(values.items()):
-                    metric.add_metric([key], float(value))
+                    metric.add_metric(split_service(key) if labels == SERVICE_LABELS else [key],
+                                      float(value))
             yield metric
 
 
@@ -130,6 +155,12 @@ def _escape_doc(doc: str, openmetrics: bool) -> str:
 @functools.lru_cache(maxsize=8192)
 def _go_float(value: float) -> str:
     return floatToGoString(value)  # counters repeat (most are 0): cached
+
+
+def _label_set(names: tuple[str, ...], values: list[str]) -> str:
+    """As prometheus_client writes them: sorted by label name."""
+    return ",".join(f'{n}="{_escape_label(v)}"'
+                    for n, v in sorted(zip(names, values, strict=True)))
 
 
 def _escape_label(value: str) -> str:
@@ -154,12 +185,15 @@ class _Proxy:
 class Metrics:
     """All pyagent metrics, registered in `self.registry`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, mode: str = "") -> None:
+        from pyagent.observe.metrics_extra import ExtraMetrics
+
         self.registry = registry if registry is not None else CollectorRegistry()
         self._totals = [0, 0]  # service / endpoint changes counted so far
         # Everything but the scrape-time families, which exposition() renders itself.
         self._core = CollectorRegistry()
         r = self._core
+        self.extra = ExtraMetrics(r, mode)
         self.sync_duration = Histogram(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",

@@ -38,7 +38,7 @@ class Observability:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.health = HealthState(timeout=2 * config.sync_period)
-        self.metrics = Metrics()
+        self.metrics = Metrics(mode=config.mode)
         self.hc = ServiceHealthServer(_hc_addresses(config))
         self._stops: list[Callable[[], None]] = []
         self._dataplane: Described | None = None
@@ -63,7 +63,9 @@ class Observability:
 
         self.metrics.set_sources(map_pressure=reader("map_pressure"),
                                  service_connections=reader("service_connections"),
-                                 backend_connections=reader("backend_connections"))
+                                 # opt-in: its series grow with the cluster
+                                 backend_connections=reader("backend_connections")
+                                 if self.config.metrics_per_backend else None)
 
     def start(self) -> None:
         # An empty address turns a server off (kube-proxy's --metrics-port=0).
@@ -94,6 +96,7 @@ class Observability:
     def on_synced(self, report: SyncReport) -> None:
         self.health.updated()
         self.metrics.synced(report.duration, report.finished)
+        self.metrics.extra.synced(report.duration, report.full, report.states)
         for stamp in report.trigger_times:  # kube-proxy's network programming latency
             self.metrics.network_programming_duration.observe(
                 max(0.0, report.finished - stamp))

@@ -4,6 +4,8 @@ over either."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 # The pod's service account, as kubelet mounts it (module attributes: tests
@@ -62,3 +64,32 @@ def _pin_host(cfg: Any, host: str) -> None:
         c.host = host
         c.refresh_api_key_hook = refresh
     cfg.refresh_api_key_hook = refresh
+
+
+# (method, host, status code or "<error>", seconds): client-go's rest_client_* metrics
+RequestObserver = Callable[[str, str, str, float], None]
+
+
+def instrument(api_client: Any, observe: RequestObserver) -> None:
+    """Count and time every request the kubernetes client's REST layer makes."""
+    from urllib.parse import urlsplit
+
+    rest = api_client.rest_client
+    inner = rest.request
+    host = urlsplit(api_client.configuration.host).netloc
+
+    def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        code = "<error>"
+        try:
+            resp = inner(method, url, *args, **kwargs)
+            code = str(getattr(resp, "status", "<error>"))
+            return resp
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            code = str(status) if status else "<error>"
+            raise
+        finally:
+            observe(method.upper(), host, code, time.monotonic() - start)
+
+    rest.request = request

@@ -152,7 +152,7 @@ EXPECTED_METRICS = [
     "kubeproxy_sync_proxy_rules_service_changes_total",
     "kubeproxy_sync_proxy_rules_endpoint_changes_total",
     'pyagent_bpf_map_pressure{map_name="services"}',
-    'pyagent_service_new_connections_total{service="default/web:http"}',
+    'pyagent_service_new_connections_total{namespace="default",port="http",service="web"}',
     'pyagent_backend_new_connections_total{backend="10.0.0.1:8080/TCP"}',
     "pyagent_sync_errors_total",
     'pyagent_object_errors{kind="Service"}',
@@ -193,7 +193,8 @@ def test_scrape_shows_every_metric() -> None:
         assert samples["kubeproxy_sync_proxy_rules_duration_seconds_count"] == 2
         assert samples["pyagent_sync_errors_total"] == 1
         assert samples['pyagent_bpf_map_pressure{map_name="backends"}'] == 1.0
-        assert samples['pyagent_service_new_connections_total{service="default/web:http"}'] == 12
+        assert samples["pyagent_service_new_connections_total"
+                       '{namespace="default",port="http",service="web"}'] == 12
         assert samples['pyagent_object_errors{kind="Service"}'] == 2
         assert samples['pyagent_object_errors{kind="Node"}'] == 0
         assert get(f"http://127.0.0.1:{port}/proxyMode")[2] == b"ebpf"
@@ -212,10 +213,11 @@ def test_scrape_time_values_are_read_on_each_scrape_and_failures_contained() -> 
     metrics.set_sources(service_connections=lambda: counts, map_pressure=broken)
     _, port, stop = start_metrics_server("127.0.0.1:0", metrics.registry)
     try:
-        assert scrape(port)['pyagent_service_new_connections_total{service="a/b:p"}'] == 1
+        svc = 'pyagent_service_new_connections_total{namespace="a",port="p",service="b"}'
+        assert scrape(port)[svc] == 1
         counts["a/b:p"] = 9
         samples = scrape(port)
-        assert samples['pyagent_service_new_connections_total{service="a/b:p"}'] == 9
+        assert samples[svc] == 9
         assert not any(s.startswith("pyagent_bpf_map_pressure") for s in samples)
     finally:
         stop()
