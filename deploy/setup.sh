@@ -15,7 +15,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 packages=(python3-bpfcc bpfcc-tools libbpfcc-dev libbpf-dev clang llvm bpftool
           iproute2 iptables nftables conntrack python3-venv python3-dev
-          libffi-dev gcc make kmod)
+          libffi-dev gcc make kmod
+          prometheus)  # promtool: tests check deploy/observability with it
 
 missing_packages() {
     local p
