@@ -76,6 +76,7 @@ ROUTES = [
     (re.compile(r"^/api/v1/nodes$"), "Node"),
 ]
 ONE_NODE = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)$")
+EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 
 
 def route(path: str) -> tuple[str, str | None] | None:
@@ -233,6 +234,7 @@ class FakeKubeAPI:
         self.port = 0
         self.gone_as_http = False
         self.requests: list[Request] = []
+        self.events: list[dict] = []  # Events POSTed (core/v1), in order
 
     # --- lifecycle -------------------------------------------------------
 
@@ -685,6 +687,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_body(*api.serve_list(kind, sel, q))
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+
+    def do_POST(self) -> None:
+        """Only Events are created through this fake (core/v1)."""
+        api = self.server.api
+        url = urlsplit(self.path)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        api.requests.append(Request(url.path, {}))
+        if (code := api.next_failure()) is not None:
+            self.send_body(code, status(code, "InternalError", "injected failure"))
+            return
+        m = EVENTS.match(url.path)
+        if m is None or body.get("kind", "Event") != "Event":
+            self.send_body(404, status(404, "NotFound", f"no route for POST {url.path}"))
+            return
+        meta = body.setdefault("metadata", {})
+        if meta.get("namespace", m.group("ns")) != m.group("ns"):
+            self.send_body(400, status(400, "BadRequest", "namespace does not match the path"))
+            return
+        with api._cond:
+            api._rv += 1
+            meta.update(namespace=m.group("ns"), resourceVersion=str(api._rv),
+                        name=meta.get("name") or f"{meta.get('generateName', 'event.')}"
+                                                 f"{api._rv:x}")
+            api.events.append(body)
+        self.send_body(201, body)
 
     def send_body(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()

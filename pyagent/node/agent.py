@@ -154,12 +154,16 @@ class Agent:
         with self.lock:  # what changed while the dataplane worked is pending now
             store = self.store
             by_kind: dict[str, int] = {}
-            for kind, *_ in store.errors:
+            invalid: dict[ServiceKey, str] = {}
+            for (kind, ns, name), msg in store.errors.items():
                 by_kind[kind] = by_kind.get(kind, 0) + 1
+                if kind == "Service":
+                    invalid[(ns, name)] = msg
             return SyncReport(
                 full=full, duration=duration, finished=time.time(), states=states,
                 trigger_times=tuple(triggers), errors=dict(self.errors),
-                refused=self.refused(), object_errors=tuple(store.error_messages()),
+                refused=self.refused(), invalid_services=invalid,
+                object_errors=tuple(store.error_messages()),
                 object_error_counts=by_kind, source_problems=tuple(store.source_problems),
                 pending=store.pending(), totals=store.totals(), node=store.node())
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pyagent.core import node_object
 from pyagent.core.config import NodeConfig
+from pyagent.core.model import ServiceKey
 from pyagent.core.sink import ObjectSink
 from pyagent.dataplanes.base import Dataplane
 from pyagent.node import nodeinfo
+from pyagent.observe.report import SyncObserver, SyncReport
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,27 @@ def _node_object(config: NodeConfig, manifests: Path | None, api_client: Any,
     return nodeinfo.fetch_node(get, lambda n: bool(node_object.node_ips(n)), NODE_WAIT)
 
 
+class EventsObserver:
+    """A SyncObserver handing the Services refused after each sync (by the
+    dataplane, or invalid in the store) to `update`
+    (sources/kube_events.RefusedServiceEvents.update)."""
+
+    def __init__(self, update: Callable[[Mapping[ServiceKey, str]], None]) -> None:
+        self._update = update
+
+    def on_queued(self) -> None:
+        pass
+
+    def on_sync_failed(self) -> None:
+        pass
+
+    def on_synced(self, report: SyncReport) -> None:
+        refused = {key: str(why) for key, why in report.errors.items()}
+        for key, why in report.invalid_services.items():
+            refused.setdefault(key, why)
+        self._update(refused)
+
+
 def make_dataplane(config: NodeConfig) -> Dataplane:
     """The dataplane of `config.mode`, after removing what other modes left in
     this node (a mode switch; pyagent.dataplanes.registry)."""
@@ -120,11 +144,16 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
         log.info("%s", kheaders.ensure())
     dataplane = make_dataplane(config)
     obs = Observability(config)
+    observers: list[SyncObserver] = [obs]
+    events = None
     if client is not None:
         from pyagent.sources.kube_client import instrument
+        from pyagent.sources.kube_events import RefusedServiceEvents
 
         instrument(client, obs.metrics.extra.request)
-    agent = Agent(config, dataplane, observers=[obs])
+        events = RefusedServiceEvents(client, config.node_name)
+        observers.append(EventsObserver(events.update))
+    agent = Agent(config, dataplane, observers=observers)
     obs.attach(dataplane)
     exit_code = [0]
     sink: ObjectSink = agent.sink
@@ -172,4 +201,6 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
     source.stop()
     agent.stop()
     obs.stop()
+    if events is not None:
+        events.stop()
     return exit_code[0]

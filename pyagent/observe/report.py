@@ -39,6 +39,8 @@ class SyncReport:
     trigger_times: tuple[float, ...] = ()
     errors: Mapping[ServiceKey, str] = field(default_factory=dict)  # every Service refused
     refused: tuple[Refused, ...] = ()
+    # Services the store refused as invalid (they keep their last good version)
+    invalid_services: Mapping[ServiceKey, str] = field(default_factory=dict)
     object_errors: tuple[str, ...] = ()  # invalid objects, one line each
     object_error_counts: Mapping[str, int] = field(default_factory=dict)  # by kind
     source_problems: tuple[str, ...] = ()
