@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cli import kubeproxy_flags as KP
-from pyagent.cli.flags import resolve_config
+from pyagent.cli.flags import load_node_state, resolve_config
 from pyagent.core.model import join_host_port
 from pyagent.core.planner import load_state
 from pyagent.core.state import DesiredState, ServicePortState, diff_service_ports, plan_entry
@@ -21,6 +21,7 @@ from pyagent.core.state import DesiredState, ServicePortState, diff_service_port
 EPILOG = """\
 examples:
   pyagent plan --manifests ./cluster --node-name node-1 --json
+  pyagent plan --kubeconfig ~/.kube/config --node-name node-1 --node-ip 192.168.0.2
   pyagent plan --manifests ./cluster --config node.yaml
   pyagent plan --manifests ./after --diff ./before --node-name node-1
 
@@ -41,8 +42,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+    # kube-proxy's command lines carry --kubeconfig: with --manifests, the
+    # manifests are read and it is not used
+    p.add_argument("--manifests", type=Path, metavar="DIR",
                    help="directory of Service, EndpointSlice and Node YAML/JSON files")
+    p.add_argument("--kubeconfig", help="without --manifests: read the objects from this "
+                   "API server")
     p.add_argument("--node-name", help="the node to plan for (overrides the config file)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="KubeProxyConfiguration-style YAML (see docs/kube-proxy.md)")
@@ -50,9 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an address local to the node (default: the Node object's)")
     p.add_argument("--cluster-cidr", action="append", help="pod CIDR (comma-separated ok)")
     p.add_argument("--mode", choices=KP.MODES)
-    # kube-proxy's command line, as `pyagent run` takes it (--kubeconfig and
-    # --master are accepted and not used: plan reads --manifests).
-    p.add_argument("--kubeconfig", help=argparse.SUPPRESS)
+    # kube-proxy's command line, as `pyagent run` takes it
     KP.add_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--diff", type=Path, metavar="OLD_DIR",
@@ -62,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
-        state, errors, config = load_state(args.manifests, config)
+        state, errors, config = load_node_state(args, config)
         old_state = load_state(args.diff, config)[0] if args.diff else None
     except (ValueError, OSError) as exc:
         print(f"pyagent plan: {exc}", file=sys.stderr)

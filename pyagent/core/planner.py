@@ -1,14 +1,16 @@
-"""The desired state of one node computed from a manifests directory, through
-the same loader and ServiceStore the agent runs on (`pyagent plan`, `pyagent
-trace`, tests): what it returns is what the dataplanes would apply."""
+"""The desired state of one node computed from a manifests directory (or a
+snapshot of an API server: core/api_snapshot.py), through the same loader and
+ServiceStore the agent runs on (`pyagent plan`, `pyagent trace`, tests): what
+it returns is what the dataplanes would apply."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pyagent.core import node_object
+from pyagent.core.api_snapshot import Snapshot
 from pyagent.core.config import NodeConfig, with_overrides
-from pyagent.core.manifest_dir import gc_paused, load_manifests
+from pyagent.core.manifest_dir import ManifestSet, gc_paused, load_manifests
 from pyagent.core.parse import ParseError, object_name
 from pyagent.core.sink import KINDS
 from pyagent.core.state import DesiredState
@@ -20,7 +22,12 @@ def load_state(manifests: Path, config: NodeConfig) -> tuple[DesiredState, list[
 
     Without configured node IPs, the addresses of the node's Node object are used.
     """
-    loaded = load_manifests(manifests, config.parse_limits)  # the agent's loader
+    return state_from(load_manifests(manifests, config.parse_limits), config)  # the agent's
+
+
+def state_from(loaded: ManifestSet | Snapshot,
+               config: NodeConfig) -> tuple[DesiredState, list[str], NodeConfig]:
+    """load_state of objects already read (a manifests directory, an API server)."""
     objects = loaded.objects
     node = _node_object(objects["Node"], config.node_name)
     if not config.node_ips:
