@@ -32,7 +32,7 @@ DOCS = ("install.md", "troubleshoot.md", "migrate.md")  # migrate's cleanup last
 CLUSTER_ONLY = ("kubectl", "podman")
 VIP = "10.96.0.10"
 # pyagent sub-commands that read the agent's pins: the lab's bpffs is added
-NEEDS_BPFFS = ("status", "services list", "maps dump")
+NEEDS_BPFFS = ("status", "services list", "maps dump", "monitor")
 
 
 def commands(doc: str) -> list[str]:
