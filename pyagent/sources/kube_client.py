@@ -71,11 +71,13 @@ RequestObserver = Callable[[str, str, str, float], None]
 
 
 def instrument(api_client: Any, observe: RequestObserver) -> None:
-    """Count and time every request the kubernetes client's REST layer makes."""
+    """Count and time every request made over the client's connection pool:
+    the client's own REST layer and kube_http's raw GETs both go through
+    it. A watch is timed until its response headers, as client-go's is."""
     from urllib.parse import urlsplit
 
-    rest = api_client.rest_client
-    inner = rest.request
+    pool = api_client.rest_client.pool_manager
+    inner = pool.request
     host = urlsplit(api_client.configuration.host).netloc
 
     def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -92,4 +94,4 @@ def instrument(api_client: Any, observe: RequestObserver) -> None:
         finally:
             observe(method.upper(), host, code, time.monotonic() - start)
 
-    rest.request = request
+    pool.request = request

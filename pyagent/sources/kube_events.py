@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyagent.core.model import ServiceKey
+from pyagent.sources.kube_http import post
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,7 @@ class RefusedServiceEvents:
     """Fed by node/wiring.py's EventsObserver from each SyncReport."""
 
     def __init__(self, api_client: Any, node_name: str, max_queued: int = 1000) -> None:
-        from kubernetes import client
-
-        self._api = client.CoreV1Api(api_client)
+        self._api_client = api_client
         self.node_name = node_name
         self._reported: dict[ServiceKey, str] = {}
         self._queue: queue.Queue[tuple[ServiceKey, str] | None] = queue.Queue(max_queued)
@@ -70,7 +69,8 @@ class RefusedServiceEvents:
         while (item := self._queue.get()) is not None:
             key, why = item
             try:
-                self._api.create_namespaced_event(key[0], self.event(key, why))
+                post(self._api_client, f"/api/v1/namespaces/{key[0]}/events",
+                     self.event(key, why))
             except Exception as exc:  # noqa: BLE001 - an Event is best effort
                 log.warning("cannot post an Event for Service %s/%s: %s", *key, exc)
 

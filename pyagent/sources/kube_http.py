@@ -1,4 +1,4 @@
-"""GET requests to the API server over the kubernetes client's connection
+"""GET (and, for Events, POST) requests to the API server over the kubernetes client's connection
 pool and credentials, without its generated API classes: importing
 CoreV1Api and DiscoveryV1Api builds hundreds of model classes (about 5 s
 and 20 MiB of the agent's start on the test machine) for requests whose
@@ -32,6 +32,30 @@ def _value(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
+def _headers(api_client: Any) -> dict[str, str]:
+    headers = {"Accept": "application/json", **getattr(api_client, "default_headers", {})}
+    for auth in api_client.configuration.auth_settings().values():  # refreshes a token
+        if auth.get("in") == "header" and auth.get("value"):
+            headers[auth["key"]] = auth["value"]
+    return headers
+
+
+def post(api_client: Any, path: str, body: dict, timeout: float = 10.0) -> dict:
+    """POST `body` as JSON to `path`; the created object, or ApiError."""
+    import json
+
+    import urllib3
+
+    url = api_client.configuration.host.rstrip("/") + quote(path)
+    resp = api_client.rest_client.pool_manager.request(
+        "POST", url, body=json.dumps(body).encode(), timeout=urllib3.Timeout(total=timeout),
+        headers={**_headers(api_client), "Content-Type": "application/json"})
+    text = resp.data.decode("utf-8", "replace")
+    if not 200 <= resp.status <= 299:
+        raise ApiError(resp.status, resp.reason or "", text)
+    return json.loads(text or "{}")
+
+
 def getter(api_client: Any, path: str) -> Callable[..., Any]:
     """A function GETting `path`: keyword arguments are query parameters
     (None ones left out) plus `_request_timeout` (seconds, or (connect,
@@ -42,10 +66,7 @@ def getter(api_client: Any, path: str) -> Callable[..., Any]:
 
     def get(_request_timeout: Any = None, **params: Any) -> Any:
         query = urlencode([(_param(k), _value(v)) for k, v in params.items() if v is not None])
-        headers = {"Accept": "application/json", **getattr(api_client, "default_headers", {})}
-        for auth in cfg.auth_settings().values():  # refreshes an expiring token
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+        headers = _headers(api_client)
         timeout = None
         if isinstance(_request_timeout, tuple):
             timeout = urllib3.Timeout(connect=_request_timeout[0], read=_request_timeout[1])

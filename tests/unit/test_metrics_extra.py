@@ -75,13 +75,14 @@ def test_api_client_requests_are_counted_by_code_method_and_host() -> None:
             raise r
         return r
 
-    client = SimpleNamespace(rest_client=SimpleNamespace(request=request),
+    pool = SimpleNamespace(request=request)
+    client = SimpleNamespace(rest_client=SimpleNamespace(pool_manager=pool),
                              configuration=SimpleNamespace(host="https://10.0.0.1:6443"))
     m = Metrics()
     instrument(client, m.extra.request)
-    client.rest_client.request("GET", "https://10.0.0.1:6443/api/v1/services")
+    pool.request("GET", "https://10.0.0.1:6443/api/v1/services")
     with pytest.raises(Boom):
-        client.rest_client.request("get", "https://10.0.0.1:6443/api/v1/services")
+        pool.request("get", "https://10.0.0.1:6443/api/v1/services")
     host = "10.0.0.1:6443"
     assert value(m, "rest_client_requests_total", code="200", method="GET", host=host) == 1
     assert value(m, "rest_client_requests_total", code="410", method="GET", host=host) == 1
@@ -91,3 +92,29 @@ def test_api_client_requests_are_counted_by_code_method_and_host() -> None:
 def test_service_labels_split() -> None:
     assert split_service("default/web:http") == ["default", "web", "http"]
     assert split_service("default/web:") == ["default", "web", ""]
+
+
+def test_the_sources_raw_requests_are_counted(tmp_path) -> None:
+    """kube_http's GETs (what the kube source lists and watches with) and
+    their error codes, through the real client against the fake API server."""
+    from kubeapi import FakeKubeAPI
+
+    from pyagent.sources.kube_client import make_api_client
+    from pyagent.sources.kube_http import ApiError, getter
+
+    api = FakeKubeAPI().start()
+    try:
+        client = make_api_client(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
+        m = Metrics()
+        instrument(client, m.extra.request)
+        resp = getter(client, "/api/v1/services")()
+        assert b"ServiceList" in resp.read()
+        resp.release_conn()
+        with pytest.raises(ApiError):
+            getter(client, "/api/v1/nothing")()
+        host = client.configuration.host.split("://", 1)[1]
+        assert value(m, "rest_client_requests_total", code="200", method="GET", host=host) == 1
+        assert value(m, "rest_client_requests_total", code="404", method="GET", host=host) == 1
+        client.close()
+    finally:
+        api.stop()
