@@ -174,6 +174,9 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
 
         source = KubeSource(sink, node_name=config.node_name, api_client=client)
     obs.set_source(source.connectivity)
+    # The HTTP servers first: the first sync can finish before the setup
+    # thread is joined, and its status file must name the bound ports.
+    obs.start()
     # The dataplane's setup (the BPF compiles, in child processes: seconds)
     # runs while the source lists: the first sync finds the store filled.
     setup_error: list[BaseException] = []
@@ -191,8 +194,8 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
         setting_up.join()
     if setup_error:
         source.stop()
+        obs.stop()
         raise setup_error[0]
-    obs.start()
     log.info("pyagent running: mode=%s node=%s node IPs=%s interfaces=%s cgroup=%s bpffs=%s",
              config.mode, config.node_name, ",".join(config.node_ips) or "-",
              ",".join(config.interfaces) or "-", config.cgroup or "(root)", config.bpffs)
