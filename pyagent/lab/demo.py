@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyagent.lab import ClientResult, Lab
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "demo"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"  # the repository's
 VIP4, VIP6 = "10.96.0.10", "fd00:96::10"
 
 
