@@ -181,3 +181,27 @@ def wait_for_marker(bpffs: str, marker: dict, proc: subprocess.Popen | None, log
             raise AssertionError(f"agent exited:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"agent did not program {name}:\n{log.read_text()[-3000:]}")
+
+
+# Three ClusterIPs of one TCP port for verdict tests (monitor, trace --bpf):
+# served by every pod, without endpoints (REJECT), and iTP=Local with
+# endpoints only on another node (DROP).
+VERDICT_VIPS = ("10.96.0.10", "10.96.0.20", "10.96.0.30")
+
+
+@contextlib.contextmanager
+def verdict_lab() -> Iterator[AgentLab]:
+    vip, empty, remote = VERDICT_VIPS
+    tcp, target = [("http", "TCP", 80)], [("http", "TCP", 8080)]
+    with agent_lab(3) as a:
+        pods = a.lab.pods
+        a.write("svc.yaml", service("echo", [vip], tcp), service("empty", [empty], tcp),
+                service("remote", [remote], tcp, internalTrafficPolicy="Local"))
+        a.write("eps.yaml",
+                slice_("echo", "echo-1", 4, target, [(p.ip4, True) for p in pods]),
+                slice_("remote", "remote-1", 4, target, [(pods[0].ip4, True)],
+                       node="node-2"))
+        a.start()
+        a.wait(lambda f: len(f.get((vip, 80, "TCP"), ())) == 3 and (empty, 80, "TCP") in f
+               and (remote, 80, "TCP") in f, "three services")
+        yield a

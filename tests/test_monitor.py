@@ -11,31 +11,16 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from agentlab import AgentLab, agent_lab, service, slice_
+from agentlab import VERDICT_VIPS, AgentLab, verdict_lab
 
 pytestmark = pytest.mark.root
 
-VIP, EMPTY, REMOTE = "10.96.0.10", "10.96.0.20", "10.96.0.30"
-TCP = [("http", "TCP", 80)]
-TARGET = [("http", "TCP", 8080)]
+VIP, EMPTY, REMOTE = VERDICT_VIPS
 
 
 @pytest.fixture
 def alab() -> Iterator[AgentLab]:
-    with agent_lab(3) as a:
-        pods = a.lab.pods
-        a.write("svc.yaml",
-                service("echo", [VIP], TCP),
-                service("empty", [EMPTY], TCP),
-                # iTP=Local with endpoints only on another node: DROP
-                service("remote", [REMOTE], TCP, internalTrafficPolicy="Local"))
-        a.write("eps.yaml",
-                slice_("echo", "echo-1", 4, TARGET, [(p.ip4, True) for p in pods]),
-                slice_("remote", "remote-1", 4, TARGET, [(pods[0].ip4, True)],
-                       node="node-2"))
-        a.start()
-        a.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3 and (EMPTY, 80, "TCP") in f
-               and (REMOTE, 80, "TCP") in f, "three services")
+    with verdict_lab() as a:
         yield a
 
 

@@ -11,29 +11,18 @@ import subprocess
 import sys
 
 import pytest
-from agentlab import agent_lab, service, slice_
+from agentlab import VERDICT_VIPS, verdict_lab
 
 pytestmark = pytest.mark.root
 
-VIP, EMPTY, REMOTE = "10.96.0.10", "10.96.0.20", "10.96.0.30"
-TCP = [("http", "TCP", 80)]
-TARGET = [("http", "TCP", 8080)]
+VIP, EMPTY, REMOTE = VERDICT_VIPS
 
 
 def test_socket_path_verdicts_and_not_loaded_errors() -> None:
     from pyagent.dataplanes.ebpf import socket_lb
 
-    with agent_lab(3) as a:
+    with verdict_lab() as a:
         pods = a.lab.pods
-        a.write("svc.yaml", service("echo", [VIP], TCP), service("empty", [EMPTY], TCP),
-                service("remote", [REMOTE], TCP, internalTrafficPolicy="Local"))
-        a.write("eps.yaml",
-                slice_("echo", "echo-1", 4, TARGET, [(p.ip4, True) for p in pods]),
-                slice_("remote", "remote-1", 4, TARGET, [(pods[0].ip4, True)],
-                       node="node-2"))
-        a.start()
-        a.wait(lambda f: len(f.get((VIP, 80, "TCP"), ())) == 3 and (EMPTY, 80, "TCP") in f
-               and (REMOTE, 80, "TCP") in f, "three services")
 
         def trace(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(
