@@ -15,8 +15,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 packages=(python3-bpfcc bpfcc-tools libbpfcc-dev libbpf-dev clang llvm bpftool
           iproute2 iptables nftables conntrack python3-venv python3-dev
-          libffi-dev gcc make kmod
-          prometheus)  # promtool: tests check deploy/observability with it
+          libffi-dev gcc make kmod)
 
 missing_packages() {
     local p
@@ -105,9 +104,28 @@ make_venv() {
     fi
 }
 
+# promtool (the tests check deploy/observability with it), unpacked from
+# Debian's prometheus package into the venv: installing the package would
+# also enable a Prometheus server on the machine.
+install_promtool() {
+    [ -x "$venv/bin/promtool" ] && return 0
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"  # apt downloads as _apt
+    log "fetching promtool (from Debian's prometheus package, into $venv/bin)"
+    if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+        apt-get update -qq
+        (cd "$tmp" && apt-get download -qq prometheus)
+    fi
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+    install -m 0755 "$tmp/root/usr/bin/promtool" "$venv/bin/promtool"
+    rm -rf "$tmp"
+}
+
 install_packages
 resolve_headers
 make_venv
+install_promtool
 "$venv/bin/python" -c 'import bcc, pyroute2, cffi, kubernetes, prometheus_client, yaml' \
     || { log "venv is incomplete"; exit 1; }
 log "ready: $venv"

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ OBS = ROOT / "deploy" / "observability"
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool missing: deploy/setup.sh installs it (Debian package prometheus)"
+    # deploy/setup.sh puts it beside the venv's python
+    local = Path(sys.executable).parent / "promtool"
+    path = str(local) if local.exists() else shutil.which("promtool")
+    assert path, "promtool missing: deploy/setup.sh unpacks it into the venv"
     return path
 
 
