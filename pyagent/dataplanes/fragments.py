@@ -53,6 +53,14 @@ class FragmentCache(Generic[F]):
         for svc in sorted(self._by_service):
             yield self._by_service[svc]
 
+    def get(self, svc: ServiceKey) -> F | None:
+        return self._by_service.get(svc)
+
+    def items(self) -> Iterator[tuple[ServiceKey, F]]:
+        """(Service, fragment), sorted by Service."""
+        for svc in sorted(self._by_service):
+            yield svc, self._by_service[svc]
+
     def discard(self, svc: ServiceKey) -> None:
         self._by_service.pop(svc, None)
 

@@ -1,15 +1,17 @@
 """The nftables dataplane: one `inet pyagent` table, verdict maps, and one
 `nft -f` transaction per sync.
 
-The desired state (chains, affinity sets, map and set elements) is assembled
-from per-Service fragments. A partial sync writes the difference with what
-the last successful transaction wrote: new chains, flushed-and-refilled
-changed chains, element deletes/adds, and deletes of chains and sets that
-went away (referrers first). A full sync re-renders every Service; the
-first one after start and the first after a failed transaction also rewrite
-every chain, flush and refill every map and set, and delete anything else in
-the table (drift, what an earlier agent left). Periodic full syncs write the
-difference only: rewriting 10,000 Services costs seconds of kernel time.
+The desired table (desired.py) is kept up to date Service by Service from
+per-Service fragments. A partial sync writes only the names its Services
+touched, compared with what the last successful transaction wrote: new
+chains, flushed-and-refilled changed chains, element deletes/adds, and
+deletes of chains and sets that went away (referrers first); its cost grows
+with the change, not with the number of Services. A full sync re-renders
+every Service; the first one after start and the first after a failed
+transaction also rewrite every chain, flush and refill every map and set,
+and delete anything else in the table (drift, what an earlier agent left).
+Periodic full syncs write the difference only: rewriting 10,000 Services
+costs seconds of kernel time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
@@ -26,9 +27,9 @@ from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.nftables import rules as R
+from pyagent.dataplanes.nftables.desired import Assembly, Desired
 
 log = logging.getLogger(__name__)
-FAMILIES = (4, 6)
 # Deletion order: a chain may only be deleted once nothing jumps to it.
 _DELETE_RANK = {"fw": 0, "cip": 0, "ext": 1, "svc": 2, "svl": 2, "sep": 3}
 
@@ -66,13 +67,6 @@ class Nft:
                               capture_output=True, check=False).returncode == 0
 
 
-@dataclass
-class Desired:
-    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    sets: dict[str, str] = field(default_factory=dict)  # name -> spec (maps too)
-    elements: dict[str, dict[str, str]] = field(default_factory=dict)  # set/map -> key -> value
-
-
 class NftablesDataplane:
     name = "nftables"
 
@@ -81,7 +75,9 @@ class NftablesDataplane:
         self.nft = nft or Nft()
         self.renderer = R.Renderer(config)
         self.frags: FragmentCache[list[R.Fragment]] = FragmentCache()
-        self.written = Desired()
+        self.assembly = Assembly(config)
+        self.written = Desired()  # what the last successful transaction left
+        self.diverged = True  # nothing written yet: the first sync writes it all
         self.leftover: tuple[set[str], set[str]] = (set(), set())
         self.repair = True  # the next full sync rewrites everything
         # FORWARD accepts in the iptables filter table (forward.py); off with a
@@ -114,23 +110,45 @@ class NftablesDataplane:
     def cleanup(self) -> None:
         """`pyagent cleanup`'s removal (pyagent.dataplanes.registry)."""
         remove(self.config, self.nft, forward_helper=self.forward_helper)
+        self.assembly = Assembly(self.config)
         self.written = Desired()
+        self.diverged = True
         self.frags.clear()
 
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
+        before = {} if full else {svc: self.frags.get(svc) for svc in states}
         status = self.frags.update(states, full, lambda _svc, ports: [
             self.renderer.render(s) for s in ports])
-        want = self.desired()
         rewrite = full and self.repair
-        script = transaction(self.written, want, rewrite, self.leftover if rewrite else None)
+        if full:  # every Service anew: the claims and names start clean
+            self.assembly = Assembly(self.config)
+            for svc, frags in self.frags.items():
+                self.assembly.replace(svc, None, frags)
+        else:
+            for svc, old in before.items():
+                self.assembly.replace(svc, old, self.frags.get(svc))
+        want, touched = self.assembly.want, self.assembly.touched
+        if full or self.diverged:
+            script = transaction(self.written, want, rewrite,
+                                 self.leftover if rewrite else None)
+        else:
+            script = transaction(touched.view(self.written), touched.view(want), False)
         if script:
             try:
                 self.nft.run(script)
             except Exception:
                 self.repair = True
+                # what the kernel holds is still self.written; until a
+                # transaction succeeds, diff the whole table against it
+                self.diverged = True
                 raise
-        self.written = want
+        if full or self.diverged:
+            self.written = want.copy()
+        else:
+            touched.copy_into(want, self.written)
+        self.assembly.touched = type(touched)()
+        self.diverged = False
         if rewrite:
             self.leftover = (set(), set())
             self.repair = False
@@ -141,29 +159,8 @@ class NftablesDataplane:
         return status
 
     def desired(self) -> Desired:
-        d = Desired()
-        for c, rules in R.base_rules(self.config).items():
-            d.chains[c] = tuple(rules)
-        for f in FAMILIES:
-            for name, spec in R.maps(f).items():
-                d.sets[name] = spec
-                d.elements[name] = {}
-            for name, (spec, elems) in R.static_sets(self.config, f).items():
-                d.sets[name] = spec
-                d.elements[name] = dict.fromkeys(elems, "")
-        for frags in self.frags.in_order():
-            for frag in frags:
-                for c, rules in frag.chains.items():
-                    d.chains[c] = tuple(rules)
-                d.sets.update(frag.sets)
-                for m, key, verdict in frag.elements:
-                    # First writer wins (sorted by Service), so a duplicate key
-                    # never aborts the whole transaction.
-                    d.elements[m].setdefault(key, verdict)
-                if frag.cluster_ip:
-                    f = 6 if ":" in frag.cluster_ip else 4
-                    d.elements[f"cluster-ips{f}"][frag.cluster_ip] = ""
-        return d
+        """The whole table the kept fragments make (what a full sync writes)."""
+        return self.assembly.want
 
 
 def _element(key: str, value: str) -> str:
