@@ -48,6 +48,8 @@ static __always_inline struct lb6_backend *lb6_backends_get(__u32 *id)
 { return lb6_backends.lookup(id); }
 static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id)
 { return lb_svc_stats.lookup(rev_nat_id); }
+static __always_inline __u64 *lb_be_stats_get(__u32 *backend_id)
+{ return lb_be_stats.lookup(backend_id); }
 static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k)
 { return lb_affinity.lookup(k); }
 static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v)
@@ -92,14 +94,6 @@ static __always_inline __u64 lb_netns_cookie(struct bpf_sock_addr *ctx)
 #else
 #define LB_V4MAPPED_P32 0x0000ffffU
 #endif
-
-static __always_inline void lb_count_backend(__u32 backend_id)
-{
-	__u64 *n = lb_be_stats.lookup(&backend_id);
-
-	if (n)
-		(*n)++;
-}
 
 /* The seed of the slot pick. UDP: the socket cookie, so every datagram of
  * one socket goes to the same backend, whatever the algorithm. TCP:

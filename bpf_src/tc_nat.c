@@ -60,6 +60,8 @@ static __always_inline struct lb6_backend *lb6_backends_get(__u32 *id)
 { return lb6_backends.lookup(id); }
 static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id)
 { return lb_svc_stats.lookup(rev_nat_id); }
+static __always_inline __u64 *lb_be_stats_get(__u32 *backend_id)
+{ return lb_be_stats.lookup(backend_id); }
 static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k)
 { return lb_affinity.lookup(k); }
 static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v)
@@ -564,6 +566,7 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	if (lb_rewrite(fam, skb, p, 0, &be.address, be.port) < 0)
 		goto error;
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
+	lb_count_backend(backend_id);
 	tc_count(LB_TC_STAT_NEW);
 	return TC_ACT_OK;
 error:

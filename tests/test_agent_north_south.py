@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 
 import bpfmaps
@@ -164,6 +165,14 @@ def _pyagent(*args: str) -> subprocess.CompletedProcess:
                           text=True, check=False, timeout=120)
 
 
+def _new_connections(bpffs: object, frontend: str) -> dict[str, int]:
+    """{backend address:port: new connections} of a frontend, from `services list`."""
+    r = _pyagent("services", "list", "--bpffs", str(bpffs), "--json")
+    assert r.returncode == 0, r.stderr
+    return {e["address"]: e["newConnections"] for row in json.loads(r.stdout)
+            if row["frontend"] == frontend for e in row["endpoints"]}
+
+
 def test_monitor_shows_tc_decisions_and_conntrack_holds_the_flows(cluster: Cluster,
                                                                   agent: Agent) -> None:
     """New flows to a NodePort, as the TC program decides them: the client
@@ -174,6 +183,7 @@ def test_monitor_shows_tc_decisions_and_conntrack_holds_the_flows(cluster: Clust
                 eps("mon", [(n0.pods[0], n0.name), (n1.pods[0], n1.name)]),
                 service("monempty", "10.96.0.13"))
     n = 8
+    before = _new_connections(n0.bpffs, f"{n0.ip4}:30012/TCP")
     mon = subprocess.Popen([sys.executable, "-m", "pyagent", "monitor", "--bpffs",
                             str(n0.bpffs), "--json", "--count", str(n + 2),
                             "--service", "d/mon", "--service", "d/monempty"],
@@ -194,6 +204,11 @@ def test_monitor_shows_tc_decisions_and_conntrack_holds_the_flows(cluster: Clust
         assert e["frontend"]["address"] == n0.ip4
     assert [(e["verdict"], e["backend"]) for e in evs if e["frontend"]["port"] == 30013] == \
         [("reject", None)] * 2
+    # `services list` counts each of those flows for the backend that served it
+    after = _new_connections(n0.bpffs, f"{n0.ip4}:30012/TCP")
+    served = Counter(f"{e['backend']['address']}:{e['backend']['port']}" for e in tc_new)
+    assert {a: after[a] - before.get(a, 0) for a in after if after[a] != before.get(a, 0)} \
+        == served
 
     r = _pyagent("maps", "dump", "--bpffs", str(n0.bpffs), "--map", "conntrack", "--json")
     assert r.returncode == 0, r.stderr

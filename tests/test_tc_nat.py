@@ -178,6 +178,31 @@ def test_new_flows_spread_over_every_backend(lb):
     assert min(hits.values()) > 50, hits
 
 
+def test_new_flows_are_counted_per_backend_and_service(lb):
+    """Each new flow counts once for its backend (lb_be_stats, what
+    `services list` shows) and its Service; later packets of it do not."""
+    port = next(_ports)
+    rev = frontend(lb, NODE4, port, "TCP", [(b, 8080, True) for b in LOCAL4[:2]], F.NODE_PORT)
+    ids = {L.from_ip4(v.address): k.value for k, v in lb.lb_maps.lb4_backends.items()
+           if L.from_ip4(v.address) in LOCAL4[:2] and k.value > rev}
+
+    def counted() -> dict[str, int]:
+        return {a: sum(c.value for c in lb.lb_maps.lb_be_stats.get(ctypes.c_uint32(i)))
+                for a, i in ids.items()}
+
+    before, chosen = counted(), {b: 0 for b in LOCAL4[:2]}
+    svc_before = sum(s.selected for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev)))
+    for cport in range(43000, 43040):
+        _, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))
+        chosen[parsed(out).dst] += 1
+        _, again = ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port, flags="A"))
+        assert parsed(again).dst == parsed(out).dst
+    after = counted()
+    assert {a: after[a] - before[a] for a in ids} == chosen
+    assert sum(s.selected for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev))) \
+        - svc_before == 40
+
+
 def test_removed_backend_moves_the_flow(lb):
     port = next(_ports)
     frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)

@@ -29,6 +29,7 @@ static __always_inline struct lb_service *lb6_services_get(struct lb6_key *k);
 static __always_inline struct lb4_backend *lb4_backends_get(__u32 *id);
 static __always_inline struct lb6_backend *lb6_backends_get(__u32 *id);
 static __always_inline struct lb_svc_stats *lb_svc_stats_get(__u32 *rev_nat_id);
+static __always_inline __u64 *lb_be_stats_get(__u32 *backend_id);
 static __always_inline struct lb_affinity_val *lb_affinity_get(struct lb_affinity_key *k);
 static __always_inline void lb_affinity_put(struct lb_affinity_key *k, struct lb_affinity_val *v);
 static __always_inline __u8 *lb_aff_match_get(struct lb_affinity_match_key *k);
@@ -175,6 +176,16 @@ static __always_inline void lb_svc_count(__u16 rev_nat_id, int what)
 		s->no_backend++;
 	else
 		s->errors++;
+}
+
+/* New connections per backend id (both paths: a socket's connect or first
+ * datagram, a TC flow's conntrack creation). */
+static __always_inline void lb_count_backend(__u32 backend_id)
+{
+	__u64 *n = lb_be_stats_get(&backend_id);
+
+	if (n)
+		(*n)++;
 }
 
 /* A frontend without backends (count == 0): kube-proxy's REJECT when there

@@ -1,6 +1,7 @@
 """Per-backend connection counts as the kernel keeps them, for `pyagent
 services list`: new connections per backend id from lb_be_stats (the socket
-path counts them), live connections from lb_be_conns (least-conn sockets)
+hooks count a connect or a UDP socket's first pick, the TC program a new
+conntrack flow), live connections from lb_be_conns (least-conn sockets)
 plus the TC path's live conntrack service entries. Both are kept per
 backend id, so frontends sharing a backend show the same counts for it."""
 
