@@ -6,6 +6,7 @@
 #   make vm-test TESTS=tests/test_ipvs.py          # one file, every test in it
 #   make vm-test KERNELS="5.10 6.12"
 #   make vm-matrix                                 # the kernel suites on 5.10, 6.1 and 6.12
+#   make ci-matrix                                 # what CI runs in qemu (vagrant/ci-matrix)
 #   make verifier-baseline [UPDATE=1]              # this kernel against vagrant/verifier-baseline.json
 #   make vm-verifier-baseline [UPDATE=1]           # the same in the qemu VMs of MATRIX
 #   make vagrant-validate | vagrant-test           # the Vagrant machines
@@ -21,13 +22,16 @@ kernel_flags = $(foreach k,$(KERNELS),--kernel $(k))
 matrix_flags = $(foreach k,$(MATRIX),--kernel $(k))
 update_flag = $(if $(UPDATE),--update)
 
-.PHONY: vm-test vm-matrix vm-verifier-baseline verifier-baseline vagrant-validate vagrant-test
+.PHONY: vm-test vm-matrix ci-matrix vm-verifier-baseline verifier-baseline vagrant-validate vagrant-test
 
 vm-test:
 	vagrant/qemu-run $(kernel_flags) -- $(TESTS)
 
 vm-matrix:
 	vagrant/qemu-run $(matrix_flags) -- $(KERNEL_SUITES)
+
+ci-matrix:
+	vagrant/ci-matrix
 
 vm-verifier-baseline:
 	vagrant/verifier-baseline --vm $(matrix_flags) $(update_flag)
