@@ -41,6 +41,23 @@ def states(n: int, shift: int = 0) -> dict:
     return out
 
 
+def sync_times(dp, all_states: dict) -> dict:
+    """Seconds of the first full sync, a second one (the periodic resync) and
+    a partial sync changing svc0's endpoints (the first of states(n))."""
+    out = {}
+    t = time.perf_counter()
+    dp.sync(all_states, full=True)
+    out["full_sync_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    dp.sync(all_states, full=True)
+    out["resync_s"] = time.perf_counter() - t
+    changed = states(1, shift=1)[("ns0", "svc0")]
+    t = time.perf_counter()
+    dp.sync({("ns0", "svc0"): changed}, full=False)
+    out["partial_sync_s"] = time.perf_counter() - t
+    return out
+
+
 def dataplane(mode: str, config: NodeConfig):
     from pyagent.dataplanes import registry
 
@@ -60,17 +77,7 @@ def inner(mode: str, n: int, bpffs: str, cgroup: str) -> dict:
         t = time.perf_counter()
         dp.setup()
         res["setup_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        dp.sync(all_states, full=True)
-        res["full_sync_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        dp.sync(all_states, full=True)
-        res["resync_s"] = time.perf_counter() - t
-        one = next(iter(all_states))
-        changed = states(1, shift=1)[("ns0", "svc0")]
-        t = time.perf_counter()
-        dp.sync({one: changed}, full=False)
-        res["partial_sync_s"] = time.perf_counter() - t
+        res.update(sync_times(dp, all_states))
     except Exception as exc:  # report, then still clean up
         res["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:

@@ -35,7 +35,7 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import Endpoint, ServicePort
 from pyagent.core.state import ServicePortState
-from tests.bench.bench_modes import NODE_IP, states
+from tests.bench.bench_modes import NODE_IP, states, sync_times
 
 MODES = ("iptables", "ipvs", "nftables", "userspace", "ebpf")
 VIP = "10.95.0.10"  # outside the addresses bench_modes.states gives the others
@@ -86,16 +86,7 @@ def inner(mode: str, n: int, bpffs: str, cgroup: str, pod_ip: str, connects: int
         return {**res, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     try:
         dp.setup()
-        t = time.perf_counter()
-        dp.sync(all_states, full=True)
-        res["full_sync_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        dp.sync(all_states, full=True)
-        res["resync_s"] = time.perf_counter() - t
-        changed = states(1, shift=1)[("ns0", "svc0")]
-        t = time.perf_counter()
-        dp.sync({("ns0", "svc0"): changed}, full=False)
-        res["partial_sync_s"] = time.perf_counter() - t
+        res.update(sync_times(dp, all_states))
         per_connection(VIP, 80, connects // 4)
         direct, vip = [], []
         for _ in range(rounds):
