@@ -28,6 +28,7 @@ from pyagent.core.config import NodeConfig
 from pyagent.core.store import ServiceStore
 from pyagent.dataplanes import registry
 from pyagent.lab import Lab
+from pyagent.node.agent import release_free_memory
 from tests.bench.bench_plan import objects
 
 CONNECT_SNIPPET = """
@@ -74,6 +75,7 @@ def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
     t_sync = time.perf_counter() - t
     errors = sum(1 for v in status.values() if v)
     ops = dp.reconciler.last_ops if dp.reconciler else 0
+    release_free_memory()  # what the agent does after a large sync (gc.freeze)
     # one endpoint change at a time: store event -> state -> maps
     lat = []
     slices = [o for o in objects(services, endpoints) if o["kind"] == "EndpointSlice"]
