@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pyagent.core.config import NodeConfig
@@ -58,10 +59,23 @@ def sync_times(dp, all_states: dict) -> dict:
     return out
 
 
-def dataplane(mode: str, config: NodeConfig):
+def with_dataplane(mode: str, config: NodeConfig, res: dict, body: Callable) -> dict:
+    """body(dataplane) fills res; a mode that cannot start here or a failure
+    is reported in res["error"], and the dataplane is cleaned up always."""
     from pyagent.dataplanes import registry
 
-    return registry.get(mode).create(config)
+    try:
+        dp = registry.get(mode).create(config)
+    except Exception as exc:  # e.g. no ip_vs in this kernel
+        return {**res, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    try:
+        body(dp)
+    except Exception as exc:  # report, then still clean up
+        res["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        dp.cleanup()
+        dp.close()
+    return res
 
 
 def inner(mode: str, n: int, bpffs: str, cgroup: str) -> dict:
@@ -71,19 +85,15 @@ def inner(mode: str, n: int, bpffs: str, cgroup: str) -> dict:
     config = NodeConfig(node_name="node-1", node_ips=(NODE_IP,), cluster_cidrs=("10.244.0.0/16",),
                         mode=mode, bpffs=bpffs, cgroup=cgroup)
     all_states = states(n)
-    dp = dataplane(mode, config)
     res: dict = {"mode": mode, "services": n}
-    try:
+
+    def body(dp) -> None:
         t = time.perf_counter()
         dp.setup()
         res["setup_s"] = time.perf_counter() - t
         res.update(sync_times(dp, all_states))
-    except Exception as exc:  # report, then still clean up
-        res["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    finally:
-        dp.cleanup()
-        dp.close()
-    return res
+
+    return with_dataplane(mode, config, res, body)
 
 
 def main() -> int:

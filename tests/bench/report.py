@@ -39,7 +39,7 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import Endpoint, ServicePort
 from pyagent.core.state import ServicePortState
-from tests.bench.bench_modes import NODE_IP, states, sync_times
+from tests.bench.bench_modes import NODE_IP, states, sync_times, with_dataplane
 
 MODES = ("iptables", "ipvs", "nftables", "userspace", "ebpf")
 VIP = "10.95.0.10"  # outside the addresses bench_modes.states gives the others
@@ -66,8 +66,6 @@ def per_connection(dst: str, port: int, n: int) -> float:
 def inner(mode: str, n: int, bpffs: str, cgroup: str, pod_ip: str, connects: int,
           rounds: int) -> dict:
     """Runs inside the lab's node namespace (and, for the socket hooks, its cgroup)."""
-    from pyagent.dataplanes import registry
-
     Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
@@ -84,11 +82,8 @@ def inner(mode: str, n: int, bpffs: str, cgroup: str, pod_ip: str, connects: int
     per_connection(pod_ip, 8080, connects // 4)  # warm up
     res["direct_empty_us"] = statistics.median(
         per_connection(pod_ip, 8080, connects) for _ in range(rounds)) * 1e6
-    try:
-        dp = registry.get(mode).create(config)
-    except Exception as exc:  # e.g. no ip_vs here
-        return {**res, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    try:
+
+    def body(dp) -> None:
         dp.setup()
         res.update(sync_times(dp, all_states))
         per_connection(VIP, 80, connects // 4)
@@ -101,12 +96,8 @@ def inner(mode: str, n: int, bpffs: str, cgroup: str, pod_ip: str, connects: int
         res["ratio"] = res["direct_us"] / res["vip_us"]
         res["cost"] = res["direct_empty_us"] / res["vip_us"]
         res["collateral"] = res["direct_empty_us"] / res["direct_us"]
-    except Exception as exc:  # report, then still clean up
-        res["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    finally:
-        dp.cleanup()
-        dp.close()
-    return res
+
+    return with_dataplane(mode, config, res, body)
 
 
 def measure(mode: str, n: int, connects: int, rounds: int) -> dict:
