@@ -50,8 +50,8 @@ class FragmentCache(Generic[F]):
 
     def in_order(self) -> Iterator[F]:
         """The kept fragments, sorted by Service."""
-        for svc in sorted(self._by_service):
-            yield self._by_service[svc]
+        for _svc, frag in self.items():
+            yield frag
 
     def get(self, svc: ServiceKey) -> F | None:
         return self._by_service.get(svc)

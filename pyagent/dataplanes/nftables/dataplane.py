@@ -147,7 +147,7 @@ class NftablesDataplane:
             self.written = want.copy()
         else:
             touched.copy_into(want, self.written)
-        self.assembly.touched = type(touched)()
+        self.assembly.written()
         self.diverged = False
         if rewrite:
             self.leftover = (set(), set())

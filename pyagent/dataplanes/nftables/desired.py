@@ -38,9 +38,6 @@ class Touched:
     sets: set[str] = field(default_factory=set)
     elements: dict[str, set[str]] = field(default_factory=dict)  # set/map -> keys
 
-    def __bool__(self) -> bool:
-        return bool(self.chains or self.sets or self.elements)
-
     def view(self, d: Desired) -> Desired:
         """The part of d these names cover (what they hold there, if anything)."""
         return Desired(
@@ -103,6 +100,10 @@ class Assembly:
         self.touched = Touched()
         # element -> {Service: value} of every claimant
         self._claimants: dict[tuple[str, str], dict[ServiceKey, str]] = {}
+
+    def written(self) -> None:
+        """The kernel took every change so far: start a new list of names."""
+        self.touched = Touched()
 
     def replace(self, svc: ServiceKey, old: list[R.Fragment] | None,
                 new: list[R.Fragment] | None) -> None:
