@@ -108,44 +108,62 @@ def purge_socket_revnat(maps: LBMaps, backends: Iterable[Backend]) -> int:
 
 
 class BackendJanitor:
-    """Serialises clean-ups of removed backends in one background thread."""
+    """Clean-ups of removed backends in one background thread at a time.
+
+    Removals that arrive while a clean-up runs wait together and go in the
+    next pass, which walks the namespaces and maps once for all of them: a
+    rolling update removing hundreds of backends costs a few passes, never a
+    thread (and a map walk) per sync."""
 
     def __init__(self, maps: LBMaps, tc_maps: Any = None, cgroup: str = "/") -> None:
         self.maps = maps
         self.tc_maps = tc_maps  # tc.TcMaps when the TC path runs
         self.cgroup = str(cgroup)  # where the socket hooks are attached
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._cond = threading.Condition()
+        self._pending: list[Backend] = []
+        self._worker: threading.Thread | None = None  # set while a pass may run
 
     def removed(self, backends: list[Backend]) -> None:
         if not backends:
             return
-        t = threading.Thread(target=self._run, args=(backends,), name="backend-janitor",
-                             daemon=True)
-        self._threads = [x for x in self._threads if x.is_alive()] + [t]
-        t.start()
+        with self._cond:
+            self._pending.extend(backends)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, name="backend-janitor",
+                                                daemon=True)
+                self._worker.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._worker = None
+                    self._cond.notify_all()
+                    return
+            self._run(batch)
 
     def _run(self, backends: list[Backend]) -> None:
-        with self._lock:
-            try:
-                cookies = translated_cookies(self.maps, backends)
-                destroyed = destroy_udp_sockets(
-                    cookies, cgroup_namespaces(self.cgroup) if cookies else [])
-                purged = purge_socket_revnat(self.maps, backends)
-                if self.tc_maps is not None:
-                    from pyagent.dataplanes.ebpf import tc
+        try:
+            cookies = translated_cookies(self.maps, backends)
+            destroyed = destroy_udp_sockets(
+                cookies, cgroup_namespaces(self.cgroup) if cookies else [])
+            purged = purge_socket_revnat(self.maps, backends)
+            if self.tc_maps is not None:
+                from pyagent.dataplanes.ebpf import tc
 
-                    # kube-proxy clears the UDP conntrack of a departed endpoint
-                    for b in backends:
-                        if b.proto == UDP:
-                            purged += tc.delete_flows_to(self.tc_maps, b.ip, b.port, b.proto)
-                log.info("removed backends %s: %d connected UDP sockets destroyed, "
-                         "%d rev-NAT/conntrack entries purged",
-                         ",".join(join_host_port(b.ip, b.port) for b in backends),
-                         destroyed, purged)
-            except Exception:  # never let a clean-up take the agent down
-                log.exception("cleaning up removed backends failed")
+                # kube-proxy clears the UDP conntrack of a departed endpoint
+                for b in backends:
+                    if b.proto == UDP:
+                        purged += tc.delete_flows_to(self.tc_maps, b.ip, b.port, b.proto)
+            log.info("removed backends %s: %d connected UDP sockets destroyed, "
+                     "%d rev-NAT/conntrack entries purged",
+                     ",".join(join_host_port(b.ip, b.port) for b in backends),
+                     destroyed, purged)
+        except Exception:  # never let a clean-up take the agent down
+            log.exception("cleaning up removed backends failed")
 
     def wait(self, timeout: float = 30) -> None:
-        for t in self._threads:
-            t.join(timeout)
+        """Until every removal so far is cleaned up (or timeout seconds)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._worker is None, timeout)
