@@ -129,7 +129,8 @@ class NftablesDataplane:
             for svc, old in before.items():
                 self.assembly.replace(svc, old, self.frags.get(svc))
         want, touched = self.assembly.want, self.assembly.touched
-        if full or self.diverged:
+        whole = full or self.diverged  # else only the touched names are compared
+        if whole:
             script = transaction(self.written, want, rewrite,
                                  self.leftover if rewrite else None)
         else:
@@ -143,7 +144,7 @@ class NftablesDataplane:
                 # transaction succeeds, diff the whole table against it
                 self.diverged = True
                 raise
-        if full or self.diverged:
+        if whole:
             self.written = want.copy()
         else:
             touched.copy_into(want, self.written)
@@ -157,10 +158,6 @@ class NftablesDataplane:
 
             forward.ensure(self.config)
         return status
-
-    def desired(self) -> Desired:
-        """The whole table the kept fragments make (what a full sync writes)."""
-        return self.assembly.want
 
 
 def _element(key: str, value: str) -> str:
