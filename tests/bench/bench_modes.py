@@ -44,11 +44,13 @@ def states(n: int, shift: int = 0) -> dict:
 
 def sync_times(dp, all_states: dict) -> dict:
     """Seconds of the first full sync, a second one (the periodic resync) and
-    a partial sync changing svc0's endpoints (the first of states(n))."""
+    a partial sync changing svc0's endpoints (the first of states(n)), and how
+    many Services the first full sync refused (sync_errors)."""
     out = {}
     t = time.perf_counter()
-    dp.sync(all_states, full=True)
+    status = dp.sync(all_states, full=True)
     out["full_sync_s"] = time.perf_counter() - t
+    out["sync_errors"] = sum(1 for err in status.values() if err)
     t = time.perf_counter()
     dp.sync(all_states, full=True)
     out["resync_s"] = time.perf_counter() - t
