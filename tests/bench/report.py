@@ -1,12 +1,14 @@
-"""The five-mode report: what one new connection costs in each dataplane mode
-with N Services loaded, and what syncing them costs, with plots.
+"""The five-mode report: what one new connection and one HTTP request cost in
+each dataplane mode with N Services loaded, and what syncing and keeping them
+costs, with plots.
 
 For every mode (iptables, ipvs, nftables, userspace, ebpf; one that cannot
 run here is reported with why) and every N, in a fresh namespace lab (own
-node namespace, cgroup and bpffs; nothing touches the host's):
+node namespace, cgroup and bpffs; nothing touches the host's), the dataplane
+runs in an inner process in the lab's node namespace and cgroup:
 
   - connection cost: connect(), read the pod's one-line answer, close();
-    the target Service sorts after all others (namespace zz-bench), so
+    the target Services sort after all others (namespace zz-bench), so
     modes that match Services one by one show their worst case;
     through a ClusterIP and directly to the same pod, in alternating rounds
     (medians); ratio = VIP / direct connections per second in those rounds,
@@ -14,14 +16,29 @@ node namespace, cgroup and bpffs; nothing touches the host's):
     the mode costs a connection; 1.0: nothing);
   - collateral: direct connections with the N Services loaded against
     direct connections of the same lab before any rule existed;
-  - full sync, periodic resync and a one-Service partial sync (seconds).
+  - request latency: wrk --latency (keep-alive: the per-packet path) against
+    nginx in the pod, through a second ClusterIP and directly, p50 and p99
+    (medians over --wrk-rounds alternating runs; needs `apt-get install -y
+    wrk nginx-light`, else that part is reported unavailable);
+  - full sync, periodic resync and a one-Service partial sync (seconds);
+  - one change: a Service's endpoints switched between two sets up to
+    --changes times (partial syncs), p50/p99 latency and the CPU seconds
+    (user+sys of the inner process and its children, e.g. iptables-restore)
+    per 1,000 changes;
+  - memory: VmRSS and VmHWM of the inner process after the full sync (the
+    process holding the dataplane with N Services, not a whole agent:
+    tests/bench/bench_start.py measures that).
 
-    .venv/bin/python -m tests.bench.report [--services 10 1000 10000]
-        [--modes ...] [--connects 400] [--rounds 5] [--out docs/bench]
+A point whose first full sync, extrapolated from the smaller N of its mode,
+exceeds --budget seconds, or that the mode cannot hold here (userspace: a
+listening socket per Service port), is skipped with the estimate and why.
 
-Writes OUT/report.json, OUT/connect.png and OUT/sync.png (plots need
-matplotlib, the `bench` extra: `.venv/bin/pip install matplotlib`; without it only the JSON
-and the table). Reports numbers; asserts nothing.
+    .venv/bin/python -m tests.bench.report [--services 10 1000 10000 50000]
+        [--modes ...] [--connects 400] [--rounds 5] [--budget 120] [--out docs/bench]
+
+Writes OUT/report.json and, with matplotlib (the `bench` extra:
+`.venv/bin/pip install matplotlib`), OUT/connect.png, sync.png, latency.png,
+cost.png and rss.png. Reports numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -39,10 +56,14 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import Endpoint, ServicePort
 from pyagent.core.state import ServicePortState
+from tests.bench import report_budget, report_cost, report_wrk
 from tests.bench.bench_modes import NODE_IP, states, sync_times, with_dataplane
+from tests.bench.report_plot import MODES, plot
+from tests.bench.report_table import table
 
-MODES = ("iptables", "ipvs", "nftables", "userspace", "ebpf")
-VIP = "10.95.0.10"  # outside the addresses bench_modes.states gives the others
+VIP, WEB_VIP = "10.95.0.10", "10.95.0.11"  # outside the addresses bench_modes.states gives
+EXTRA = 2  # Services the report adds to the N: the two above
+REPO = Path(__file__).resolve().parents[2]
 CONNECT = """
 import socket, sys, time
 dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -63,146 +84,181 @@ def per_connection(dst: str, port: int, n: int) -> float:
     return float(out.stdout)
 
 
-def inner(mode: str, n: int, bpffs: str, cgroup: str, pod_ip: str, connects: int,
-          rounds: int) -> dict:
-    """Runs inside the lab's node namespace (and, for the socket hooks, its cgroup)."""
-    Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+def target(name: str, vip: str, pod_ip: str, port: int) -> tuple[ServicePortState, ...]:
+    sp = ServicePort("zz-bench", name, "http", "TCP", 80, 4, vip)
+    ep = (Endpoint(pod_ip, port, node_name="node-1", is_local=True),)
+    return (ServicePortState(sp, ep, None, ep, True),)
+
+
+def wrk_latency(res: dict, pod_ip: str, opts: dict) -> None:
+    """Alternating wrk runs to the pod and through WEB_VIP; medians into res."""
+    runs: dict[str, list[dict]] = {"direct": [], "vip": []}
+    for _ in range(opts["wrk_rounds"]):
+        for kind, host in (("direct", f"{pod_ip}:{report_wrk.NGINX_PORT}"),
+                           ("vip", f"{WEB_VIP}:80")):
+            runs[kind].append(report_wrk.run(f"http://{host}/", opts["wrk_seconds"],
+                                             opts["wrk_threads"], opts["wrk_connections"]))
+    for kind, rs in runs.items():
+        for key in ("p50_us", "p99_us", "rps"):
+            res[f"wrk_{kind}_{key}"] = statistics.median(r[key] for r in rs)
+        res[f"wrk_{kind}_errors"] = sum(r["errors"] for r in rs)
+
+
+def inner(opts: dict) -> dict:
+    """Runs inside the lab's node namespace (and, for the socket hooks, its
+    cgroup, which every child inherits: wrk, nginx, iptables-restore)."""
+    mode, n, pod_ip = opts["mode"], opts["services"], opts["pod_ip"]
+    Path(opts["cgroup"], "cgroup.procs").write_text(str(os.getpid()))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     config = NodeConfig(node_name="node-1", node_ips=(NODE_IP,), cluster_cidrs=("10.244.0.0/16",),
-                        mode=mode, bpffs=bpffs, cgroup=cgroup)
+                        mode=mode, bpffs=opts["bpffs"], cgroup=opts["cgroup"])
     all_states = states(n)
-    sp = ServicePort("zz-bench", "target", "http", "TCP", 80, 4, VIP)
-    ep = (Endpoint(pod_ip, 8080, node_name="node-1", is_local=True),)
-    all_states[("zz-bench", "target")] = (ServicePortState(sp, ep, None, ep, True),)
+    all_states[("zz-bench", "target")] = target("target", VIP, pod_ip, 8080)
+    all_states[("zz-bench", "web")] = target("web", WEB_VIP, pod_ip, report_wrk.NGINX_PORT)
     # Locally sent packets are routed before the nat OUTPUT hook rewrites
-    # them: the VIP needs a route (a node's default route), here the lab's own.
-    subprocess.run(["ip", "route", "replace", f"{VIP}/32", "dev", "br0"], check=True)
+    # them: the VIPs need a route (a node's default route), here the lab's own.
+    subprocess.run(["ip", "route", "replace", "10.95.0.0/24", "dev", "br0"], check=True)
     res: dict = {"mode": mode, "services": n}
-    per_connection(pod_ip, 8080, connects // 4)  # warm up
+    per_connection(pod_ip, 8080, opts["connects"] // 4)  # warm up
     res["direct_empty_us"] = statistics.median(
-        per_connection(pod_ip, 8080, connects) for _ in range(rounds)) * 1e6
+        per_connection(pod_ip, 8080, opts["connects"]) for _ in range(opts["rounds"])) * 1e6
+    nginx = None
+    if why := report_wrk.missing():
+        res["wrk_unavailable"] = why
+    else:
+        try:
+            nginx = report_wrk.start_nginx(opts["pod_ns"], pod_ip, Path(opts["workdir"]))
+        except (OSError, RuntimeError) as exc:
+            res["wrk_error"] = str(exc)
 
     def body(dp) -> None:
         dp.setup()
         res.update(sync_times(dp, all_states))
-        per_connection(VIP, 80, connects // 4)
+        # what the agent does after a large sync (gc.freeze, malloc_trim), so
+        # RSS and the change latencies are the agent's
+        from pyagent.node.agent import release_free_memory
+
+        release_free_memory()
+        res.update(report_cost.memory())
+        per_connection(VIP, 80, opts["connects"] // 4)
         direct, vip = [], []
-        for _ in range(rounds):
-            direct.append(per_connection(pod_ip, 8080, connects))
-            vip.append(per_connection(VIP, 80, connects))
+        for _ in range(opts["rounds"]):
+            direct.append(per_connection(pod_ip, 8080, opts["connects"]))
+            vip.append(per_connection(VIP, 80, opts["connects"]))
         res["direct_us"] = statistics.median(direct) * 1e6
         res["vip_us"] = statistics.median(vip) * 1e6
         res["ratio"] = res["direct_us"] / res["vip_us"]
         res["cost"] = res["direct_empty_us"] / res["vip_us"]
         res["collateral"] = res["direct_empty_us"] / res["direct_us"]
+        if nginx is not None:
+            try:
+                wrk_latency(res, pod_ip, opts)
+            except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                res["wrk_error"] = str(exc)[:300]
+        # sync_times left svc0 on the shifted set: the first change is real
+        key = ("ns0", "svc0")
+        sets = (states(1)[key], states(1, shift=1)[key])
+        res.update(report_cost.change_cost(dp, key, sets, opts["changes"], opts["change_seconds"]))
 
-    return with_dataplane(mode, config, res, body)
+    try:
+        return with_dataplane(mode, config, res, body)
+    finally:
+        report_wrk.stop(nginx)
 
 
-def measure(mode: str, n: int, connects: int, rounds: int) -> dict:
+def measure(opts: dict, timeout: float) -> dict:
     from pyagent.lab import Lab
 
     with Lab(pods=1) as lab:  # a fresh namespace per point
+        pod = lab.pods[0]
+        blob = json.dumps({**opts, "bpffs": str(lab.bpffs / "pyagent"), "cgroup": str(lab.cgroup),
+                           "pod_ip": pod.ip4, "pod_ns": pod.ns, "workdir": str(lab.tmp / "nginx")})
         cmd = ["nsenter", f"--net=/run/netns/{lab.node_ns}", sys.executable,
-               "-m", "tests.bench.report", "--inner", mode, str(n),
-               str(lab.bpffs / "pyagent"), str(lab.cgroup), lab.pods[0].ip4,
-               str(connects), str(rounds)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600,
-                              cwd=Path(__file__).resolve().parents[2], check=False)
+               "-m", "tests.bench.report", "--inner", blob]
+        base = {"mode": opts["mode"], "services": opts["services"]}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  cwd=REPO, check=False)
+        except subprocess.TimeoutExpired:  # the lab's cgroup.kill ends its children
+            return {**base, "error": f"timed out after {timeout:.0f} s", "timed_out": True}
         try:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
-            return {"mode": mode, "services": n, "error": proc.stderr.strip()[-300:]}
+            return {**base, "error": proc.stderr.strip()[-300:]}
 
 
-def table(results: list[dict]) -> str:
-    rows = [f"{'mode':10} {'services':>8} {'direct us':>10} {'VIP us':>8} {'ratio':>6} "
-            f"{'cost':>5} "
-            f"{'collat.':>7} {'full s':>7} {'resync s':>8} {'partial s':>9}"]
-    for r in results:
-        if "error" in r:
-            rows.append(f"{r['mode']:10} {r['services']:8}  {r['error']}")
-            continue
-        rows.append(f"{r['mode']:10} {r['services']:8} {r['direct_us']:10.1f} "
-                    f"{r['vip_us']:8.1f} {r['ratio']:6.2f} {r['cost']:5.2f} {r['collateral']:7.2f} "
-                    f"{r['full_sync_s']:7.3f} {r['resync_s']:8.3f} {r['partial_sync_s']:9.4f}")
-    return "\n".join(rows)
+def machine_limits() -> dict[str, int]:
+    from pyagent.lab import Lab
+
+    with Lab(pods=0) as lab:
+        return report_budget.limits(
+            lab.node_exec("cat", "/proc/sys/net/ipv4/ip_local_port_range").stdout)
 
 
-def plot(results: list[dict], out: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("report: matplotlib is not installed: no plots", file=sys.stderr)
-        return []
-    ok = [r for r in results if "error" not in r]
-    modes = [m for m in MODES if any(r["mode"] == m for r in ok)]
-    files = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m in modes:
-        rs = sorted((r for r in ok if r["mode"] == m), key=lambda r: r["services"])
-        xs = [r["services"] for r in rs]
-        axes[0].plot(xs, [r["cost"] for r in rs], marker="o", label=m)
-        axes[1].plot(xs, [r["collateral"] for r in rs], marker="o", label=m)
-    for ax, title in ((axes[0], "new connections/s through a ClusterIP\n"
-                                "(direct to the pod, no rules = 1.0)"),
-                      (axes[1], "direct connections/s with the rules loaded\n"
-                                "(no rules = 1.0)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("Services loaded")
-        ax.set_ylim(0, 1.6)
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    files.append(out / "connect.png")
-    fig.savefig(files[-1], dpi=90)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for m in modes:
-        rs = sorted((r for r in ok if r["mode"] == m), key=lambda r: r["services"])
-        line, = ax.plot([r["services"] for r in rs], [r["full_sync_s"] for r in rs],
-                        marker="o", label=f"{m} full")
-        ax.plot([r["services"] for r in rs], [r["partial_sync_s"] for r in rs], marker="x",
-                linestyle="--", color=line.get_color(), label=f"{m} one Service")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("Services loaded")
-    ax.set_ylabel("seconds")
-    ax.set_title("sync time: full (first) and one changed Service", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    files.append(out / "sync.png")
-    fig.savefig(files[-1], dpi=90)
-    return files
+def skip(results: list[dict], mode: str, n: int, budget: float, limits: dict) -> str | None:
+    mine = [r for r in results if r["mode"] == mode]
+    given_up = [r for r in mine if r.get("skipped") or r.get("timed_out")]
+    if given_up:
+        return f"{given_up[0]['services']:,} Services already did not fit"
+    measured = [(r["services"], r["full_sync_s"]) for r in mine if "full_sync_s" in r]
+    return report_budget.skip_reason(mode, n, n + EXTRA, measured, budget, limits)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--services", type=int, nargs="+", default=[10, 1000, 10000])
+    ap.add_argument("--services", type=int, nargs="+", default=[10, 1000, 10000, 50000])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--connects", type=int, default=400, help="connections per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=120,
+                    help="seconds a point's first full sync may take (estimated; else skipped)")
+    ap.add_argument("--changes", type=int, default=50, help="one-Service changes per point")
+    ap.add_argument("--wrk-seconds", type=float, default=2)
+    ap.add_argument("--wrk-rounds", type=int, default=3)
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--wrk-connections", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("docs/bench"))
-    ap.add_argument("--inner", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--replot", action="store_true",
+                    help="only print the table and redraw the plots of OUT/report.json")
+    ap.add_argument("--inner", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
-        mode, n, bpffs, cgroup, pod, connects, rounds = args.inner
-        print(json.dumps(inner(mode, int(n), bpffs, cgroup, pod, int(connects), int(rounds))))
+        print(json.dumps(inner(json.loads(args.inner))))
         return 0
-    results = [measure(m, n, args.connects, args.rounds)
-               for n in args.services for m in args.modes]
+    if args.replot:
+        meta = json.loads((args.out / "report.json").read_text())
+        return show(meta.pop("results"), meta, args.out)
+    started = time.monotonic()
+    limits = machine_limits()
+    # the changes get a quarter of the budget, a point the budget several times
+    # over (sync, resync, connections, wrk, changes): a wrong estimate stays bounded
+    opts = {"connects": args.connects, "rounds": args.rounds, "changes": args.changes,
+            "change_seconds": args.budget / 4, "wrk_seconds": args.wrk_seconds,
+            "wrk_rounds": args.wrk_rounds, "wrk_threads": args.wrk_threads,
+            "wrk_connections": args.wrk_connections}
+    results: list[dict] = []
+    for n in args.services:
+        for m in args.modes:
+            why = skip(results, m, n, args.budget, limits)
+            results.append({"mode": m, "services": n, "skipped": why} if why else
+                           measure({**opts, "mode": m, "services": n}, 300 + 4 * args.budget))
+            print(f"report: {m} {n}: {why or results[-1].get('error') or 'done'} "
+                  f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python -m tests.bench.report", *sys.argv[1:]]),
+    meta = {"command": " ".join([".venv/bin/python -m tests.bench.report", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release,
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "seconds": round(time.monotonic() - started),
+            "budget_s": args.budget, "limits": limits, "options": opts,
+            "extra_services": EXTRA}
     (args.out / "report.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    return show(results, meta, args.out)
+
+
+def show(results: list[dict], meta: dict, out: Path) -> int:
     print(table(results))
-    for f in plot(results, args.out):
+    for f in plot(results, meta, out):
         print(f"wrote {f}")
     return 0
 

@@ -1,0 +1,138 @@
+"""The PNG plots of tests.bench.report (matplotlib, the `bench` extra). Each
+figure carries the command and the machine it came from in a footer, and
+names the points that did not run."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+MODES = ("iptables", "ipvs", "nftables", "userspace", "ebpf")
+COLORS = {m: f"C{i}" for i, m in enumerate(MODES)}  # a mode keeps its colour in every plot
+
+
+def _series(ok: list[dict], mode: str, key: str) -> tuple[list[int], list[float]]:
+    rs = sorted((r for r in ok if r["mode"] == mode and r.get(key) is not None),
+                key=lambda r: r["services"])
+    return [r["services"] for r in rs], [r[key] for r in rs]
+
+
+def footer(meta: dict, results: list[dict]) -> str:
+    lines = [f"{meta['command']}   |   {meta['date']}, Linux {meta['kernel']}, "
+             f"{meta['cpus']} CPUs"]
+    skipped = [f"{r['mode']} {r['services']:,}: {r['skipped'].split(' (')[0]}"
+               for r in results if r.get("skipped")]
+    failed = {r["mode"]: r["error"].split(" (")[0][:70] for r in results if r.get("error")}
+    if skipped:
+        lines.append("not run: " + "; ".join(skipped))
+    if failed:
+        lines.append("failed: " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
+    return "\n".join(lines)
+
+
+def _finish(fig, note: str, path: Path) -> Path:
+    # ~17 monospace characters of 6.5 pt per inch of figure
+    width = int(fig.get_figwidth() * 17)
+    note = "\n".join(w for line in note.splitlines() for w in textwrap.wrap(line, width))
+    lines = note.count("\n") + 1
+    fig.text(0.01, 0.01, note, fontsize=6.5, color="#444444", va="bottom", family="monospace")
+    fig.tight_layout(rect=(0, 0.035 * lines + 0.01, 1, 1))
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def _plain(v: float, _pos: object = None) -> str:
+    return f"{v:g}"
+
+
+def _log_x(ax, ylabel: str, title: str, ns: list[int], log_y: bool = False) -> None:
+    from matplotlib.ticker import FuncFormatter, LogFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.xaxis.set_minor_locator(NullLocator())
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        # plain numbers; matplotlib picks which minor ticks to label by range
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.set_xlabel("Services loaded")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", linewidth=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    ok = [r for r in results if "error" not in r and "skipped" not in r]
+    modes = [m for m in MODES if any(r["mode"] == m for r in ok)]
+    ns = sorted({r["services"] for r in ok})
+    note = footer(meta, results)
+    files = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for m in modes:
+        axes[0].plot(*_series(ok, m, "cost"), marker="o", color=COLORS[m], label=m)
+        axes[1].plot(*_series(ok, m, "collateral"), marker="o", color=COLORS[m], label=m)
+    for ax, title in ((axes[0], "new connections/s through a ClusterIP\n"
+                                "(direct to the pod, no rules = 1.0)"),
+                      (axes[1], "direct connections/s with the rules loaded\n"
+                                "(no rules = 1.0)")):
+        ax.set_ylim(0, 1.6)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        _log_x(ax, "relative rate", title, ns)
+    files.append(_finish(fig, note, out / "connect.png"))
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for m in modes:
+        ax.plot(*_series(ok, m, "full_sync_s"), marker="o", color=COLORS[m], label=f"{m} full")
+        ax.plot(*_series(ok, m, "partial_sync_s"), marker="x", linestyle="--",
+                color=COLORS[m], label=f"{m} one Service")
+    _log_x(ax, "seconds", "sync time: full (first) and one changed Service", ns, log_y=True)
+    files.append(_finish(fig, note, out / "sync.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, q in zip(axes, ("p50", "p99"), strict=True):
+        for m in modes:
+            ax.plot(*_series(ok, m, f"wrk_vip_{q}_us"), marker="o", color=COLORS[m],
+                    label=f"{m} VIP")
+            ax.plot(*_series(ok, m, f"wrk_direct_{q}_us"), marker="x", linestyle="--",
+                    color=COLORS[m], label=f"{m} direct")
+        _log_x(ax, "microseconds", f"HTTP request latency {q} (wrk, keep-alive, "
+                                   f"nginx in the pod)\nthrough the ClusterIP vs direct",
+               ns, log_y=True)
+    files.append(_finish(fig, note, out / "latency.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for m in modes:
+        axes[0].plot(*_series(ok, m, "change_p99_ms"), marker="o", color=COLORS[m],
+                     label=f"{m} p99")
+        axes[0].plot(*_series(ok, m, "change_p50_ms"), marker="x", linestyle="--",
+                     color=COLORS[m], label=f"{m} p50")
+        axes[1].plot(*_series(ok, m, "cpu_s_per_1k"), marker="o", color=COLORS[m], label=m)
+    _log_x(axes[0], "milliseconds", "one changed Service's endpoints applied\n"
+                                    "(partial sync latency)", ns, log_y=True)
+    _log_x(axes[1], "CPU seconds", "CPU per 1,000 endpoint changes\n"
+                                   "(user+sys, process and its children)", ns, log_y=True)
+    files.append(_finish(fig, note, out / "cost.png"))
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for m in modes:
+        ax.plot(*_series(ok, m, "rss_mb"), marker="o", color=COLORS[m], label=f"{m} RSS")
+        ax.plot(*_series(ok, m, "hwm_mb"), marker="x", linestyle="--", color=COLORS[m],
+                label=f"{m} peak (HWM)")
+    ax.set_ylim(bottom=0)
+    _log_x(ax, "MiB", "memory of the process holding the dataplane\n"
+                      "after the full sync (not a whole agent)", ns)
+    files.append(_finish(fig, note, out / "rss.png"))
+    plt.close("all")
+    return files
