@@ -45,6 +45,9 @@ def table(results: list[dict]) -> str:
         rows.append(" ".join([head, *(cell(r, k, f, len(h)) for h, k, f in COLUMNS)]))
         if r.get("wrk_unavailable"):  # the same reason for every point: said once
             notes.append(f"wrk: {r['wrk_unavailable']}")
+        if r.get("sync_errors"):
+            notes.append(f"{r['mode']} {r['services']}: the full sync refused "
+                         f"{r['sync_errors']} Services")
         if r.get("wrk_error"):
             notes.append(f"{r['mode']} {r['services']}: wrk: {r['wrk_error']}")
     return "\n".join([*rows, *dict.fromkeys(notes), *textwrap.wrap(LEGEND, 100)])
