@@ -14,7 +14,7 @@ from typing import Any
 
 from pyagent.cli import kubeproxy_flags as KP
 from pyagent.core.config import NodeConfig, load_config
-from pyagent.node import wiring
+from pyagent.node import heap, wiring
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     for note in config.notes:
         log.info("config: %s", note)
     set_oom_score_adj(config.oom_score_adj)
+    heap.limit_malloc_arenas()  # before the first thread
     from pyagent.node import migrate
 
     if found := migrate.leftovers():

@@ -8,9 +8,6 @@ the dataplane before every kind has been listed once.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
 import threading
 import time
@@ -24,24 +21,11 @@ from pyagent.core.sink import Kind, ObjectSink
 from pyagent.core.state import ServicePortState
 from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.base import Dataplane
+from pyagent.node.heap import release_free_memory
 from pyagent.node.runner import SyncRunner
 from pyagent.observe.report import Refused, SyncObserver, SyncReport
 
 log = logging.getLogger(__name__)
-
-
-def release_free_memory() -> None:
-    """After a large sync, hand the heap's free pages back to the kernel
-    (glibc keeps them otherwise: the RSS would stay at the sync's peak),
-    and move what survives out of the collector's sight (gc.freeze): the
-    next collections then scan only what changed since, instead of a
-    million long-lived objects in the middle of an endpoint change (a
-    10-50 ms pause at 100k endpoints). Refcounting still frees them."""
-    gc.unfreeze()  # cycles among earlier survivors are collected too
-    gc.collect()
-    gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class AgentSink:
