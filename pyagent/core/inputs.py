@@ -237,6 +237,7 @@ class Loaded:
     # JSON data throughout (JSON text without an out-of-range number): the
     # per-object check_constructed can be skipped.
     json_data: bool = False
+    text: str = ""  # what was parsed (load_text parses it again)
 
 
 def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | None = None
@@ -260,7 +261,15 @@ def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | Non
         out.errors.append(f"{name}: cannot read: {exc}")
         out.broken = True
         return out
-    if path.suffix == ".json":
+    return load_text(text, path.suffix, name, limits)
+
+
+def load_text(text: str, suffix: str, name: str, limits: ParseLimits = DEFAULT_LIMITS
+              ) -> Loaded:
+    """The documents of `text` as load_file parses a file with `suffix` and
+    name `name` (the file's content as read earlier). Never raises."""
+    out = Loaded(text=text)
+    if suffix == ".json":
         _load_json(text, name, limits, out)
     else:
         _load_yaml(text, name, limits, out)

@@ -20,7 +20,6 @@ the object:
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import zlib
 from collections.abc import Iterator
@@ -32,9 +31,11 @@ from typing import Any
 from pyagent.core.inputs import (
     DEFAULT_LIMITS,
     BadDocument,
+    Loaded,
     ParseLimits,
     check_constructed,
     load_file,
+    load_text,
 )
 from pyagent.core.parse import ParseError, object_name, show
 from pyagent.core.sink import KINDS, Kind
@@ -75,6 +76,7 @@ class FileResult:
     # JSON data by construction (inputs.Loaded.json_data): the per-object
     # check (a json.dumps of each) is skipped.
     json_data: bool = False
+    packed: bytes = b""  # the file's text, compressed (read_file's keep): _restore parses it
 
 
 @contextmanager
@@ -113,9 +115,9 @@ class ManifestReader:
         self.directory = directory
         self.limits = limits
         self.remember = remember
-        # Last good content per file, kept serialised and compressed: only a
-        # broken file ever needs it back, and as live dicts it would cost
-        # as much memory as the rest of the agent.
+        # Last good text per file, compressed: only a broken file ever needs
+        # it back (parsed again), and as live dicts it would cost as much
+        # memory as the rest of the agent.
         self._good: dict[Path, bytes] = {}
 
     def load(self) -> ManifestSet:
@@ -126,34 +128,28 @@ class ManifestReader:
         with gc_paused():
             for path in files:
                 try:
-                    res = read_file(path, self.limits)
+                    res = read_file(path, self.limits, keep=self.remember)
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the other files
                     log.exception("%s: internal error while reading", path)
                     res = FileResult(errors=[f"{path.name}: internal error: {exc}"], broken=True)
                 out.errors.extend(res.errors)
                 if self.remember and res.broken and path in self._good:
                     out.errors.append(f"{path.name}: keeping its last good objects")
-                    res = _restore(self._good[path])
-                elif self.remember:
-                    self._good[path] = _save(res)
+                    res = _restore(self._good[path], path, self.limits)
+                elif self.remember and res.packed:  # not after an internal error
+                    self._good[path] = res.packed
                 _merge(out, res, path.name)
         for gone in set(self._good) - set(files):
             del self._good[gone]
         return out
 
 
-def _save(res: FileResult) -> bytes:
-    data = {"objects": [o for _, _, o in res.objects],
-            "refused": [[k, *key, reason] for k, key, reason in res.refused]}
-    return zlib.compress(json.dumps(data).encode(), 1)
-
-
-def _restore(blob: bytes) -> FileResult:
-    data = json.loads(zlib.decompress(blob))
-    res = FileResult()
-    for obj in data["objects"]:
-        res.objects.append((obj["kind"], object_name(obj["kind"], obj), obj))
-    res.refused = [(k, (ns, name), reason) for k, ns, name, reason in data["refused"]]
+def _restore(blob: bytes, path: Path, limits: ParseLimits) -> FileResult:
+    """The file's objects as parsed when it was last good (its problems then
+    were reported then: only its objects and refusals are wanted now)."""
+    loaded = load_text(zlib.decompress(blob).decode(), path.suffix, path.name, limits)
+    res = _result(loaded, path.name)
+    res.errors, res.broken = [], False
     return res
 
 
@@ -179,14 +175,22 @@ def _note_duplicate(out: ManifestSet, kind: Kind, key: ObjectKey, fname: str) ->
     out.by_key[kind].pop(key, None)
 
 
-def read_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS) -> FileResult:
-    """One file's usable objects, refused objects and problems."""
-    loaded = load_file(path, limits)
+def read_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, keep: bool = False
+              ) -> FileResult:
+    """One file's usable objects, refused objects and problems; with `keep`,
+    also its text, compressed (for _restore)."""
+    return _result(load_file(path, limits), path.name, keep)
+
+
+def _result(loaded: Loaded, fname: str, keep: bool = False) -> FileResult:
+    # The text goes before the objects are collected: it is not alive beside them.
+    packed = zlib.compress(loaded.text.encode(), 1) if keep else b""
+    loaded.text = ""
     res = FileResult(errors=list(loaded.errors), broken=loaded.broken,
-                     json_data=loaded.json_data)
+                     json_data=loaded.json_data, packed=packed)
     many = len(loaded.documents) > 1
     for i, doc in enumerate(loaded.documents, 1):
-        _collect(doc, path.name, f" (document {i})" if many else "", res)
+        _collect(doc, fname, f" (document {i})" if many else "", res)
     return res
 
 

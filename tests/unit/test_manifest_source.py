@@ -194,3 +194,27 @@ def test_a_directory_reaches_a_paged_sink_in_pages_and_prunes_at_the_end(
     (tmp_path / "a.yaml").write_text(SVC % "s3")
     src.sync_once()
     assert store.service_keys() == [("ns", "s3")]
+
+
+def test_a_broken_json_list_keeps_its_last_good_objects_and_refusals(tmp_path) -> None:
+    """The last good content is kept as text and parsed again: the same
+    objects, and an object refused then (a port out of range) is refused
+    again by name, so the store keeps its last good version."""
+    import json
+
+    good = {"kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": n, "namespace": "ns"},
+         "spec": {"clusterIP": "10.96.0.2", "ports": [{"port": 80}]}} for n in ("j1", "j2")]}
+    good["items"].append({"apiVersion": "v1", "kind": "Service",
+                          "metadata": {"name": "bad", "namespace": "ns"},
+                          "spec": {"ports": [{"port": 1e999}]}})
+    (tmp_path / "l.json").write_text(json.dumps(good).replace("Infinity", "1e999"))
+    d = ManifestDirectory(tmp_path)
+    first = d.load()
+    assert names(first) == ["j1", "j2"] and ("ns", "bad") in first.refused["Service"]
+    (tmp_path / "l.json").write_text('{"kind": "List", "items": [')
+    os.utime(tmp_path / "l.json", ns=(1, 1))
+    again = d.load()
+    assert names(again) == ["j1", "j2"]
+    assert again.refused["Service"] == first.refused["Service"]
+    assert any("l.json" in e and "last good" in e for e in d.errors)
