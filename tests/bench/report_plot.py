@@ -4,6 +4,7 @@ names the points that did not run."""
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -61,7 +62,22 @@ def _log_x(ax, ylabel: str, title: str, ns: list[int], log_y: bool = False) -> N
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", linewidth=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _headroom(ax, log_y)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+
+
+def _headroom(ax, log_y: bool) -> None:
+    """Room above the data for the legend (about a third of the axes), so
+    it never hides a point; linear axes start at 0."""
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+    if not ys:
+        return
+    lo, hi = min(ys), max(ys)
+    if log_y:
+        span = max(math.log10(hi / lo), 0.5)
+        ax.set_ylim(lo / 10 ** (0.05 * span), hi * 10 ** (0.5 * span))
+    else:
+        ax.set_ylim(0, hi * 1.5)
 
 
 def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
@@ -87,7 +103,6 @@ def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
                                 "(direct to the pod, no rules = 1.0)"),
                       (axes[1], "direct connections/s with the rules loaded\n"
                                 "(no rules = 1.0)")):
-        ax.set_ylim(0, 1.6)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         _log_x(ax, "relative rate", title, ns)
     files.append(_finish(fig, note, out / "connect.png"))
@@ -130,7 +145,6 @@ def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
         ax.plot(*_series(ok, m, "rss_mb"), marker="o", color=COLORS[m], label=f"{m} RSS")
         ax.plot(*_series(ok, m, "hwm_mb"), marker="x", linestyle="--", color=COLORS[m],
                 label=f"{m} peak (HWM)")
-    ax.set_ylim(bottom=0)
     _log_x(ax, "MiB", "memory of the process holding the dataplane\n"
                       "after the full sync (not a whole agent)", ns)
     files.append(_finish(fig, note, out / "rss.png"))
