@@ -244,8 +244,13 @@ def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | Non
               ) -> Loaded:
     """The documents of a YAML or JSON (by suffix) file; messages start with
     `label` (default: the file's name). Never raises."""
-    out = Loaded()
     name = label or path.name
+    text = read_text(path, limits, name)
+    return text if isinstance(text, Loaded) else load_text(text, path.suffix, name, limits)
+
+
+def read_text(path: Path, limits: ParseLimits, name: str) -> str | Loaded:
+    """The file's text, or a broken Loaded saying why it cannot be read."""
     try:
         size = path.stat().st_size
         if size > limits.max_file_bytes:
@@ -256,12 +261,9 @@ def load_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, label: str | Non
         if len(raw) > limits.max_file_bytes:
             raise ParseError(f"more than the limit of {limits.max_file_bytes:,} bytes "
                              "(pyagent.parseLimits.maxFileBytes)")
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except (OSError, UnicodeDecodeError, ParseError) as exc:
-        out.errors.append(f"{name}: cannot read: {exc}")
-        out.broken = True
-        return out
-    return load_text(text, path.suffix, name, limits)
+        return Loaded(errors=[f"{name}: cannot read: {exc}"], broken=True)
 
 
 def load_text(text: str, suffix: str, name: str, limits: ParseLimits = DEFAULT_LIMITS
@@ -276,16 +278,21 @@ def load_text(text: str, suffix: str, name: str, limits: ParseLimits = DEFAULT_L
     return out
 
 
-def _load_json(text: str, name: str, limits: ParseLimits, out: Loaded) -> None:
-    finite = [True]
-
+def json_decoder(finite: list[bool]) -> json.JSONDecoder:
+    """A decoder for manifests: NaN/Infinity refused (not JSON); a number out
+    of range (1e999, refused later, per object) sets finite[0] to False."""
     def number(token: str) -> float:
         value = float(token)
-        if not math.isfinite(value):  # 1e999: refused later, per object
+        if not math.isfinite(value):
             finite[0] = False
         return value
+    return json.JSONDecoder(parse_constant=_no_constant, parse_float=number)
+
+
+def _load_json(text: str, name: str, limits: ParseLimits, out: Loaded) -> None:
+    finite = [True]
     try:
-        doc = json.loads(text, parse_constant=_no_constant, parse_float=number)
+        doc = json_decoder(finite).decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         out.errors.append(f"{name}: invalid JSON: {_oneline(exc)}")
         out.broken = True

@@ -34,21 +34,26 @@ from pyagent.core.inputs import (
     Loaded,
     ParseLimits,
     check_constructed,
-    load_file,
+    json_decoder,
     load_text,
+    read_text,
 )
+from pyagent.core.json_list import Deferred, ListText, resolve, scan
 from pyagent.core.parse import ParseError, object_name, show
 from pyagent.core.sink import KINDS, Kind
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml", ".json")
+# JSON files this large are read item by item (pyagent.core.json_list).
+LAZY_BYTES = 1 << 20
 ObjectKey = tuple[str, str]
 
 
 @dataclass
 class ManifestSet:
-    by_key: dict[Kind, dict[ObjectKey, dict]] = field(
+    # the objects, or Deferred items of a large JSON List (json_list.resolve)
+    by_key: dict[Kind, dict[ObjectKey, Any]] = field(
         default_factory=lambda: {k: {} for k in KINDS})
     # Objects the directory has but that cannot be used: key -> reason.
     refused: dict[Kind, dict[ObjectKey, str]] = field(
@@ -59,7 +64,7 @@ class ManifestSet:
 
     @property
     def objects(self) -> dict[Kind, list[dict]]:
-        return {k: list(self.by_key[k].values()) for k in KINDS}
+        return {k: [resolve(o) for o in self.by_key[k].values()] for k in KINDS}
 
     def all_errors(self) -> list[str]:
         """Every problem, refused objects included, for printing."""
@@ -179,12 +184,57 @@ def read_file(path: Path, limits: ParseLimits = DEFAULT_LIMITS, keep: bool = Fal
               ) -> FileResult:
     """One file's usable objects, refused objects and problems; with `keep`,
     also its text, compressed (for _restore)."""
-    return _result(load_file(path, limits), path.name, keep)
+    text = read_text(path, limits, path.name)
+    if isinstance(text, Loaded):
+        return _result(text, path.name, keep)
+    if path.suffix == ".json" and len(text) >= LAZY_BYTES:
+        res = _read_list(text, path.name, limits)
+        if res is not None:
+            res.packed = zlib.compress(text.encode(), 1) if keep else b""
+            return res
+    return _result(load_text(text, path.suffix, path.name, limits), path.name, keep)
+
+
+class _Plain(Exception):
+    """The file is not a plain List of JSON data: read it the usual way."""
+
+
+def _read_list(text: str, fname: str, limits: ParseLimits) -> FileResult | None:
+    """A JSON List's objects as Deferred items of its text (pyagent.core.
+    json_list); None when the file is anything else or holds a number JSON
+    data cannot (the usual path then reads it, with its messages)."""
+    finite = [True]
+    items = ListText(text)
+    res = FileResult(json_data=True)
+    kindless: list[int] = []  # items of a typed list (ServiceList): named once its kind is known
+
+    def visit(i: int, item: Any) -> None:
+        if not finite[0]:
+            raise _Plain
+        if isinstance(item, dict) and item.get("kind") is None:
+            kindless.append(i)
+        else:
+            _collect(item, fname, f" (item {i + 1})", res, None, (items, i))
+
+    try:
+        if not scan(items, json_decoder(finite), visit) or not finite[0]:
+            return None
+    except _Plain:
+        return None
+    kind = items.top.get("kind")
+    if not (kind is None or isinstance(kind, str) and kind.endswith("List")) \
+            or len(items) > limits.max_objects \
+            or 0 < len(kindless) < len(items):  # mixed: the usual path keeps the file order
+        return None
+    typed = kind[:-len("List")] if isinstance(kind, str) and kind != "List" else None
+    for i in kindless:
+        _collect(items.item(i), fname, f" (item {i + 1})", res, typed, (items, i))
+    return res
 
 
 def _result(loaded: Loaded, fname: str, keep: bool = False) -> FileResult:
     # The text goes before the objects are collected: it is not alive beside them.
-    packed = zlib.compress(loaded.text.encode(), 1) if keep else b""
+    packed = zlib.compress(loaded.text.encode(), 1) if keep and loaded.text else b""
     loaded.text = ""
     res = FileResult(errors=list(loaded.errors), broken=loaded.broken,
                      json_data=loaded.json_data, packed=packed)
@@ -195,8 +245,10 @@ def _result(loaded: Loaded, fname: str, keep: bool = False) -> FileResult:
 
 
 def _collect(doc: Any, fname: str, at: str, res: FileResult,
-             item_kind: str | None = None) -> None:
-    """`at` locates the document for objects that cannot be named."""
+             item_kind: str | None = None, deferred: tuple[ListText, int] | None = None
+             ) -> None:
+    """`at` locates the document for objects that cannot be named; `deferred`:
+    doc is that item of a ListText, kept as its text (JSON data by then)."""
     if doc is None:
         return
     if isinstance(doc, BadDocument):
@@ -218,7 +270,8 @@ def _collect(doc: Any, fname: str, at: str, res: FileResult,
         res.errors.append(f"{fname}: expected an object, got {type(doc).__name__}{at}")
         return
     kind = doc.get("kind")
-    if item_kind and kind is None:
+    added = item_kind if item_kind and kind is None else None
+    if added:
         # The API's typed lists (ServiceList, ...) leave out each item's kind.
         doc, kind = {**doc, "kind": item_kind}, item_kind
     if (isinstance(kind, str) and kind.endswith("List")) or (
@@ -243,6 +296,9 @@ def _collect(doc: Any, fname: str, at: str, res: FileResult,
         key = object_name(kind, doc)
     except ParseError as exc:
         res.errors.append(f"{fname}: {_describe(doc)}: {exc}, ignored{at}")
+        return
+    if deferred is not None:
+        res.objects.append((kind, key, Deferred(*deferred, added)))  # type: ignore[arg-type]
         return
     try:
         obj = doc if res.json_data else check_constructed(doc)

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from pyagent.core.inputs import DEFAULT_LIMITS, ParseLimits
+from pyagent.core.json_list import resolve
 from pyagent.core.manifest_dir import ManifestReader, ManifestSet, manifest_files
 from pyagent.core.sink import KINDS, ObjectSink
 
@@ -79,14 +80,15 @@ class ManifestSource:
             objects = list(loaded.by_key[kind].values())
             loaded.by_key[kind].clear()
             if not paged:
-                self.sink.replace(kind, objects, refused=loaded.refused[kind],
+                self.sink.replace(kind, [resolve(o) for o in objects],
+                                  refused=loaded.refused[kind],
                                   origins=loaded.origins[kind])
                 continue
             # In pages, each dropped here once the sink has it: the raw objects
             # go while the parsed ones grow, instead of both being alive at once.
             n = len(objects)
             for start in range(0, max(n, 1), PAGE):
-                page = objects[start:start + PAGE]
+                page = [resolve(o) for o in objects[start:start + PAGE]]
                 objects[start:start + PAGE] = [None] * len(page)
                 last = start + PAGE >= n
                 self.sink.replace(kind, page, refused=loaded.refused[kind] if last else None,
