@@ -360,7 +360,7 @@ def _service_ports(spec: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
         field = f"spec.ports[{i}]"
         entry = _dict(raw, field, required=True)
         name = _port_name(entry.get("name"), f"{field}.name")
-        protocol = _choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP"
+        protocol = _intern(_choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP")
         port = _int(entry.get("port"), f"{field}.port", 1, 65535)
         node_port = _int(entry.get("nodePort"), f"{field}.nodePort", 0, 65535, 0)
         if (name, protocol) in seen:
@@ -439,7 +439,8 @@ def parse_endpoint_slice(obj: Mapping[str, Any], node_name: str = "") -> ParsedS
             continue  # kube-proxy ignores ports without a number
         ports.append((_intern(_port_name(entry.get("name"), f"{field}.name")),
                       port,
-                      _choice(entry.get("protocol"), f"{field}.protocol", PROTOCOLS) or "TCP"))
+                      _intern(_choice(entry.get("protocol"), f"{field}.protocol",
+                                      PROTOCOLS) or "TCP")))
     endpoints = []
     if family is not None:
         first_port = ports[0][1] if ports else 0

@@ -150,7 +150,8 @@ class Reconciler:
         self.ledger = Ledger(writer.capacity())
         self._kernel: dict[tuple, Frontend] = {}
         self._owner: dict[tuple, ServiceKey | None] = {}
-        self._by_service: dict[ServiceKey, set[tuple]] = {}
+        # tuples, not sets: a Service has one or a few frontends (216 B a set)
+        self._by_service: dict[ServiceKey, tuple[tuple, ...]] = {}
         self._rev_ids: dict[tuple[str, int, int], int] = {}
         self._rev_refs: dict[int, int] = {}
         self._backend_ids: dict[tuple[str, int, int], int] = {}
@@ -418,17 +419,17 @@ class Reconciler:
                     f"the {L.MAX_SLOTS} slots of a services-map entry (16-bit slot numbers)",
                     TOO_MANY_BACKENDS)
             new[fe.key] = fe
-        old_keys = self._by_service.get(svc, set())
+        old_keys = set(self._by_service.get(svc, ()))
         need, id_family = self._needs(old_keys, new)
         self.ledger.check(need, id_family)
         # From here on nothing can fail: the whole Service is planned.
         for key in old_keys - new.keys():
             self._remove_frontend(key, phases)
         for key, fe in new.items():
-            self._put_frontend(fe, phases)
+            self._put_frontend(key, fe, phases)
             self._owner[key] = svc
         if new:
-            self._by_service[svc] = set(new)
+            self._by_service[svc] = tuple(new)
         else:
             self._by_service.pop(svc, None)
 
@@ -484,12 +485,13 @@ class Reconciler:
             add((BACKEND_IDS, 0), 1)
         return need, id_family or 4
 
-    def _put_frontend(self, fe: Frontend, phases: list[list[Op]]) -> None:
+    def _put_frontend(self, key: tuple, fe: Frontend, phases: list[list[Op]]) -> None:
+        """`key` is fe.key, the one tuple every table of ours is keyed with."""
         led = self.ledger
-        old = self._kernel.get(fe.key)
+        old = self._kernel.get(key)
         self._count_ranges(old, fe)
         if old is not None and old.kernel_view() == fe.kernel_view():
-            self._kernel[fe.key] = fe  # only the name or the source ranges may differ
+            self._kernel[key] = fe  # only the name or the source ranges may differ
             return
         fam = family(fe.ip)
         rev_id = self._rev_ids.get(fe.addr)
@@ -524,7 +526,7 @@ class Reconciler:
                 put_slot(Op(SERVICES, fam, (ip, port, proto, scope, i), (bid, 0, 0, 0, 0, 0, 0)))
         for b in old_backends:
             self._unref(ids[b.key])
-        self._kernel[fe.key] = fe  # (rev id known now: _affinity_entries reads it)
+        self._kernel[key] = fe  # (rev id known now: _affinity_entries reads it)
         new_match = self._affinity_entries(fe)
         phases[2].extend(Op(AFFMATCH, 0, k, (1,)) for k in sorted(new_match - old_match))
         phases[3].append(Op(SERVICES, fam, (ip, port, proto, scope, 0), master_value(fe, rev_id)))
