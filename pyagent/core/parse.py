@@ -157,6 +157,8 @@ def norm_cidr(text: object, field: str) -> IPNetwork:
 # --- small typed getters -------------------------------------------------------
 
 def _dict(value: object, field: str, *, required: bool = False) -> Mapping[str, Any]:
+    if type(value) is dict:  # the common case, without the ABC check (100k+ calls)
+        return value
     if value is None and not required:
         return {}
     if not isinstance(value, Mapping):
@@ -165,6 +167,8 @@ def _dict(value: object, field: str, *, required: bool = False) -> Mapping[str, 
 
 
 def _list(value: object, field: str) -> list[Any]:
+    if type(value) is list:
+        return value
     if value is None:
         return []
     if not isinstance(value, list):
@@ -173,6 +177,8 @@ def _list(value: object, field: str) -> list[Any]:
 
 
 def _str(value: object, field: str, default: str = "") -> str:
+    if type(value) is str:
+        return value
     if value is None:
         return default
     if not isinstance(value, str):

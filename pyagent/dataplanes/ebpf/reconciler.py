@@ -221,8 +221,8 @@ class Reconciler:
     # -- bookkeeping --------------------------------------------------------
     def _set_backend(self, bid: int, b: Backend) -> None:
         """Record backend id `bid` (no references yet)."""
-        if bid >= len(self._backends):
-            grow = bid + 1 - len(self._backends)
+        if bid >= len(self._backends):  # grown in steps
+            grow = max(bid + 1 - len(self._backends), 4096)
             self._backends.extend([None] * grow)
             self._backend_refs.extend([0] * grow)
         self._backends[bid] = b
@@ -561,8 +561,9 @@ class Reconciler:
         self._backend_ids[_bkey(b)] = bid
         self._set_backend(bid, b)
         self._unused.add(bid)  # until referenced
-        phases[0].append(Op(BACKENDS, family(b.ip), (bid,), backend_value(b)))
-        self.ledger.add((BACKENDS, family(b.ip)))
+        fam = 6 if ":" in b.ip else 4
+        phases[0].append(Op(BACKENDS, fam, (bid,), backend_value(b)))
+        self.ledger.add((BACKENDS, fam))
         self.ledger.add((BACKEND_IDS, 0))
         return bid
 
