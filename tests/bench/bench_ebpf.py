@@ -215,14 +215,15 @@ def main() -> int:
     ap.add_argument("--loaded", type=int, default=50_000)
     ap.add_argument("--connects", type=int, default=2000)
     ap.add_argument("--memory-services", type=int, default=10_000,
-                    help="services (x --endpoints) held by the agent for the memory figure")
+                    help="services (x --endpoints) held by the agent for the memory figure "
+                         "(0: no memory figure)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
         sync = bench_sync(lab, args.services, args.endpoints, args.changes)
         conn = bench_connect(lab, args.loaded, args.connects)
         mem = [bench_agent_memory(lab, args.memory_services, args.endpoints, src)
-               for src in ("kube-api", "manifests")]
+               for src in ("kube-api", "manifests")] if args.memory_services else []
     result = {"sync": sync, "connect": conn, "agent_memory": mem}
     if args.json:
         print(json.dumps(result, indent=2))
