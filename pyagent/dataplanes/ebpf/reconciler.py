@@ -68,7 +68,7 @@ __all__ = ["AFFMATCH", "BACKENDS", "REVNAT", "SERVICES", "MAX_REV_ID", "MAX_BACK
 
 ServiceKey = tuple[str, str]
 NPHASES = 7
-FLUSH_OPS = 20_000  # map operations planned before a large sync writes a batch
+FLUSH_OPS = 5_000  # map operations planned before a large sync writes a batch
 TC_KINDS = (MAGLEV, SRCRANGE)  # written after the phases (TcWriter.write_tc)
 LB_KINDS = (SERVICES, BACKENDS, REVNAT, AFFMATCH, REV_IDS, BACKEND_IDS)
 
