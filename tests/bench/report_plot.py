@@ -95,16 +95,20 @@ def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
     note = footer(meta, results)
     files = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for m in modes:
-        axes[0].plot(*_series(ok, m, "cost"), marker="o", color=COLORS[m], label=m)
-        axes[1].plot(*_series(ok, m, "collateral"), marker="o", color=COLORS[m], label=m)
-    for ax, title in ((axes[0], "new connections/s through a ClusterIP\n"
-                                "(direct to the pod, no rules = 1.0)"),
-                      (axes[1], "direct connections/s with the rules loaded\n"
-                                "(no rules = 1.0)")):
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        _log_x(ax, "relative rate", title, ns)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.8))
+    for row, (cost, collateral, client) in enumerate((
+            ("cost", "collateral", "Python client: connect, read, close"),
+            ("wrkc_cost", "wrkc_collateral", "wrk, a new connection per request"))):
+        for m in modes:
+            axes[row][0].plot(*_series(ok, m, cost), marker="o", color=COLORS[m], label=m)
+            axes[row][1].plot(*_series(ok, m, collateral), marker="o", color=COLORS[m],
+                              label=m)
+        for ax, title in ((axes[row][0], f"new connections/s through a ClusterIP ({client})"
+                                         "\n(direct to the pod, no rules = 1.0)"),
+                          (axes[row][1], f"direct connections/s with the rules loaded "
+                                         f"({client})\n(no rules = 1.0)")):
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            _log_x(ax, "relative rate", title, ns)
     files.append(_finish(fig, note, out / "connect.png"))
 
     fig, ax = plt.subplots(figsize=(7.5, 5))

@@ -12,6 +12,7 @@ COLUMNS = (
     ("ratio", "ratio", "{:.2f}"), ("cost", "cost", "{:.2f}"), ("collat.", "collateral", "{:.2f}"),
     ("full s", "full_sync_s", "{:.3f}"), ("resync s", "resync_s", "{:.3f}"),
     ("partial s", "partial_sync_s", "{:.4f}"),
+    ("new cost", "wrkc_cost", "{:.2f}"), ("new coll.", "wrkc_collateral", "{:.2f}"),
     ("p50 VIP", "wrk_vip_p50_us", "{:.0f}"), ("p50 dir", "wrk_direct_p50_us", "{:.0f}"),
     ("p99 VIP", "wrk_vip_p99_us", "{:.0f}"), ("p99 dir", "wrk_direct_p99_us", "{:.0f}"),
     ("chg n", "changes", "{:d}"), ("chg p50 ms", "change_p50_ms", "{:.2f}"),
@@ -21,7 +22,9 @@ COLUMNS = (
 )
 LEGEND = ("us: microseconds; direct/VIP us: one new connection; ratio = direct/VIP, "
           "cost = direct before any rule/VIP, collat. = direct before/after the rules "
-          "(1.0: nothing); p50/p99 VIP/dir: wrk request latency (us, keep-alive) through "
+          "(1.0: nothing); new cost / new coll.: the same two with wrk opening a "
+          "connection per request (C client, nginx in the pod); p50/p99 VIP/dir: wrk "
+          "request latency (us, keep-alive) through "
           "the VIP / to the pod; chg: one changed Service applied (partial sync; n "
           "changes, fewer once they took a quarter of --budget); "
           "CPU s/1k: CPU seconds per 1,000 changes (process + children); RSS/HWM: the "

@@ -5,8 +5,8 @@ nginx runs in the pod's network namespace as one process (`master_process
 off`: the lab's SIGKILL then leaves no orphaned worker keeping the namespace
 alive) with its config, pid, lock, logs and temp paths in a directory of the
 lab; it never touches the system nginx, /var or port 80 on the host. wrk
-keeps its connections alive, so it measures the per-packet path of a mode
-(the report's connect() rows measure new connections).
+keeps its connections alive, so it measures the per-packet path of a mode;
+with `Connection: close` every request is a new connection.
 """
 
 from __future__ import annotations
@@ -104,11 +104,14 @@ def parse(text: str) -> dict:
             "requests": int(requests[1]) if requests else 0, "errors": errors}
 
 
-def run(url: str, seconds: float, threads: int, connections: int) -> dict:
+def run(url: str, seconds: float, threads: int, connections: int, close: bool = False
+        ) -> dict:
     """One bounded wrk run (the caller's process is in the node namespace and
-    the lab cgroup, so the eBPF socket hooks apply to wrk as to any client)."""
+    the lab cgroup, so the eBPF socket hooks apply to wrk as to any client).
+    `close`: every request on a new connection (nginx closes it after the
+    answer): its rate is new connections/s, made by a C client."""
     cmd = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
-           "--timeout", "2s", url]
+           "--timeout", "2s", *(["-H", "Connection: close"] if close else []), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 20, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"wrk {url}: {(out.stderr or out.stdout).strip()[-200:]}")
