@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -225,3 +226,39 @@ def test_monitor_shows_tc_decisions_and_conntrack_holds_the_flows(cluster: Clust
         assert e["value"]["expiresIn"] > 0
     r = _pyagent("maps", "dump", "--bpffs", str(n0.bpffs), "--map", "nonsense")
     assert r.returncode == 1 and "choose from" in r.stderr and "conntrack" in r.stderr
+
+
+def _flows_to(bpffs: object, node_port: int) -> Counter:
+    """TC conntrack service entries of a node port, by the backend they DNAT to."""
+    r = _pyagent("maps", "dump", "--bpffs", str(bpffs), "--map", "conntrack", "--json")
+    assert r.returncode == 0, r.stderr
+    ct = {m["name"]: m["entries"] for m in json.loads(r.stdout)["maps"]}
+    return Counter(e["value"]["daddr"] for e in ct["lb4_ct"]
+                   if "SERVICE" in e["value"]["flags"] and e["key"]["dport"] == node_port)
+
+
+def test_a_removed_udp_backend_loses_its_tc_flows_and_the_other_keeps_its(
+        cluster: Cluster, agent: Agent) -> None:
+    """kube-proxy clears the UDP conntrack of an endpoint that went away: the
+    janitor's one pass forgets exactly the removed backend's TC flows."""
+    n0, n1 = cluster.nodes
+    svc = service("dnsish", "10.96.0.14")
+    svc["spec"]["ports"] = [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30014}]
+
+    def slice_(pods: list) -> dict:
+        s = eps("dnsish", [(p, n1.name) for p in pods])
+        s["ports"] = [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+        return s
+
+    agent.apply(svc, slice_(n1.pods[:2]))
+    res = cluster.client(n0.ip4, 30014, proto="udp", count=30, timeout=3)
+    assert not res.errors and res.total == 30
+    a, b = n1.pods[0].ip4, n1.pods[1].ip4
+    before = _flows_to(n0.bpffs, 30014)
+    assert before[a] > 0 and before[b] > 0  # both served (random over 30 flows)
+    agent.apply(svc, slice_(n1.pods[1:2]))
+    deadline = time.monotonic() + 20  # the janitor runs after the sync
+    while _flows_to(n0.bpffs, 30014)[a] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = _flows_to(n0.bpffs, 30014)
+    assert after[a] == 0 and after[b] == before[b]

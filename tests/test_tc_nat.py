@@ -533,3 +533,22 @@ def test_delete_flows_to_a_backend(lb, v6):
     egress(lb, out)
     assert tc.delete_flows_to(lb.maps, remote[0], 7777, "UDP") == 4
     assert tc.delete_flows_to(lb.maps, remote[0], 7777, "UDP") == 0
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_delete_flows_of_several_backends_keeps_the_others(lb, v6):
+    """The janitor's one walk for a batch of removed backends: exactly their
+    flows go (four entries each); another backend's flow stays."""
+    from pyagent.dataplanes.ebpf import tc
+
+    node, client, local, remote = fam(v6)
+    ports = [next(_ports) for _ in range(3)]
+    for i, port in enumerate(ports):
+        frontend(lb, node, port, "UDP", [(remote[0], 7771 + i, False)],
+                 F.NODE_PORT | F.MASQUERADE)
+        _, out = ingress(lb, P.build(client, node, "UDP", 40050 + i, port))
+        egress(lb, out)
+    gone = [(remote[0], 7771, "UDP"), (remote[0], 7772, "UDP")]
+    assert tc.delete_flows_of(lb.maps, gone) == 8
+    assert tc.delete_flows_of(lb.maps, gone) == 0
+    assert tc.delete_flows_to(lb.maps, remote[0], 7773, "UDP") == 4

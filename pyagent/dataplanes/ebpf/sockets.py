@@ -153,9 +153,8 @@ class BackendJanitor:
                 from pyagent.dataplanes.ebpf import tc
 
                 # kube-proxy clears the UDP conntrack of a departed endpoint
-                for b in backends:
-                    if b.proto == UDP:
-                        purged += tc.delete_flows_to(self.tc_maps, b.ip, b.port, b.proto)
+                purged += tc.delete_flows_of(self.tc_maps, [(b.ip, b.port, b.proto)
+                                                            for b in backends if b.proto == UDP])
             log.info("removed backends %s: %d connected UDP sockets destroyed, "
                      "%d rev-NAT/conntrack entries purged",
                      ",".join(join_host_port(b.ip, b.port) for b in backends),

@@ -330,24 +330,29 @@ def delete_flows_to(maps: TcMaps, backend_ip: str, port: int, proto: int | str) 
     """Forget the tracked flows of one backend (all four entries of each),
     as kube-proxy clears UDP conntrack of an endpoint that went away: the
     next datagram is balanced afresh instead of following a backend that
-    another service still keeps alive. One walk of the map; returns how
-    many entries went."""
-    v6 = ":" in backend_ip
-    ct = maps.lb6_ct if v6 else maps.lb4_ct
-    addr = bytes(L.ip6(backend_ip)) if v6 else L.ip4(backend_ip)
-    enc = (lambda a: bytes(a)) if v6 else (lambda a: a)
-    bport = L.be16(port)
-    proto = L.proto_number(proto)
-    doomed = []
-    for k, v in ct.items():
-        if k.proto != proto:
+    another service still keeps alive. Returns how many entries went."""
+    return delete_flows_of(maps, [(backend_ip, port, proto)])
+
+
+def delete_flows_of(maps: TcMaps, backends: Iterable[tuple[str, int, int | str]]) -> int:
+    """delete_flows_to for several (ip, port, proto) backends: one walk of
+    each family's map for all of them (a rolling update removes hundreds)."""
+    gone: dict[int, set[tuple[bytes, int, int]]] = {4: set(), 6: set()}
+    for ip, port, proto in backends:
+        v6 = ":" in ip
+        gone[6 if v6 else 4].add((bytes(L.ip6(ip)) if v6 else L.ip4(ip), L.be16(port),
+                                  L.proto_number(proto)))
+    n = 0
+    for fam, ct, enc in ((4, maps.lb4_ct, lambda a: a), (6, maps.lb6_ct, bytes)):
+        if not gone[fam]:
             continue
-        if ((enc(k.saddr), k.sport) == (addr, bport) or (enc(k.daddr), k.dport) == (addr, bport)
-                or (v.flags & L.CtFlag.SERVICE and (enc(v.daddr), v.dport) == (addr, bport))):
-            doomed.append(k)
-    return ct.delete_many(doomed)
-
-
+        doomed = [k for k, v in ct.items()
+                  if (enc(k.saddr), k.sport, k.proto) in gone[fam]
+                  or (enc(k.daddr), k.dport, k.proto) in gone[fam]
+                  or (v.flags & L.CtFlag.SERVICE
+                      and (enc(v.daddr), v.dport, k.proto) in gone[fam])]
+        n += ct.delete_many(doomed)
+    return n
 
 
 # ---------------------------------------------------------------- agent entry
