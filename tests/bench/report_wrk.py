@@ -20,6 +20,13 @@ from pathlib import Path
 
 INSTALL = "apt-get install -y wrk nginx-light"
 NGINX_PORT = 8081  # the lab's identity servers use 8080 and 9090
+# Each wrk phase gets its own port, so its own 4-tuples: nginx closes first
+# and keeps each 4-tuple in TIME_WAIT for a minute, and a new connection on
+# one that another phase left there was refused or delayed (rates fell
+# 5-30x: through the socket LB its SYN fails PAWS, the timestamp offset
+# being derived from the address the socket was opened to, the VIP).
+VIP_BACKEND_PORT = 8082  # behind the VIP
+BASELINE_PORT = 8083  # direct, before any rule exists
 _UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 _PERCENTILE = re.compile(r"^\s*(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 _RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
@@ -34,7 +41,7 @@ def missing() -> str | None:
     return f"{' and '.join(absent)} not installed ({INSTALL})" if absent else None
 
 
-def nginx_conf(workdir: Path, listen: str) -> str:
+def nginx_conf(workdir: Path, *listen: str) -> str:
     """A self-contained nginx config: every path nginx would otherwise take
     from its build (/run, /var/lib/nginx, /var/log) is under `workdir`."""
     return f"""daemon off;
@@ -55,7 +62,7 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 60s;
     server {{
-        listen {listen};
+{"".join(f"        listen {addr};{chr(10)}" for addr in listen)}
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
@@ -67,7 +74,8 @@ def start_nginx(pod_ns: str, pod_ip: str, workdir: Path, timeout: float = 10) ->
     The caller kills it (stop()) in a finally block."""
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(workdir, f"{pod_ip}:{NGINX_PORT}"))
+    conf.write_text(nginx_conf(workdir, *(f"{pod_ip}:{p}" for p in
+                                          (NGINX_PORT, VIP_BACKEND_PORT, BASELINE_PORT))))
     # `ip netns exec` execs nginx (no fork): the Popen is nginx itself.
     proc = subprocess.Popen(["ip", "netns", "exec", pod_ns, "nginx", "-p", f"{workdir}/",
                              "-c", str(conf), "-e", str(workdir / "error.log")],
@@ -109,7 +117,10 @@ def run(url: str, seconds: float, threads: int, connections: int, close: bool = 
     """One bounded wrk run (the caller's process is in the node namespace and
     the lab cgroup, so the eBPF socket hooks apply to wrk as to any client).
     `close`: every request on a new connection (nginx closes it after the
-    answer): its rate is new connections/s, made by a C client."""
+    answer): its rate is new connections/s, made by a C client. wrk takes
+    whole seconds only."""
+    if seconds != int(seconds) or seconds < 1:
+        raise ValueError(f"wrk runs whole seconds, not {seconds}")
     cmd = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
            "--timeout", "2s", *(["-H", "Connection: close"] if close else []), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 20, check=False)
