@@ -103,10 +103,10 @@ def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
             axes[row][0].plot(*_series(ok, m, cost), marker="o", color=COLORS[m], label=m)
             axes[row][1].plot(*_series(ok, m, collateral), marker="o", color=COLORS[m],
                               label=m)
-        for ax, title in ((axes[row][0], f"new connections/s through a ClusterIP ({client})"
-                                         "\n(direct to the pod, no rules = 1.0)"),
-                          (axes[row][1], f"direct connections/s with the rules loaded "
-                                         f"({client})\n(no rules = 1.0)")):
+        for ax, title in ((axes[row][0], "new connections/s through a ClusterIP, relative to"
+                                         f" direct\nwithout rules; {client}"),
+                          (axes[row][1], "direct connections/s with the rules loaded, "
+                                         f"relative to\nwithout rules; {client}")):
             ax.axhline(1.0, color="grey", linewidth=0.8)
             _log_x(ax, "relative rate", title, ns)
     files.append(_finish(fig, note, out / "connect.png"))
