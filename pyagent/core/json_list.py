@@ -19,22 +19,22 @@ _WS = " \t\n\r"
 
 
 class ListText:
-    """The items of a JSON List, as spans of its text."""
+    """The items of a JSON List, as where each starts in its text."""
 
-    __slots__ = ("text", "top", "spans", "_decode")
+    __slots__ = ("text", "top", "starts", "_decode")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.top: dict[str, Any] = {}  # the other members (kind, metadata, ...)
-        self.spans: list[tuple[int, int]] = []
+        self.starts: list[int] = []
         # decodes again what scan checked: finite numbers only, no constants
         self._decode = json.JSONDecoder().raw_decode
 
     def __len__(self) -> int:
-        return len(self.spans)
+        return len(self.starts)
 
     def item(self, i: int) -> Any:
-        return self._decode(self.text, self.spans[i][0])[0]
+        return self._decode(self.text, self.starts[i])[0]
 
 
 class Deferred:
@@ -67,11 +67,11 @@ def _skip(text: str, i: int) -> int:
 
 def scan(items: ListText, decoder: json.JSONDecoder, visit: Callable[[int, Any], None]
          ) -> bool:
-    """Fill `items` (made with the text, no spans yet) from its text, handing
+    """Fill `items` (made with the text, no starts yet) from its text, handing
     each item to `visit(index, item)` as it is decoded; False (see module)
     when the text is not such a List. A syntax error anywhere gives False,
     after some items may have been visited: the caller drops what it made."""
-    text, top, spans = items.text, items.top, items.spans
+    text, top, starts = items.text, items.top, items.starts
     decode = decoder.raw_decode
     seen_items = False
     try:
@@ -89,7 +89,7 @@ def scan(items: ListText, decoder: json.JSONDecoder, visit: Callable[[int, Any],
             i = _skip(text, i + 1)
             if key == "items" and text[i:i + 1] == "[":
                 seen_items = True
-                i = _items(text, i, decode, spans, visit)
+                i = _items(text, i, decode, starts, visit)
                 if i < 0:
                     return False
             else:
@@ -107,15 +107,15 @@ def scan(items: ListText, decoder: json.JSONDecoder, visit: Callable[[int, Any],
 
 
 def _items(text: str, i: int, decode: Callable[[str, int], tuple[Any, int]],
-           spans: list[tuple[int, int]], visit: Callable[[int, Any], None]) -> int:
+           starts: list[int], visit: Callable[[int, Any], None]) -> int:
     """Index after the items array at text[i] ("["), or -1."""
     i = _skip(text, i + 1)
     if text[i:i + 1] == "]":
         return i + 1
     while True:
         item, end = decode(text, i)
-        spans.append((i, end))
-        visit(len(spans) - 1, item)
+        starts.append(i)
+        visit(len(starts) - 1, item)
         del item
         i = _skip(text, end)
         if text[i:i + 1] == ",":

@@ -1,7 +1,7 @@
 """Large JSON List files are read item by item (pyagent.core.json_list): the
 same objects, refusals and messages as reading the whole tree, for every
-shape a List file can take, and nothing but text and spans kept between
-reading and handing on."""
+shape a List file can take, and nothing but the text and where its items
+start kept between reading and handing on."""
 
 from __future__ import annotations
 
