@@ -90,38 +90,42 @@ def target(name: str, vip: str, pod_ip: str, port: int) -> tuple[ServicePortStat
     return (ServicePortState(sp, ep, None, ep, True),)
 
 
-def wrk_latency(res: dict, pod_ip: str, opts: dict) -> None:
-    """Alternating wrk runs to the pod and through WEB_VIP; medians into res."""
-    runs: dict[str, list[dict]] = {"direct": [], "vip": []}
+def _wrk_rounds(pod_ip: str, opts: dict, kinds: tuple[str, ...], close: bool
+                ) -> dict[str, list[dict]]:
+    """wrk runs alternating over `kinds` ("direct", "vip", "baseline": direct
+    on a port of its own), --wrk-rounds of each; `close`: a new connection
+    per request, after a warm-up run of each (the first run of a fresh lab
+    was 20% slower)."""
+    hosts = {"direct": f"{pod_ip}:{report_wrk.NGINX_PORT}", "vip": f"{WEB_VIP}:80",
+             "baseline": f"{pod_ip}:{report_wrk.BASELINE_PORT}"}
+
+    def run(kind: str, seconds: float) -> dict:
+        return report_wrk.run(f"http://{hosts[kind]}/", seconds, opts["wrk_threads"],
+                              opts["wrk_connections"], close=close)
+
+    if close:
+        for kind in kinds:
+            run(kind, 1)
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(opts["wrk_rounds"]):
-        for kind, host in (("direct", f"{pod_ip}:{report_wrk.NGINX_PORT}"),
-                           ("vip", f"{WEB_VIP}:80")):
-            runs[kind].append(report_wrk.run(f"http://{host}/", opts["wrk_seconds"],
-                                             opts["wrk_threads"], opts["wrk_connections"]))
-    for kind, rs in runs.items():
+        for kind in kinds:
+            runs[kind].append(run(kind, opts["wrk_seconds"]))
+    return runs
+
+
+def wrk_latency(res: dict, pod_ip: str, opts: dict) -> None:
+    """Keep-alive wrk to the pod and through WEB_VIP; medians into res."""
+    for kind, rs in _wrk_rounds(pod_ip, opts, ("direct", "vip"), close=False).items():
         for key in ("p50_us", "p99_us", "rps"):
             res[f"wrk_{kind}_{key}"] = statistics.median(r[key] for r in rs)
         res[f"wrk_{kind}_errors"] = sum(r["errors"] for r in rs)
 
 
-def wrk_new_connections(res: dict, pod_ip: str, opts: dict, kinds: tuple[str, ...],
-                        prefix: str) -> None:
-    """New connections/s by wrk (`Connection: close`), alternating over
-    `kinds` ("direct", "vip", "baseline": direct on a port of its own),
-    medians into res[f"{prefix}{kind}_rps"]."""
-    hosts = {"direct": f"{pod_ip}:{report_wrk.NGINX_PORT}", "vip": f"{WEB_VIP}:80",
-             "baseline": f"{pod_ip}:{report_wrk.BASELINE_PORT}"}
-    runs: dict[str, list[float]] = {k: [] for k in kinds}
-    for kind in kinds:  # warm up (the first run of a fresh lab was 20% slower)
-        report_wrk.run(f"http://{hosts[kind]}/", 1, opts["wrk_threads"],
-                       opts["wrk_connections"], close=True)
-    for _ in range(opts["wrk_rounds"]):
-        for kind in kinds:
-            r = report_wrk.run(f"http://{hosts[kind]}/", opts["wrk_seconds"],
-                               opts["wrk_threads"], opts["wrk_connections"], close=True)
-            runs[kind].append(r["rps"])
-    for kind, rates in runs.items():
-        res[f"{prefix}{kind}_rps"] = statistics.median(rates)
+def wrk_new_connections(res: dict, pod_ip: str, opts: dict, kinds: tuple[str, ...]) -> None:
+    """New connections/s by wrk (`Connection: close`) over `kinds`, medians
+    into res[f"wrkc_{kind}_rps"]."""
+    for kind, rs in _wrk_rounds(pod_ip, opts, kinds, close=True).items():
+        res[f"wrkc_{kind}_rps"] = statistics.median(r["rps"] for r in rs)
 
 
 def inner(opts: dict) -> dict:
@@ -150,7 +154,7 @@ def inner(opts: dict) -> dict:
     else:
         try:
             nginx = report_wrk.start_nginx(opts["pod_ns"], pod_ip, Path(opts["workdir"]))
-            wrk_new_connections(res, pod_ip, opts, ("baseline",), "wrkc_")  # no rules yet
+            wrk_new_connections(res, pod_ip, opts, ("baseline",))  # no rules yet
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
             res["wrk_error"] = str(exc)[:300]
 
@@ -176,7 +180,7 @@ def inner(opts: dict) -> dict:
         if nginx is not None:
             try:
                 wrk_latency(res, pod_ip, opts)
-                wrk_new_connections(res, pod_ip, opts, ("direct", "vip"), "wrkc_")
+                wrk_new_connections(res, pod_ip, opts, ("direct", "vip"))
                 if res.get("wrkc_baseline_rps"):
                     res["wrkc_cost"] = res["wrkc_vip_rps"] / res["wrkc_baseline_rps"]
                     res["wrkc_collateral"] = res["wrkc_direct_rps"] / res["wrkc_baseline_rps"]
