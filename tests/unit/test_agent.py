@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -132,7 +133,10 @@ def test_network_programming_latency_starts_at_the_trigger_time(tmp_path, monkey
         for kind in ("Service", "EndpointSlice", "Node"):
             agent.sink.replace(kind, [svc("a", "10.96.0.1")] if kind == "Service" else [])
         wait(lambda: dp.syncs)
-        triggered = round(time.time(), 3)  # RFC 3339 with milliseconds
+        # RFC 3339 with milliseconds, truncated as the API server writes it:
+        # rounded, it could lie in the future of a sync under 0.5 ms (the
+        # metric clamps a negative latency to 0)
+        triggered = math.floor(time.time() * 1000) / 1000
         agent.sink.upsert("EndpointSlice", _slice("a-1", "10.0.0.1", trigger=triggered))
         wait(lambda: any(r.trigger_times for r in rec.reports))
         report = next(r for r in rec.reports if r.trigger_times)
