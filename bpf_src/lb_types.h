@@ -15,7 +15,7 @@
 #ifndef PYAGENT_LB_TYPES_H
 #define PYAGENT_LB_TYPES_H
 
-#define LB_LAYOUT_VERSION 1
+#define LB_LAYOUT_VERSION 2
 
 /* Map capacities; user space reads them back from the maps themselves. */
 #ifndef LB_SERVICE_MAP_MAX
@@ -33,7 +33,7 @@
 #ifndef LB_AFFINITY_MAP_MAX
 #define LB_AFFINITY_MAP_MAX 65536
 #endif
-/* Per-CPU counters are indexed by rev_nat_id (a __u16). */
+/* Per-CPU counters are indexed by rev_nat_id: ids are 1..max_entries-1. */
 #ifndef LB_STATS_MAP_MAX
 #define LB_STATS_MAP_MAX 65536
 #endif
@@ -121,10 +121,10 @@ struct lb_service {
 	__u32 affinity_timeout;  /* master: seconds, with LB_F_AFFINITY */
 	__u16 count;             /* master: active backends in slots 1..count */
 	__u16 qcount;            /* master: terminating backends after them */
-	__u16 rev_nat_id;        /* master: service id (also rev-NAT key) */
+	__u32 rev_nat_id;        /* master: service id (also rev-NAT key) */
 	__u16 flags;             /* master: LB_F_* */
 	__u8  algorithm;         /* master: LB_ALG_* */
-	__u8  pad[3];
+	__u8  pad;
 };
 
 /* backends maps: backend id -> address */
@@ -181,22 +181,23 @@ struct lb6_sock_key {
 struct lb4_sock_val {
 	__be32 address;          /* VIP */
 	__be16 port;
-	__u16 rev_nat_id;
+	__u16 pad;
+	__u32 rev_nat_id;
 };
 
 struct lb6_sock_val {
 	union lb_v6addr address;
 	__be16 port;
-	__u16 rev_nat_id;
-	__u32 pad;               /* the union is 8-aligned: no hidden tail */
+	__u16 pad;
+	__u32 rev_nat_id;        /* with it the 8-aligned union leaves no hidden tail */
 };
 
 /* affinity (LRU): client + service -> backend */
 struct lb_affinity_key {
 	__u64 client;            /* netns cookie (socket path) or client IPv4 (TC) */
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 	__u8  netns;             /* 1: client is a netns cookie */
-	__u8  pad[5];
+	__u8  pad[3];
 };
 
 struct lb_affinity_val {
@@ -209,9 +210,9 @@ struct lb_affinity_val {
  * affinity entry naming a backend that left the service is ignored. */
 struct lb_affinity_match_key {
 	__u32 backend_id;
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 	__u8  scope;             /* LB_SCOPE_*: the two scopes may differ in backends */
-	__u8  pad;
+	__u8  pad[3];
 };
 
 /* per-CPU service counters (array indexed by rev_nat_id) */
@@ -276,9 +277,9 @@ struct lb4_ct_val {
 	__be16 dport;
 	__u32 backend_id;        /* service entry: the backend it chose */
 	__u64 expires;           /* CLOCK_MONOTONIC seconds */
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 	__u8  flags;             /* LB_CT_F_* */
-	__u8  pad[5];
+	__u8  pad[3];
 };
 
 struct lb6_ct_val {
@@ -288,27 +289,25 @@ struct lb6_ct_val {
 	__be16 dport;
 	__u32 backend_id;
 	__u64 expires;
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 	__u8  flags;
-	__u8  pad[5];
+	__u8  pad[3];
 };
 
 /* loadBalancerSourceRanges (LPM trie): a frontend with LB_F_SOURCE_RANGE
  * accepts a client only if (its rev_nat_id, client address) matches.
- * prefixlen counts the 32 bits of rev_nat_id + pad plus the CIDR length. */
+ * prefixlen counts the 32 bits of rev_nat_id plus the CIDR length. */
 #define LB_SRC_RANGE_PREFIX_BITS 32
 
 struct lb4_src_range_key {
 	__u32 prefixlen;
-	__u16 rev_nat_id;        /* matched exactly: any byte order works */
-	__u16 pad;
+	__u32 rev_nat_id;        /* matched exactly: any byte order works */
 	__be32 address;
 };
 
 struct lb6_src_range_key {
 	__u32 prefixlen;
-	__u16 rev_nat_id;
-	__u16 pad;
+	__u32 rev_nat_id;
 	union lb_v6addr address;
 };
 
@@ -413,12 +412,14 @@ struct lb_event {
 	__be16 client_port;      /* TC only */
 	__be16 frontend_port;
 	__be16 backend_port;
-	__u16 rev_nat_id;
+	__u16 pad;
+	__u32 rev_nat_id;
 	__u32 backend_id;
 	__u8  family;            /* LB_V4 | LB_V6 */
 	__u8  proto;
 	__u8  verdict;           /* LB_EV_* */
 	__u8  origin;            /* LB_EV_FROM_* */
+	__u8  pad2[4];           /* the 8-aligned fields leave no hidden tail */
 };
 
 #endif /* PYAGENT_LB_TYPES_H */

@@ -100,7 +100,7 @@ static __always_inline __u64 lb_netns_cookie(struct bpf_sock_addr *ctx)
  * random, or round-robin (a per-CPU position per service). least-conn is
  * chosen by lb_least_conn, which looks the slots up. */
 static __always_inline __u32 lb_pick_seed(__u64 cookie, __u8 proto, __u8 algorithm,
-					  __u16 rev_nat_id)
+					  __u32 rev_nat_id)
 {
 	if (proto == IPPROTO_UDP)
 		return (__u32)cookie;
@@ -203,7 +203,7 @@ static __always_inline __u32 lb_least_conn(int fam, union lb_key *key, __u16 cou
 /* Remember which VIP a socket meant, for recvmsg()/getpeername(). */
 static __always_inline void lb_sockrev_put(int fam, __u64 cookie, const struct lb_be *be,
 					   const union lb_v6addr *vip, __be16 vport,
-					   __u16 rev_nat_id)
+					   __u32 rev_nat_id)
 {
 	if (fam == LB_V4) {
 		struct lb4_sock_key k = {};
@@ -241,7 +241,7 @@ union lb_sock_key {
  * when the socket has no entry; key is left set for lb_sockrev_delete. */
 static __always_inline int lb_sockrev_get(int fam, union lb_sock_key *key, __u64 cookie,
 					  const union lb_v6addr *addr, __be16 port, __u8 proto,
-					  union lb_key *svc_key, __u16 *rev_nat_id)
+					  union lb_key *svc_key, __u32 *rev_nat_id)
 {
 	if (fam == LB_V4) {
 		struct lb4_sock_val *v;
@@ -299,7 +299,8 @@ static __always_inline int lb_xlate(int fam, struct bpf_sock_addr *ctx, __u64 co
 	struct lb_monitor *mon;
 	struct lb_be be = {};
 	__u32 backend_id = 0;
-	__u16 rev_nat_id, flags = 0;
+	__u32 rev_nat_id;
+	__u16 flags = 0;
 	__u64 now = 0;
 	__u8 alg = 0, verdict;
 	int ret;
@@ -389,7 +390,7 @@ static __always_inline int lb_restore(int fam, __u64 cookie, __u8 proto, union l
 	union lb_sock_key skey;
 	union lb_key key;
 	struct lb_service *svc;
-	__u16 rev_nat_id;
+	__u32 rev_nat_id;
 
 	if (lb_sockrev_get(fam, &skey, cookie, addr, *port, proto, &key, &rev_nat_id) < 0)
 		return LB_UNTOUCHED;

@@ -142,7 +142,7 @@ static __always_inline __u64 affinity_client(int fam, const struct lb_pkt *p)
 /* LB_ALG_MAGLEV: the backend id at table[hash % LB_MAGLEV_M] of the
  * service's Maglev table, or 0 when it has none (not synced yet, or an
  * empty entry): the caller then takes the hash % count slot. */
-static __always_inline __u32 maglev_pick(__u16 rev_nat_id, __u32 hash)
+static __always_inline __u32 maglev_pick(__u32 rev_nat_id, __u32 hash)
 {
 	__u32 k = rev_nat_id, idx = hash % LB_MAGLEV_M;
 	__u32 *id;
@@ -165,7 +165,7 @@ static __always_inline int reject(int fam, struct __sk_buff *skb, const struct l
 }
 
 /* loadBalancerSourceRanges: may this client use the frontend? */
-static __always_inline int src_range_allows(int fam, __u16 rev_nat_id, const union lb_v6addr *client)
+static __always_inline int src_range_allows(int fam, __u32 rev_nat_id, const union lb_v6addr *client)
 {
 	if (fam == LB_V4) {
 		struct lb4_src_range_key rk = {};
@@ -262,7 +262,7 @@ static __always_inline void ct_delete(int fam, union ct_key *k)
 }
 
 /* v := an entry with flags, for rev_nat_id, until expires; no NAT yet. */
-static __always_inline void ct_entry(int fam, union ct_val *v, __u8 flags, __u16 rev_nat_id,
+static __always_inline void ct_entry(int fam, union ct_val *v, __u8 flags, __u32 rev_nat_id,
 				     __u64 expires)
 {
 	if (fam == LB_V4)
@@ -438,7 +438,7 @@ static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, uni
 					    const struct lb_service *svc, __u32 hash, __u64 now,
 					    int *affinity_hit)
 {
-	__u16 rev_nat_id = svc->rev_nat_id;
+	__u32 rev_nat_id = svc->rev_nat_id;
 	__u32 backend_id = 0;
 
 	if (svc->flags & LB_F_AFFINITY) {
@@ -460,7 +460,7 @@ static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, uni
 
 /* A new-flow decision to the monitors (called only when lb_monitor_on()). */
 static __always_inline void tc_event(int fam, struct lb_monitor *m, const struct lb_pkt *p,
-				     __u16 rev_nat_id, __u8 verdict, __u32 backend_id,
+				     __u32 rev_nat_id, __u8 verdict, __u32 backend_id,
 				     const struct lb_be *be)
 {
 	struct lb_event ev;
@@ -483,7 +483,8 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	struct lb_monitor *mon;
 	struct lb_be be;
 	__u32 backend_id;
-	__u16 rev_nat_id, flags;
+	__u32 rev_nat_id;
+	__u16 flags;
 	__be16 nport = 0;
 	int masq, affinity_hit = 0;
 	__u64 expires;

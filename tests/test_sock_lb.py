@@ -255,7 +255,8 @@ def env():
     e = Env()
     try:
         e.start_server()
-        e.lb = socket_lb.load(e.bpffs, socket_lb.Capacities(1024, 1024, 1024, 1024, 64, 1024))
+        # per-service arrays past 2^16: frontend ids above 16 bits are tested
+        e.lb = socket_lb.load(e.bpffs, socket_lb.Capacities(1024, 1024, 1024, 1024, 64, 1 << 17))
         socket_lb.attach(e.lb, e.bpffs, e.cgroup)
         yield e
     finally:
@@ -285,7 +286,7 @@ def put_service(maps, vip: str, port: int, proto: str, backends: list[tuple[str,
                      for s, i in enumerate(ids, 1))
     smap.set(L.service_key(vip, port, proto),
              L.LbService(count=len(ids), rev_nat_id=rev_id, flags=flags))
-    (maps.lb6_revnat if v6 else maps.lb4_revnat).set(ctypes.c_uint16(rev_id),
+    (maps.lb6_revnat if v6 else maps.lb4_revnat).set(ctypes.c_uint32(rev_id),
                                                      bpfmaps.revnat_value(vip, port))
     return ids
 
@@ -346,6 +347,40 @@ def test_udp_socket_sticks_to_one_backend_and_sees_the_vip(env, vip, backends):
     for s in connected["sockets"]:
         assert tuple(s["peer"]) == (vip, 53)
     assert seen <= set(backends) and len(seen) >= 2  # sockets spread out
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("vip,backends", [(VIP4, BACKENDS4), (VIP6, BACKENDS6)])
+def test_frontend_ids_beyond_16_bits(env, vip, backends):
+    """A frontend whose rev-NAT id needs more than 16 bits (a node with over
+    65,535 Service ports): getpeername() and recvfrom() still report its VIP
+    and its counters count, not those of the frontend whose id is the same
+    modulo 2^16 (a decoy with another VIP)."""
+    v6 = ":" in vip
+    rev = 0x10000 + (41 if v6 else 32)
+    decoy = "2001:db8:1::99" if v6 else "198.51.100.99"
+    put_service(env.lb.maps, decoy, 80, "TCP", [(backends[0], TCP_PORT)], rev & 0xFFFF)
+    put_service(env.lb.maps, vip, 80, "TCP", [(b, TCP_PORT) for b in backends], rev)
+    put_service(env.lb.maps, vip, 53, "UDP", [(b, UDP_PORT) for b in backends], rev + 1)
+    try:
+        r, udp = env.client(tcp(vip, 80, 60),
+                            {"op": "udp", "dst": vip, "port": 53, "sockets": 3, "sends": 2,
+                             "connect": True})
+    finally:
+        del_service(env.lb.maps, vip, 80, "TCP", 3)
+        del_service(env.lb.maps, vip, 53, "UDP", 3)
+        del_service(env.lb.maps, decoy, 80, "TCP", 1)
+    assert r["errors"] == {} and set(r["ids"]) == set(backends)
+    assert {tuple(p) for p in r["peers"]} == {(vip, 80)}
+    for s in udp["sockets"]:
+        assert tuple(s["peer"]) == (vip, 53)
+        assert {tuple(f) for f in s["froms"]} == {(vip, 53)}
+    stats = env.lb.maps.lb_svc_stats
+
+    def selected(i: int) -> int:
+        return sum(s.selected for s in stats.get(ctypes.c_uint32(i)))
+    assert selected(rev) == 60 and selected(rev + 1) == 3
+    assert selected(rev & 0xFFFF) == 0
 
 
 @pytest.mark.root

@@ -36,7 +36,7 @@ _ports = itertools.count(30000)
 def lb():
     from pyagent.dataplanes.ebpf import socket_lb, tc
 
-    caps = socket_lb.Capacities(1024, 1024, 1024, 64, 256, 4096)
+    caps = socket_lb.Capacities(1024, 1024, 1024, 64, 256, 1 << 17)  # ids past 16 bits
     with tc.load(None, caps, tc.TcCapacities(ct=4096, src_range=64)) as lb:
         tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
         yield lb
@@ -63,9 +63,9 @@ def parsed(frame: bytes) -> P.Packet:
 
 
 def frontend(lb, vip: str, port: int, proto: str, backends: list[tuple[str, int, bool]],
-             flags: int = 0, scope: int = L.SCOPE_EXTERNAL) -> int:
+             flags: int = 0, scope: int = L.SCOPE_EXTERNAL, rev: int | None = None) -> int:
     """Backends, slots, then the master entry; returns the service id."""
-    rev = next(_ids)
+    rev = next(_ids) if rev is None else rev
     v6 = ":" in vip
     maps = lb.lb_maps
     bmap = maps.lb6_backends if v6 else maps.lb4_backends
@@ -336,6 +336,45 @@ def test_load_balancer_source_ranges(lb, v6):
     assert ingress(lb, P.build(blocked, vip, "TCP", 40016, port))[0] == OK
     bpfmaps.clear_source_ranges(lb.maps, rev)
     assert ingress(lb, P.build(allowed, vip, "TCP", 40017, port))[0] == SHOT
+
+
+def test_frontend_ids_beyond_16_bits(lb):
+    """A frontend whose rev-NAT id needs more than 16 bits: its source
+    ranges, affinity, conntrack entry and counters are its own, not those of
+    the frontend whose id is the same modulo 2^16 (a decoy that allows every
+    client, so a truncated id would let the blocked client in)."""
+    from pyagent.dataplanes.ebpf import tc
+
+    rev = 0x10000 + 0x8000 + 5  # the module's counter never reaches 0x8005
+    decoy = rev & 0xFFFF
+    port = next(_ports)
+    frontend(lb, "198.51.100.77", port, "TCP", [(LOCAL4[0], 8080, True)],
+             F.LOADBALANCER | F.SOURCE_RANGE, rev=decoy)
+    tc.set_source_ranges(lb.maps, decoy, ["0.0.0.0/0"])
+    frontend(lb, "198.51.100.78", port, "TCP", [(b, 8080, True) for b in LOCAL4],
+             F.LOADBALANCER | F.SOURCE_RANGE | F.AFFINITY, rev=rev)
+    key = L.service_key("198.51.100.78", port, "TCP", scope=L.SCOPE_EXTERNAL)
+    master = lb.lb_maps.lb4_services.get(key)
+    master.affinity_timeout = 600
+    lb.lb_maps.lb4_services.set(key, master)
+    for slot in range(1, 4):
+        set_member(lb, lb.lb_maps.lb4_services.get(L.service_key(
+            "198.51.100.78", port, "TCP", slot=slot, scope=L.SCOPE_EXTERNAL)).backend_id, rev)
+    tc.set_source_ranges(lb.maps, rev, ["203.0.113.0/25"])
+    try:
+        assert ingress(lb, P.build("203.0.113.130", "198.51.100.78", "TCP", 40030, port))[0] \
+            == SHOT
+        dsts = {parsed(ingress(lb, P.build(CLIENT4, "198.51.100.78", "TCP", c, port))[1]).dst
+                for c in range(44000, 44020)}
+        assert len(dsts) == 1  # affinity keyed by the whole id
+        ct = lb.maps.lb4_ct.get(L.Lb4CtKey(L.ip4(CLIENT4), L.ip4("198.51.100.78"),
+                                           L.be16(44000), L.be16(port), 6, L.CT_INGRESS))
+        assert ct.rev_nat_id == rev
+        assert sum(s.selected for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev))) == 20
+        assert sum(s.selected for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(decoy))) == 0
+    finally:
+        bpfmaps.clear_source_ranges(lb.maps, rev)
+        bpfmaps.clear_source_ranges(lb.maps, decoy)
 
 
 def test_no_masquerade_address_drops_instead_of_leaking(lb):

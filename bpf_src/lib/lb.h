@@ -163,7 +163,7 @@ static __always_inline __u16 lb_slot(__u32 seed, __u16 count)
 #define LB_STAT_NO_BACKEND 1
 #define LB_STAT_ERROR      2
 
-static __always_inline void lb_svc_count(__u16 rev_nat_id, int what)
+static __always_inline void lb_svc_count(__u32 rev_nat_id, int what)
 {
 	__u32 idx = rev_nat_id;
 	struct lb_svc_stats *s = lb_svc_stats_get(&idx);
@@ -207,7 +207,7 @@ static __always_inline int lb_no_backend(const struct lb_service *svc)
  * (lb_aff_match): a backend that left the service is never reused. client
  * is the netns cookie on the socket path (netns = 1), the client address
  * on the TC path. */
-static __always_inline __u32 lb_affinity_backend(__u64 client, __u8 netns, __u16 rev_nat_id,
+static __always_inline __u32 lb_affinity_backend(__u64 client, __u8 netns, __u32 rev_nat_id,
 						 __u8 scope, __u32 timeout, __u64 now)
 {
 	struct lb_affinity_key ak = {};
@@ -228,7 +228,7 @@ static __always_inline __u32 lb_affinity_backend(__u64 client, __u8 netns, __u16
 	return mk.backend_id;
 }
 
-static __always_inline void lb_affinity_record(__u64 client, __u8 netns, __u16 rev_nat_id,
+static __always_inline void lb_affinity_record(__u64 client, __u8 netns, __u32 rev_nat_id,
 					       __u32 backend_id, __u64 now)
 {
 	struct lb_affinity_key ak = {};
@@ -292,7 +292,7 @@ static __always_inline void lb_mon_emit(struct lb_monitor *m, struct lb_event *e
  * and client fields are zero until the caller sets them. */
 static __always_inline void lb_ev_init(int fam, struct lb_event *ev, __u8 origin, __u8 proto,
 				       const union lb_v6addr *addr, __be16 port,
-				       __u16 rev_nat_id, __u8 verdict)
+				       __u32 rev_nat_id, __u8 verdict)
 {
 	__builtin_memset(ev, 0, sizeof(*ev));
 	lb_addr_copy(fam, &ev->frontend, addr);

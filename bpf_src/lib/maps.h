@@ -43,8 +43,8 @@ LB_MAP("hash", struct lb4_key, struct lb_service, lb4_services, LB_SERVICE_MAP_M
 LB_MAP("hash", struct lb6_key, struct lb_service, lb6_services, LB_SERVICE_MAP_MAX);
 LB_MAP("hash", __u32, struct lb4_backend, lb4_backends, LB_BACKEND_MAP_MAX);
 LB_MAP("hash", __u32, struct lb6_backend, lb6_backends, LB_BACKEND_MAP_MAX);
-LB_MAP("hash", __u16, struct lb4_reverse_nat, lb4_revnat, LB_REVNAT_MAP_MAX);
-LB_MAP("hash", __u16, struct lb6_reverse_nat, lb6_revnat, LB_REVNAT_MAP_MAX);
+LB_MAP("hash", __u32, struct lb4_reverse_nat, lb4_revnat, LB_REVNAT_MAP_MAX);
+LB_MAP("hash", __u32, struct lb6_reverse_nat, lb6_revnat, LB_REVNAT_MAP_MAX);
 LB_MAP("lru_hash", struct lb4_sock_key, struct lb4_sock_val, lb4_sockrev,
        LB_SOCK_REVNAT_MAP_MAX);
 LB_MAP("lru_hash", struct lb6_sock_key, struct lb6_sock_val, lb6_sockrev,

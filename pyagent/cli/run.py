@@ -50,6 +50,9 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bpf-lb-map-max", type=_map_max, metavar="N",
                    help="entries of each eBPF map holding Service state "
                    "(pyagent.bpfLbMapMax; default: the built-in sizes)")
+    p.add_argument("--bpf-lb-rev-nat-map-max", type=_map_max, metavar="N",
+                   help="rev-NAT entries, hence frontend ids and per-service counters "
+                   "(pyagent.bpfLbRevNatMapMax; default: min(--bpf-lb-map-max, 65536))")
 
 
 def _map_max(text: str) -> int:
@@ -91,6 +94,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         changes["metrics_per_backend"] = True
     if getattr(args, "bpf_lb_map_max", None):
         changes["bpf_lb_map_max"] = args.bpf_lb_map_max
+    if getattr(args, "bpf_lb_rev_nat_map_max", None):
+        changes["bpf_lb_rev_nat_map_max"] = args.bpf_lb_rev_nat_map_max
     config = dataclasses.replace(config, **changes)
     if not config.node_name:
         config = dataclasses.replace(config, node_name=socket.gethostname().lower())

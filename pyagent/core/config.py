@@ -61,6 +61,10 @@ class NodeConfig:
     # entries of each eBPF map holding Service state (Cilium's bpf-lb-map-max);
     # None: bpf_src/lb_types.h's defaults. See dataplanes/ebpf/capacity.py.
     bpf_lb_map_max: int | None = None
+    # rev-NAT entries, and with them the rev-NAT (frontend) ids and the
+    # per-CPU per-service arrays they index (Cilium's bpf-lb-rev-nat-map-max);
+    # None: min(bpf_lb_map_max, 65536), else the header's.
+    bpf_lb_rev_nat_map_max: int | None = None
     ipvs_scheduler: str = "rr"  # KubeProxyConfiguration ipvs.scheduler
     service_cidrs: tuple[str, ...] = ()
     localhost_node_ports: bool = False
@@ -164,7 +168,7 @@ LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "InterfaceNamePrefix", "BridgeInterfac
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
-    "parseLimits", "bpfLbMapMax",
+    "parseLimits", "bpfLbMapMax", "bpfLbRevNatMapMax",
     "k8sServiceHost", "k8sServicePort",
 })
 LB_MAP_MAX_RANGE = (1, 1 << 24)
@@ -294,6 +298,9 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
                          f"{', '.join(LB_ALGORITHMS)}")
     if py.get("bpfLbMapMax") is not None:
         values["bpf_lb_map_max"] = lb_map_max(py["bpfLbMapMax"], "pyagent.bpfLbMapMax")
+    if py.get("bpfLbRevNatMapMax") is not None:
+        values["bpf_lb_rev_nat_map_max"] = lb_map_max(py["bpfLbRevNatMapMax"],
+                                                      "pyagent.bpfLbRevNatMapMax")
     ipvs = _mapping(data, "ipvs")
     if ipvs.get("scheduler") not in (None, ""):
         values["ipvs_scheduler"] = _string_value(ipvs["scheduler"], "ipvs.scheduler")

@@ -9,6 +9,7 @@ cgroup, bpffs and namespaces; nothing touches the host's):
 
     .venv/bin/python -m tests.bench.bench_ebpf [--services 10000] [--endpoints 10]
         [--loaded 50000] [--connects 2000] [--memory-services 10000] [--json]
+        [--bpf-lb-map-max N] [--bpf-lb-rev-nat-map-max N]   # sizes for 100k Services
 
 Reports numbers only; nothing asserts on them (figures in docs/ come from here).
 """
@@ -59,9 +60,22 @@ def states(store: ServiceStore) -> dict:
     return {k: tuple(v) for k, v in out.items()}
 
 
+# Map sizes (--bpf-lb-map-max, --bpf-lb-rev-nat-map-max) for every dataplane
+# and agent of this run: the defaults hold 65,535 frontends.
+SIZES: dict[str, int] = {}
+
+
+def sized(config: NodeConfig) -> NodeConfig:
+    return dataclasses.replace(config, **SIZES)
+
+
+def size_flags() -> list[str]:
+    return [a for k, v in SIZES.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
 def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
-    config = dataclasses.replace(NodeConfig(node_name="node-0", node_ips=("192.168.0.2",)),
-                                 bpffs=str(lab.bpffs / "bench"), cgroup=str(lab.cgroup))
+    config = sized(NodeConfig(node_name="node-0", node_ips=("192.168.0.2",),
+                              bpffs=str(lab.bpffs / "bench"), cgroup=str(lab.cgroup)))
     store = ServiceStore(config)
     t = time.perf_counter()
     load_store(store, services, endpoints)
@@ -112,8 +126,8 @@ def connect_cost(lab: Lab, n: int, rounds: int = 5) -> tuple[float, float]:
 
 
 def bench_connect(lab: Lab, loaded: int, n: int) -> dict:
-    config = dataclasses.replace(NodeConfig(node_name="node-0"),
-                                 bpffs=str(lab.bpffs / "conn"), cgroup=str(lab.cgroup))
+    config = sized(NodeConfig(node_name="node-0", bpffs=str(lab.bpffs / "conn"),
+                              cgroup=str(lab.cgroup)))
     store = ServiceStore(config)
     dp = registry.get("ebpf").create(config)
     dp.setup()
@@ -181,7 +195,7 @@ def bench_agent_memory(lab: Lab, services: int, endpoints: int, source: str) -> 
     agent = lab.agent(["run", *src_args, "--node-name", "node-0",
                        "--cgroup", str(lab.cgroup), "--bpffs", bpffs,
                        "--healthz-bind-address", "127.0.0.1:0",
-                       "--metrics-bind-address", "127.0.0.1:0"],
+                       "--metrics-bind-address", "127.0.0.1:0", *size_flags()],
                       stderr=subprocess.PIPE, text=True)
     status = Path("/proc") / str(agent.pid) / "status"
     try:
@@ -217,8 +231,14 @@ def main() -> int:
     ap.add_argument("--memory-services", type=int, default=10_000,
                     help="services (x --endpoints) held by the agent for the memory figure "
                          "(0: no memory figure)")
+    ap.add_argument("--bpf-lb-map-max", type=int, help="as pyagent run's (e.g. 4194304 for "
+                    "100,000 Services x 10)")
+    ap.add_argument("--bpf-lb-rev-nat-map-max", type=int,
+                    help="as pyagent run's (above 65,536 for more frontends)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    SIZES.update({k: v for k in ("bpf_lb_map_max", "bpf_lb_rev_nat_map_max")
+                  if (v := getattr(args, k))})
     with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
         sync = bench_sync(lab, args.services, args.endpoints, args.changes)
         conn = bench_connect(lab, args.loaded, args.connects)

@@ -31,11 +31,13 @@ NODE = "node-0"
 def objects(services: int, endpoints: int) -> Iterator[dict]:
     for i in range(services):
         ns, name = f"ns{i % 50}", f"svc{i}"
-        spec: dict = {"clusterIP": f"172.30.{i // 250}.{i % 250 + 1}",
+        # 64,000 ClusterIPs per /16 (172.30, then 172.31: 128,000 in all);
+        # one Service in 10 a NodePort while the 2,768 ports of the range last
+        spec: dict = {"clusterIP": f"172.{30 + i // 64000}.{i // 250 % 256}.{i % 250 + 1}",
                       "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
-        if i % 10 == 0:
+        if i % 10 == 0 and i // 10 < 2768:
             spec.update(type="NodePort", externalTrafficPolicy="Local")
-            spec["ports"][0]["nodePort"] = 30000 + (i // 10) % 2768
+            spec["ports"][0]["nodePort"] = 30000 + i // 10
         yield {"apiVersion": "v1", "kind": "Service",
                "metadata": {"namespace": ns, "name": name, "resourceVersion": "1"}, "spec": spec}
         yield {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

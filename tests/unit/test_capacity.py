@@ -131,10 +131,11 @@ def used_matches_maps(r: Reconciler, maps: KernelLikeMaps) -> None:
 # -- item 4: a multi-port Service when the rev-NAT id space runs out ----------
 
 def test_rev_nat_ids_run_out_mid_multiport_service_nothing_is_written() -> None:
-    """65,535 rev-NAT ids (16-bit, 0 reserved) with a 65,536-entry map: the
-    id space runs out first. A two-port Service that needs two ids when one
-    is left is refused whole, and deleting it leaves nothing behind."""
-    maps = KernelLikeMaps(cap=262144, revnat_4=65536, revnat_6=65536)
+    """65,535 rev-NAT ids (the default per-CPU arrays they index hold 65,536,
+    0 reserved) with a 65,536-entry map: the id space runs out first. A
+    two-port Service that needs two ids when one is left is refused whole,
+    and deleting it leaves nothing behind."""
+    maps = KernelLikeMaps(cap=262144, revnat_4=65536, revnat_6=65536, rev_ids_0=65535)
     r = Reconciler(maps)
     fill = {("fill", f"s{i}"): [fe(vip(i), 80, [be(0)])] for i in range(65534)}
     assert not any(r.apply(fill).values())
@@ -425,8 +426,20 @@ def test_map_size_config_key_flag_and_defines() -> None:
     d = defines("/sys/fs/bpf/x", Capacities.for_lb_map_max(1000))
     assert (d["LB_SERVICE_MAP_MAX"], d["LB_BACKEND_MAP_MAX"], d["LB_REVNAT_MAP_MAX"],
             d["LB_STATS_MAP_MAX"]) == (1000, 1000, 1000, 1001)
+    # per-CPU arrays indexed by rev-NAT id stay at 65,536 unless asked for
     big = Capacities.for_lb_map_max(1 << 20).defines()
-    assert big["LB_REVNAT_MAP_MAX"] == 65536 and big["LB_STATS_MAP_MAX"] == 65536  # u16 ids
+    assert big["LB_REVNAT_MAP_MAX"] == 65536 and big["LB_STATS_MAP_MAX"] == 65536
+    wide = Capacities.for_lb_map_max(1 << 21, 1 << 17).defines()
+    assert (wide["LB_SERVICE_MAP_MAX"], wide["LB_REVNAT_MAP_MAX"], wide["LB_STATS_MAP_MAX"]) \
+        == (1 << 21, 1 << 17, (1 << 17) + 1)
+    alone = Capacities.for_lb_map_max(None, 200_000)
+    assert (alone.services, alone.revnat, alone.stats) == (Capacities().services, 200_000, 200_001)
+    assert config_from_dict({"pyagent": {"bpfLbRevNatMapMax": 131072}}).bpf_lb_rev_nat_map_max \
+        == 131072
+    with pytest.raises(ValueError, match="pyagent.bpfLbRevNatMapMax"):
+        config_from_dict({"pyagent": {"bpfLbRevNatMapMax": "big"}})
+    assert node_config(p.parse_args(["--bpf-lb-rev-nat-map-max", "131072"])) \
+        .bpf_lb_rev_nat_map_max == 131072
     assert TcCapacities.for_lb_map_max(1000).defines()["LB_SRC_RANGE_MAP_MAX"] == 1000
     assert Capacities.from_defines(Capacities.for_lb_map_max(77).defines()) == \
         Capacities.for_lb_map_max(77)

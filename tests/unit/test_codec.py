@@ -15,8 +15,8 @@ MIRRORS = {
     ("services", 6): (L.Lb6Key, L.LbService),
     ("backends", 4): (ctypes.c_uint32, L.Lb4Backend),
     ("backends", 6): (ctypes.c_uint32, L.Lb6Backend),
-    ("revnat", 4): (ctypes.c_uint16, L.Lb4ReverseNat),
-    ("revnat", 6): (ctypes.c_uint16, L.Lb6ReverseNat),
+    ("revnat", 4): (ctypes.c_uint32, L.Lb4ReverseNat),
+    ("revnat", 6): (ctypes.c_uint32, L.Lb6ReverseNat),
     ("affmatch", 0): (L.LbAffinityMatchKey, ctypes.c_uint8),
 }
 
@@ -36,8 +36,10 @@ def test_service_key_bytes_match_the_ctypes_struct() -> None:
     raw6 = codec.pack_key("services", 6, ("fd00::a", 53, 17, 0, 0))
     k6 = L.Lb6Key.from_buffer_copy(raw6)
     assert (L.from_ip6(k6.address), L.from_be16(k6.dport), k6.proto) == ("fd00::a", 53, 17)
-    m = L.LbAffinityMatchKey.from_buffer_copy(codec.pack_key("affmatch", 0, (7, 3, 1)))
-    assert (m.backend_id, m.rev_nat_id, m.scope) == (7, 3, 1)
+    m = L.LbAffinityMatchKey.from_buffer_copy(codec.pack_key("affmatch", 0, (7, 70000, 1)))
+    assert (m.backend_id, m.rev_nat_id, m.scope) == (7, 70000, 1)
+    v = L.LbService.from_buffer_copy(codec.pack_value("services", 4, (0, 0, 2, 1, 70000, 9, 3)))
+    assert (v.count, v.qcount, v.rev_nat_id, v.flags, v.algorithm) == (2, 1, 70000, 9, 3)
 
 
 @pytest.mark.parametrize(("m", "fam", "key", "value"), [
@@ -48,6 +50,10 @@ def test_service_key_bytes_match_the_ctypes_struct() -> None:
     ("revnat", 4, (3,), ("10.96.0.10", 80)),
     ("revnat", 6, (4,), ("fd00::10", 53)),
     ("affmatch", 0, (5, 3, 1), (1,)),
+    # frontend (rev-NAT) ids past 16 bits: 100,000 Services on a node
+    ("services", 4, ("10.96.0.11", 80, 6, 1, 0), (0, 0, 10, 0, 0x1_86A0, 1, 0)),
+    ("revnat", 4, (0x1_86A0,), ("10.96.0.11", 80)),
+    ("affmatch", 0, (5, 0x1_86A0, 1), (1,)),
 ])
 def test_round_trip(m, fam, key, value) -> None:
     assert codec.unpack_key(m, fam, codec.pack_key(m, fam, key)) == key

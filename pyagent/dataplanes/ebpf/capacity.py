@@ -8,10 +8,12 @@ rev-NAT, affinity membership, Maglev tables, source ranges) or an id space
 - services / backends / rev-NAT / affinity-membership / Maglev / source-range
   maps: their max_entries (``pyagent.bpfLbMapMax``, else bpf_src/lb_types.h).
   Kernel hash maps and LPM tries refuse a new key once full.
-- rev-NAT ids: 1..65535. The id is a u16 in every struct that carries it
-  (services master entry, socket rev-NAT, conntrack, affinity and
-  source-range keys; 0 means none), and it indexes the per-service counter
-  and round-robin arrays, so it is also below their size.
+- rev-NAT ids: 1..n-1 where n is the size of the per-service counter and
+  round-robin arrays they index (``pyagent.bpfLbRevNatMapMax`` + 1, else
+  65,536). The id is a u32 in every struct that carries it (services master
+  entry, socket rev-NAT, conntrack, affinity and source-range keys; 0 means
+  none); those arrays are per-CPU, which is why they are not simply as large
+  as the services map.
 - backend ids: 1..2^32-1 (u32); never the bound in practice, the backends
   maps are.
 - slots per frontend: 65535 (the slot number and the counts are u16).
@@ -31,7 +33,7 @@ AFFMATCH = "affmatch"  # family-less (0): backend id, rev-NAT id, scope -> 1
 MAGLEV = "maglev"  # family-less: rev-NAT id -> Maglev table (TC path)
 SRCRANGE = "srcrange"  # (rev-NAT id, CIDR) -> allowed (TC path)
 REV_IDS, BACKEND_IDS = "rev_ids", "backend_ids"  # id spaces, family 0
-MAX_REV_ID = 0xFFFF
+MAX_REV_ID = 0xFFFFFFFF
 MAX_BACKEND_ID = 0xFFFFFFFF
 
 Resource = tuple[str, int]

@@ -11,13 +11,13 @@ import struct
 
 # Network-order fields (addresses, ports) are packed as raw bytes.
 FORMATS = {
-    ("services", 4): ("<4s2sHBB2x", "<IIHHHHB3x"),     # lb4_key -> lb_service
-    ("services", 6): ("<16s2sHBB2x", "<IIHHHHB3x"),    # lb6_key -> lb_service
+    ("services", 4): ("<4s2sHBB2x", "<IIHHIHBx"),     # lb4_key -> lb_service
+    ("services", 6): ("<16s2sHBB2x", "<IIHHIHBx"),    # lb6_key -> lb_service
     ("backends", 4): ("<I", "<4s2sBBBB2x"),            # id -> lb4_backend
     ("backends", 6): ("<I", "<16s2sBBBB2x"),           # id -> lb6_backend
-    ("revnat", 4): ("<H", "<4s2s2x"),                  # id -> lb4_reverse_nat
-    ("revnat", 6): ("<H", "<16s2s2x4x"),               # id -> lb6_reverse_nat
-    ("affmatch", 0): ("<IHBx", "<B"),                  # lb_affinity_match_key -> u8
+    ("revnat", 4): ("<I", "<4s2s2x"),                  # id -> lb4_reverse_nat
+    ("revnat", 6): ("<I", "<16s2s2x4x"),               # id -> lb6_reverse_nat
+    ("affmatch", 0): ("<IIB3x", "<B"),                  # lb_affinity_match_key -> u8
 }
 STRUCTS = {k: (struct.Struct(kf), struct.Struct(vf)) for k, (kf, vf) in FORMATS.items()}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}

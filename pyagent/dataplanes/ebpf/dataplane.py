@@ -61,7 +61,8 @@ class EbpfDataplane:
         """Load (reusing pinned maps) and adopt. The programs are attached at
         the first full sync, once the maps hold the desired state: after a
         layout upgrade (new, empty maps) no connection ever sees them empty."""
-        caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max)
+        caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
+                                                   self.config.bpf_lb_rev_nat_map_max)
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyagent.core.model import PROTOCOL_NUMBERS
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # Default capacities (lb_types.h); the loader may override them with -D.
 SERVICE_MAP_MAX = 262144
@@ -210,10 +210,10 @@ class LbService(ctypes.Structure):
         ("affinity_timeout", c_uint32),
         ("count", c_uint16),
         ("qcount", c_uint16),
-        ("rev_nat_id", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("flags", c_uint16),
         ("algorithm", c_uint8),
-        ("pad", c_uint8 * 3),
+        ("pad", c_uint8),
     ]
 
 
@@ -269,24 +269,25 @@ class Lb6SockKey(ctypes.Structure):
 
 
 class Lb4SockVal(ctypes.Structure):
-    _fields_ = [("address", c_uint32), ("port", c_uint16), ("rev_nat_id", c_uint16)]
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16),
+                ("rev_nat_id", c_uint32)]
 
 
 class Lb6SockVal(ctypes.Structure):
     _fields_ = [
         ("address", V6Addr),
         ("port", c_uint16),
-        ("rev_nat_id", c_uint16),
-        ("pad", c_uint32),
+        ("pad", c_uint16),
+        ("rev_nat_id", c_uint32),
     ]
 
 
 class LbAffinityKey(ctypes.Structure):
     _fields_ = [
         ("client", c_uint64),
-        ("rev_nat_id", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("netns", c_uint8),
-        ("pad", c_uint8 * 5),
+        ("pad", c_uint8 * 3),
     ]
 
 
@@ -295,8 +296,8 @@ class LbAffinityVal(ctypes.Structure):
 
 
 class LbAffinityMatchKey(ctypes.Structure):
-    _fields_ = [("backend_id", c_uint32), ("rev_nat_id", c_uint16), ("scope", c_uint8),
-                ("pad", c_uint8)]
+    _fields_ = [("backend_id", c_uint32), ("rev_nat_id", c_uint32), ("scope", c_uint8),
+                ("pad", c_uint8 * 3)]
 
 
 class LbSvcStats(ctypes.Structure):
@@ -335,9 +336,9 @@ class Lb4CtVal(ctypes.Structure):
         ("dport", c_uint16),
         ("backend_id", c_uint32),
         ("expires", c_uint64),
-        ("rev_nat_id", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("flags", c_uint8),
-        ("pad", c_uint8 * 5),
+        ("pad", c_uint8 * 3),
     ]
 
 
@@ -349,17 +350,16 @@ class Lb6CtVal(ctypes.Structure):
         ("dport", c_uint16),
         ("backend_id", c_uint32),
         ("expires", c_uint64),
-        ("rev_nat_id", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("flags", c_uint8),
-        ("pad", c_uint8 * 5),
+        ("pad", c_uint8 * 3),
     ]
 
 
 class Lb4SrcRangeKey(ctypes.Structure):
     _fields_ = [
         ("prefixlen", c_uint32),
-        ("rev_nat_id", c_uint16),
-        ("pad", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("address", c_uint32),
     ]
 
@@ -367,8 +367,7 @@ class Lb4SrcRangeKey(ctypes.Structure):
 class Lb6SrcRangeKey(ctypes.Structure):
     _fields_ = [
         ("prefixlen", c_uint32),
-        ("rev_nat_id", c_uint16),
-        ("pad", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("address", V6Addr),
     ]
 
@@ -410,12 +409,14 @@ class LbEvent(ctypes.Structure):
         ("client_port", c_uint16),
         ("frontend_port", c_uint16),
         ("backend_port", c_uint16),
-        ("rev_nat_id", c_uint16),
+        ("pad", c_uint16),
+        ("rev_nat_id", c_uint32),
         ("backend_id", c_uint32),
         ("family", c_uint8),
         ("proto", c_uint8),
         ("verdict", c_uint8),
         ("origin", c_uint8),
+        ("pad2", c_uint8 * 4),
     ]
 
 
@@ -494,8 +495,8 @@ MAPS: dict[str, MapSpec] = {
         MapSpec("lb6_services", Lb6Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX"),
         MapSpec("lb4_backends", c_uint32, Lb4Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
         MapSpec("lb6_backends", c_uint32, Lb6Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
-        MapSpec("lb4_revnat", c_uint16, Lb4ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
-        MapSpec("lb6_revnat", c_uint16, Lb6ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
+        MapSpec("lb4_revnat", c_uint32, Lb4ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
+        MapSpec("lb6_revnat", c_uint32, Lb6ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
         MapSpec("lb4_sockrev", Lb4SockKey, Lb4SockVal, MAP_TYPE_LRU_HASH,
                 "LB_SOCK_REVNAT_MAP_MAX"),
         MapSpec("lb6_sockrev", Lb6SockKey, Lb6SockVal, MAP_TYPE_LRU_HASH,

@@ -176,16 +176,20 @@ class Capacities:
     backend_stats: int = layout.BACKEND_STATS_MAX
 
     @classmethod
-    def for_lb_map_max(cls, n: int | None) -> Capacities:
-        """The sizes `pyagent.bpfLbMapMax` / --bpf-lb-map-max gives (None: the
-        header's defaults). It sizes every map that holds Service state; the
-        per-socket LRU maps (socket rev-NAT, affinity) keep theirs. rev-NAT
-        ids are 16-bit, so the maps they index stop at 65536 entries."""
-        if n is None:
-            return cls()
-        ids = min(n, 0xFFFF)
-        return cls(services=n, backends=n, revnat=min(n, 0x10000), stats=ids + 1,
-                   backend_stats=min(n, layout.BACKEND_STATS_MAX))
+    def for_lb_map_max(cls, n: int | None, rev_nat: int | None = None) -> Capacities:
+        """The sizes `pyagent.bpfLbMapMax` / --bpf-lb-map-max (n) and
+        `pyagent.bpfLbRevNatMapMax` / --bpf-lb-rev-nat-map-max (rev_nat) give
+        (None: the header's defaults). n sizes every map that holds Service
+        state; the per-socket LRU maps (socket rev-NAT, affinity) keep theirs.
+        rev_nat sizes the rev-NAT maps and the per-CPU per-service arrays
+        indexed by rev-NAT id (ids 1..rev_nat): those cost 32 bytes per id
+        *per CPU*, so without rev_nat they stop at 65,536 entries."""
+        caps = cls() if n is None else cls(
+            services=n, backends=n, revnat=min(n, 0x10000), stats=min(n, 0xFFFF) + 1,
+            backend_stats=min(n, layout.BACKEND_STATS_MAX))
+        if rev_nat is not None:
+            caps = dataclasses.replace(caps, revnat=rev_nat, stats=rev_nat + 1)
+        return caps
 
     def defines(self) -> dict[str, int]:
         return {define: getattr(self, name) for name, define in CAPACITY_DEFINES.items()}

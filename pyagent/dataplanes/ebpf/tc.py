@@ -69,7 +69,7 @@ class TcCapacities:
     @classmethod
     def for_lb_map_max(cls, n: int | None) -> TcCapacities:
         """Sizes for `pyagent.bpfLbMapMax` (None: the defaults): source
-        ranges and Maglev tables (keyed by 16-bit rev-NAT ids) follow it,
+        ranges follow it, Maglev tables (64 KiB each) up to 65,536 of them,
         conntrack (per flow, an LRU) keeps its size."""
         return cls() if n is None else cls(src_range=n, maglev=min(n, 0x10000))
 
@@ -286,8 +286,8 @@ def src_range_key(rev_nat_id: int, cidr: str) -> L.Lb4SrcRangeKey | L.Lb6SrcRang
     net = ipaddress.ip_network(cidr.strip(), strict=False)
     plen = L.SRC_RANGE_PREFIX_BITS + net.prefixlen
     if net.version == 4:
-        return L.Lb4SrcRangeKey(plen, rev_nat_id, 0, L.ip4(str(net.network_address)))
-    return L.Lb6SrcRangeKey(plen, rev_nat_id, 0, L.ip6(str(net.network_address)))
+        return L.Lb4SrcRangeKey(plen, rev_nat_id, L.ip4(str(net.network_address)))
+    return L.Lb6SrcRangeKey(plen, rev_nat_id, L.ip6(str(net.network_address)))
 
 
 def sync_source_ranges(maps: TcMaps, desired: Mapping[int, Iterable[str]],
