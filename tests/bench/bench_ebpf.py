@@ -73,6 +73,17 @@ def size_flags() -> list[str]:
     return [a for k, v in SIZES.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
+def maps_memlock(maps: dict) -> int:
+    """Kernel memory the maps hold (their fdinfo's memlock: preallocated hash
+    maps and per-CPU arrays cost their max_entries, not their use)."""
+    total = 0
+    for m in maps.values():
+        for line in Path(f"/proc/self/fdinfo/{m.fd}").read_text().splitlines():
+            if line.startswith("memlock:"):
+                total += int(line.split()[1])
+    return total
+
+
 def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
     config = sized(NodeConfig(node_name="node-0", node_ips=("192.168.0.2",),
                               bpffs=str(lab.bpffs / "bench"), cgroup=str(lab.cgroup)))
@@ -89,6 +100,7 @@ def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
     t_sync = time.perf_counter() - t
     errors = sum(1 for v in status.values() if v)
     ops = dp.reconciler.last_ops if dp.reconciler else 0
+    kernel_mib = maps_memlock(dp.lb.maps.all()) / 2**20 if dp.lb else 0.0
     release_free_memory()  # what the agent does after a large sync (gc.freeze)
     # one endpoint change at a time: store event -> state -> maps
     lat = []
@@ -105,7 +117,7 @@ def bench_sync(lab: Lab, services: int, endpoints: int, changes: int) -> dict:
     lat.sort()
     out = {"services": services, "endpoints": services * endpoints,
            "state_build_s": round(t_state, 3), "full_sync_s": round(t_sync, 3),
-           "map_ops": ops, "errors": errors,
+           "map_ops": ops, "errors": errors, "maps_kernel_mib": round(kernel_mib, 1),
            "change_median_ms": round(statistics.median(lat) * 1e3, 3),
            "change_p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1e3, 3)}
     dp.cleanup()
@@ -250,7 +262,8 @@ def main() -> int:
     else:
         s = sync
         print(f"full sync {s['services']} services / {s['endpoints']} endpoints: "
-              f"state {s['state_build_s']} s, kernel {s['full_sync_s']} s ({s['map_ops']} map ops)")
+              f"state {s['state_build_s']} s, kernel {s['full_sync_s']} s ({s['map_ops']} map ops; "
+              f"maps hold {s['maps_kernel_mib']} MiB of kernel memory)")
         print(f"one endpoint change: median {s['change_median_ms']} ms, "
               f"p99 {s['change_p99_ms']} ms")
         for m in mem:

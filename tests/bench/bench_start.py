@@ -10,6 +10,7 @@ again after the API server forgot its history and every watch ended with
 
     .venv/bin/python -m tests.bench.bench_start [--services 10000] [--endpoints 10]
         [--source manifests|kube-api|both] [--tc] [--relist] [--log] [--json]
+        [--bpf-lb-map-max N] [--bpf-lb-rev-nat-map-max N]
 
 Reports numbers; asserts nothing.
 """
@@ -46,7 +47,7 @@ while True:
 
 
 def vip(i: int) -> str:
-    return f"172.30.{i // 250}.{i % 250 + 1}"  # bench_plan.objects' cluster IPs
+    return f"172.{30 + i // 64000}.{i // 250 % 256}.{i % 250 + 1}"  # bench_plan.objects
 
 
 def workload(lab: Lab, services: int, endpoints: int) -> list[dict]:
@@ -57,14 +58,19 @@ def workload(lab: Lab, services: int, endpoints: int) -> list[dict]:
 
 
 def cold_start(lab: Lab, services: int, endpoints: int, source: str, tc: bool,
-               show_log: bool = False, relist: bool = False) -> dict:
+               show_log: bool = False, relist: bool = False,
+               extra: tuple[str, ...] = ()) -> dict:
     objs = workload(lab, services, endpoints)
     bpffs = str(lab.bpffs / f"start-{source}")
     api = None
     if source == "manifests":
         directory = lab.tmp / f"start-{source}"
         directory.mkdir()
-        (directory / "all.json").write_text(json.dumps({"kind": "List", "items": objs}))
+        # files of at most 50,000 objects: one at 10k Services, and within
+        # parseLimits' default 64 MiB per file at 100k
+        for n in range(0, len(objs), 50_000):
+            (directory / f"part{n // 50_000:02}.json").write_text(
+                json.dumps({"kind": "List", "items": objs[n:n + 50_000]}))
         src_args = ["--manifests", str(directory)]
     else:
         api = fake_api_in(lab, objs)
@@ -79,7 +85,7 @@ def cold_start(lab: Lab, services: int, endpoints: int, source: str, tc: bool,
                        "--cgroup", str(lab.cgroup), "--bpffs", bpffs,
                        *(["--interface", uplink] if tc else []),
                        "--healthz-bind-address", "127.0.0.1:0",
-                       "--metrics-bind-address", "127.0.0.1:0"],
+                       "--metrics-bind-address", "127.0.0.1:0", *extra],
                       stderr=subprocess.PIPE, text=True)
     status = Path("/proc") / str(agent.pid) / "status"
     try:
@@ -140,12 +146,18 @@ def main() -> int:
     ap.add_argument("--relist", action="store_true",
                     help="API server: also the peak of a relist of everything (410 Gone)")
     ap.add_argument("--log", action="store_true", help="the agent's log, timed, on stderr")
+    ap.add_argument("--bpf-lb-map-max", help="passed to pyagent run (100,000 Services: 2097152)")
+    ap.add_argument("--bpf-lb-rev-nat-map-max",
+                    help="passed to pyagent run (100,000 Services: 131072)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    extra = tuple(a for flag in ("bpf_lb_map_max", "bpf_lb_rev_nat_map_max")
+                  if getattr(args, flag) for a in (f"--{flag.replace('_', '-')}",
+                                                   getattr(args, flag)))
     sources = ("manifests", "kube-api") if args.source == "both" else (args.source,)
     with Lab(pods=1, tcp_ports=(8080,), udp_ports=()) as lab:
         results = [cold_start(lab, args.services, args.endpoints, s, args.tc, args.log,
-                              args.relist) for s in sources]
+                              args.relist, extra) for s in sources]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
