@@ -159,14 +159,14 @@ def run(args: argparse.Namespace) -> int:
         log.info("config: %s", note)
     set_oom_score_adj(config.oom_score_adj)
     heap.limit_malloc_arenas()  # before the first thread
-    from pyagent.node import migrate
+    from pyagent.dataplanes.ebpf import loader
 
-    if found := migrate.leftovers():
-        log.warning("kube-proxy's state is still here (%s): run `pyagent cleanup "
-                    "--kube-proxy` once kube-proxy is stopped (docs/migrate.md)",
-                    "; ".join(found))
-    client = None if args.manifests else wiring.api_client(config)
+    wiring.compile_ahead(config)
+    # a warning only: its iptables-save/nft runs need not delay the start
+    threading.Thread(target=_warn_leftovers, name="leftovers", daemon=True).start()
+    client = None
     try:
+        client = None if args.manifests else wiring.api_client(config)
         config = wiring.resolve_node(config, args.manifests, client,
                                      interfaces_chosen=bool(getattr(args, "interface", None)))
         stop = threading.Event()
@@ -174,8 +174,23 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: stop.set())
         return wiring.serve(config, args.manifests, client, stop)
     finally:
+        loader.abandon_ahead()  # a compile nobody waited for: setup never ran
         if client is not None:
             client.close()
+
+
+def _warn_leftovers() -> None:
+    from pyagent.node import migrate
+
+    try:
+        found = migrate.leftovers()
+    except Exception:  # noqa: BLE001 - a best-effort hint, never fatal
+        log.debug("looking for kube-proxy's leftovers failed", exc_info=True)
+        return
+    if found:
+        log.warning("kube-proxy's state is still here (%s): run `pyagent cleanup "
+                    "--kube-proxy` once kube-proxy is stopped (docs/migrate.md)",
+                    "; ".join(found))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

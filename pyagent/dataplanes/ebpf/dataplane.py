@@ -43,6 +43,18 @@ def age_order(states: Mapping[ServiceKey, tuple[ServicePortState, ...]]):
     return key
 
 
+def capacities(config: NodeConfig) -> socket_lb.Capacities:
+    return socket_lb.Capacities.for_lb_map_max(config.bpf_lb_map_max,
+                                               config.bpf_lb_rev_nat_map_max)
+
+
+def compile_ahead(config: NodeConfig) -> None:
+    """Start compiling the socket LB at once (see loader): setup() finds it
+    done or running. TC waits for setup: its child would race this one to
+    create the shared pinned maps."""
+    socket_lb.compile_ahead(config.bpffs, capacities(config))
+
+
 class EbpfDataplane:
     name = "ebpf"
 
@@ -61,8 +73,7 @@ class EbpfDataplane:
         """Load (reusing pinned maps) and adopt. The programs are attached at
         the first full sync, once the maps hold the desired state: after a
         layout upgrade (new, empty maps) no connection ever sees them empty."""
-        caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
-                                                   self.config.bpf_lb_rev_nat_map_max)
+        caps = capacities(self.config)
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ebpf import cgroup as cg
 from ebpf import compiler, libbpf
 from ebpf import probe as kprobe
 from ebpf.maps import Map
-from pyagent.dataplanes.ebpf import bpf_sources, layout
+from pyagent.dataplanes.ebpf import bpf_sources, layout, loader
 
 log = logging.getLogger(__name__)
 
@@ -375,16 +374,9 @@ def pin_programs(lb: SockLB, bpffs: str) -> None:
 def load_out_of_process(bpffs: str, capacities: Capacities | None = None) -> SockLB:
     """Compile and load in a child process that pins the programs, then open
     the pins here: BCC and LLVM (about 140 MB of RSS) never enter the agent,
-    and a compiler crash cannot take the agent down."""
-    fs.ensure(bpffs)
-    sizes = [f"--size={name}={value}" for name, value in
-             (capacities or Capacities()).defines().items()]
-    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs, *sizes],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"loading the socket LB failed:\n{res.stderr.strip()}")
-    for line in res.stderr.splitlines():
-        log.warning("%s", line)
+    and a compiler crash cannot take the agent down. Waits for the child
+    compile_ahead started with the same arguments, if any."""
+    loader.run_child(__name__, bpffs, (capacities or Capacities()).defines(), "the socket LB")
     variant = kernel_variant()  # the child probed the same kernel
     record_variant(bpffs, variant)
     prog_fds: dict[str, int] = {}
@@ -397,6 +389,11 @@ def load_out_of_process(bpffs: str, capacities: Capacities | None = None) -> Soc
             os.close(fd)
         raise
     return SockLB(None, prog_fds, maps, variant)
+
+
+def compile_ahead(bpffs: str, capacities: Capacities | None = None) -> None:
+    """Start load_out_of_process's child now; the load then waits for it."""
+    loader.start_ahead(__name__, bpffs, (capacities or Capacities()).defines())
 
 
 def legacy_dir(bpffs: str) -> str:

@@ -22,7 +22,6 @@ import errno
 import ipaddress
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ebpf import bpffs as fs
 from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf import socket_lb
+from pyagent.dataplanes.ebpf import loader, socket_lb
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +204,9 @@ def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = No
     """Compile, load and pin in a child process (`main` below), then open
     the pins here: as for the socket LB, BCC and LLVM (about 150 MB of RSS)
     never enter the agent. The child replaces incompatible TC pins."""
-    fs.ensure(bpffs)
     sizes = {**(capacities or socket_lb.Capacities()).defines(),
              **(tc_capacities or TcCapacities()).defines()}
-    res = subprocess.run([sys.executable, "-m", __name__, "--bpffs", bpffs,
-                          *(f"--size={k}={v}" for k, v in sizes.items())],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"loading the TC programs failed:\n{res.stderr.strip()}")
-    for line in res.stderr.splitlines():
-        log.warning("%s", line)
+    loader.run_child(__name__, bpffs, sizes, "the TC programs")
     prog_fds: dict[str, int] = {}
     try:
         for name in PROGRAMS:
