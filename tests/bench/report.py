@@ -35,10 +35,15 @@ listening socket per Service port), is skipped with the estimate and why.
 
     .venv/bin/python -m tests.bench.report [--services 10 1000 10000 50000]
         [--modes ...] [--connects 400] [--rounds 5] [--budget 120] [--out docs/bench]
+        [--no-plot] [--replot]
 
-Writes OUT/report.json and, with matplotlib (the `bench` extra:
-`.venv/bin/pip install matplotlib`), OUT/connect.png, sync.png, latency.png,
-cost.png and rss.png. Reports numbers; asserts nothing.
+Writes OUT/report.json (after every point, marked "incomplete" until the
+last: a run cut short keeps what it measured) and, with matplotlib (the
+`bench` extra: `.venv/bin/pip install matplotlib`; not with --no-plot),
+OUT/connect.png, sync.png, latency.png, cost.png and rss.png. Reports
+numbers; asserts nothing. IPVS, absent from this host's kernel, runs in a
+qemu VM instead: tests/bench/report_vm.py (OUT/ipvs.json, ipvs.png; --replot
+redraws that too).
 """
 
 from __future__ import annotations
@@ -251,7 +256,11 @@ def main() -> int:
     ap.add_argument("--wrk-connections", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("docs/bench"))
     ap.add_argument("--replot", action="store_true",
-                    help="only print the table and redraw the plots of OUT/report.json")
+                    help="only print the table and redraw the plots of OUT/report.json "
+                         "(and of OUT/ipvs.json, if there is one)")
+    ap.add_argument("--no-plot", action="store_true",
+                    help="write report.json and print the table, draw nothing "
+                         "(matplotlib under qemu's emulation takes minutes)")
     ap.add_argument("--inner", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
@@ -259,7 +268,13 @@ def main() -> int:
         return 0
     if args.replot:
         meta = json.loads((args.out / "report.json").read_text())
-        return show(meta.pop("results"), meta, args.out)
+        show(meta.pop("results"), meta, args.out)
+        if (args.out / "ipvs.json").exists():
+            from tests.bench.report_plot import plot_emulated
+
+            for f in plot_emulated(json.loads((args.out / "ipvs.json").read_text()), args.out):
+                print(f"wrote {f}")
+        return 0
     started = time.monotonic()
     limits = machine_limits()
     # the changes get a quarter of the budget, a point the budget several times
@@ -269,6 +284,17 @@ def main() -> int:
             "wrk_rounds": args.wrk_rounds, "wrk_threads": args.wrk_threads,
             "wrk_connections": args.wrk_connections}
     results: list[dict] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(done: bool) -> dict:
+        meta = {"command": " ".join([".venv/bin/python -m tests.bench.report", *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release,
+                "cpus": os.cpu_count(), "seconds": round(time.monotonic() - started),
+                "budget_s": args.budget, "limits": limits, "options": opts,
+                "extra_services": EXTRA, **({} if done else {"incomplete": True})}
+        (args.out / "report.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+        return meta
+
     for n in args.services:
         for m in args.modes:
             why = skip(results, m, n, args.budget, limits)
@@ -276,13 +302,11 @@ def main() -> int:
                            measure({**opts, "mode": m, "services": n}, 300 + 4 * args.budget))
             print(f"report: {m} {n}: {why or results[-1].get('error') or 'done'} "
                   f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join([".venv/bin/python -m tests.bench.report", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release,
-            "cpus": os.cpu_count(), "seconds": round(time.monotonic() - started),
-            "budget_s": args.budget, "limits": limits, "options": opts,
-            "extra_services": EXTRA}
-    (args.out / "report.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+            write(done=False)
+    meta = write(done=True)
+    if args.no_plot:
+        print(table(results))
+        return 0
     return show(results, meta, args.out)
 
 
