@@ -22,6 +22,25 @@ def _series(ok: list[dict], mode: str, key: str) -> tuple[list[int], list[float]
 def footer(meta: dict, results: list[dict]) -> str:
     lines = [f"{meta['command']}   |   {meta['date']}, Linux {meta['kernel']}, "
              f"{meta['cpus']} CPUs"]
+    return "\n".join([*lines, *_not_run(results)])
+
+
+def footer_emulated(meta: dict) -> str:
+    """The footer of a figure of rows measured in a VM (tests/bench/report_vm.py's
+    ipvs.json): the command, the VM (emulation, kernel, vCPUs, memory), the
+    host it ran on, the report command inside, and the points that did not run."""
+    vm, host = meta["vm"], meta["host"]
+    lines = [f"{meta['command']}   |   {meta['date']}, qemu {vm['accel'].upper()} (emulated, "
+             f"no KVM), Linux {vm['kernel']}, {vm['cpus']} vCPUs, {vm['memory_mib']} MiB; "
+             f"host Linux {host['kernel']}, {host['cpus']} CPUs",
+             f"in the VM: {meta['vm_command']}"]
+    if meta.get("vm_note"):
+        lines.append(f"VM: {meta['vm_note']}")
+    return "\n".join([*lines, *_not_run(meta["results"])])
+
+
+def _not_run(results: list[dict]) -> list[str]:
+    lines = []
     skipped = [f"{r['mode']} {r['services']:,}: {r['skipped'].split(' (')[0]}"
                for r in results if r.get("skipped")]
     failed = {r["mode"]: r["error"].split(" (")[0][:70] for r in results if r.get("error")}
@@ -29,7 +48,7 @@ def footer(meta: dict, results: list[dict]) -> str:
         lines.append("not run: " + "; ".join(skipped))
     if failed:
         lines.append("failed: " + "; ".join(f"{m}: {e}" for m, e in failed.items()))
-    return "\n".join(lines)
+    return lines
 
 
 def _finish(fig, note: str, path: Path) -> Path:
@@ -154,3 +173,73 @@ def plot(results: list[dict], meta: dict, out: Path) -> list[Path]:
     files.append(_finish(fig, note, out / "rss.png"))
     plt.close("all")
     return files
+
+
+def plot_emulated(meta: dict, out: Path) -> list[Path]:
+    """OUT/ipvs.png: the rows of tests/bench/report_vm.py's ipvs.json (one
+    mode, measured in a qemu VM) in one figure of their own, titled with the
+    emulation and kernel: TCG's absolute times are those of an emulated CPU,
+    so they never share an axis with the host's modes; the relative rates
+    (VIP / direct in the same VM) are the comparable figures."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed: no plots", file=sys.stderr)
+        return []
+    results = meta["results"]
+    ok = [r for r in results if "error" not in r and "skipped" not in r]
+    ns = sorted({r["services"] for r in ok})
+    if not ns:
+        print("report: no emulated point ran: no ipvs.png", file=sys.stderr)
+        return []
+    mode = ok[0]["mode"]
+    color = COLORS.get(mode, "C0")
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9.2))
+    fig.suptitle(f"{mode} mode, {meta['label']}: relative rates compare with the host "
+                 "plots, absolute times are an emulated CPU's", fontsize=11)
+    ax = axes[0][0]
+    for key, marker, style, name in (
+            ("cost", "o", "-", "Python client: VIP vs direct without rules"),
+            ("collateral", "x", "--", "Python client: direct with vs without rules"),
+            ("wrkc_cost", "s", ":", "wrk new conn.: VIP vs direct without rules"),
+            ("wrkc_collateral", "^", "-.", "wrk new conn.: direct with vs without rules")):
+        ax.plot(*_series(ok, mode, key), marker=marker, linestyle=style, color=color, label=name)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    _log_x(ax, "relative rate", "new connections/s, relative\n(1.0: the rules cost nothing)", ns)
+    ax.legend(fontsize=6.5, ncol=1, loc="upper left")
+    ax = axes[0][1]
+    for key, marker, style, name in (("full_sync_s", "o", "-", "full (first)"),
+                                     ("resync_s", "s", ":", "resync"),
+                                     ("partial_sync_s", "x", "--", "one Service")):
+        ax.plot(*_series(ok, mode, key), marker=marker, linestyle=style, color=color, label=name)
+    _log_x(ax, "seconds", "sync time", ns, log_y=True)
+    ax = axes[0][2]
+    for q, marker in (("p50", "o"), ("p99", "s")):
+        ax.plot(*_series(ok, mode, f"wrk_vip_{q}_us"), marker=marker, color=color,
+                label=f"{q} VIP")
+        ax.plot(*_series(ok, mode, f"wrk_direct_{q}_us"), marker="x", linestyle="--",
+                color="grey" if q == "p50" else "black", label=f"{q} direct")
+    _log_x(ax, "microseconds", "HTTP request latency (wrk, keep-alive,\nnginx in the pod)",
+           ns, log_y=True)
+    ax = axes[1][0]
+    ax.plot(*_series(ok, mode, "change_p99_ms"), marker="o", color=color, label="p99")
+    ax.plot(*_series(ok, mode, "change_p50_ms"), marker="x", linestyle="--", color=color,
+            label="p50")
+    _log_x(ax, "milliseconds", "one changed Service's endpoints applied\n"
+                               "(partial sync latency)", ns, log_y=True)
+    ax = axes[1][1]
+    ax.plot(*_series(ok, mode, "cpu_s_per_1k"), marker="o", color=color, label=mode)
+    _log_x(ax, "CPU seconds", "CPU per 1,000 endpoint changes\n"
+                              "(user+sys, process and its children)", ns, log_y=True)
+    ax = axes[1][2]
+    ax.plot(*_series(ok, mode, "rss_mb"), marker="o", color=color, label="RSS")
+    ax.plot(*_series(ok, mode, "hwm_mb"), marker="x", linestyle="--", color=color,
+            label="peak (HWM)")
+    _log_x(ax, "MiB", "memory of the process holding the dataplane\n"
+                      "after the full sync", ns)
+    path = _finish(fig, footer_emulated(meta), out / f"{mode}.png")
+    plt.close("all")
+    return [path]
