@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.bench.report_plot import footer_emulated
-from tests.bench.report_vm import find_report, merge, qemu_command, release_of, vm_command
+from tests.bench.report_vm import (
+    find_report,
+    merge,
+    option_values,
+    qemu_command,
+    release_of,
+    unfinished,
+    vm_command,
+)
 
 RELEASE = "6.12.95+deb12-amd64"
 HOST = {"kernel": "6.18.44-fc-v1045", "cpus": 2}
@@ -118,3 +126,28 @@ def test_footer_names_the_emulation_the_vm_the_host_and_both_commands() -> None:
     assert lines[1] == "in the VM: " + meta["vm_command"]
     assert lines[2] == "VM: qemu-run exited 1"
     assert lines[3].startswith("not run: ipvs 50,000: first full sync estimated")
+
+
+def test_option_values_read_a_command_line() -> None:
+    cmd = ("vagrant/qemu-run --kernel 6.12 --timeout 1800 --exec "
+           "'.venv/bin/python -m tests.bench.report --services 10 1000 10000 --connects 100'")
+    assert option_values(cmd, "--timeout") == ["1800"]
+    assert option_values(cmd, "--cpus") == []
+    inner = option_values(cmd, "--exec")[0]
+    assert option_values(inner, "--services") == ["10", "1000", "10000"]
+
+
+def test_unfinished_points_of_a_stopped_vm_get_a_row_saying_so() -> None:
+    rep = vm_report(incomplete=True,
+                    command=".venv/bin/python -m tests.bench.report --modes ipvs "
+                            "--services 10 1000 10000 --out /run/pyagent-vm/bench")
+    rep["results"] = rep["results"][:1]  # 10 measured; 1,000 and 10,000 never written
+    meta = merge(rep, command="c", release=RELEASE, cpus=2, memory_mib=4096, host=HOST)
+    unfinished(meta, "the VM stopped (qemu-run --timeout 1800 s)")
+    assert [(r["services"], r.get("error")) for r in meta["results"]] == [
+        (10, None),
+        (1000, "not measured: the VM stopped (qemu-run --timeout 1800 s)"),
+        (10000, "not measured: the VM stopped (qemu-run --timeout 1800 s)")]
+    assert all(r["emulated"] for r in meta["results"])
+    unfinished(meta, "again")  # idempotent
+    assert len(meta["results"]) == 3
