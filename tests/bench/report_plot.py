@@ -179,8 +179,7 @@ def plot_emulated(meta: dict, out: Path) -> list[Path]:
     """OUT/ipvs.png: the rows of tests/bench/report_vm.py's ipvs.json (one
     mode, measured in a qemu VM) in one figure of their own, titled with the
     emulation and kernel: TCG's absolute times are those of an emulated CPU,
-    so they never share an axis with the host's modes; the relative rates
-    (VIP / direct in the same VM) are the comparable figures."""
+    so they never share an axis with the host's modes."""
     try:
         import matplotlib
 
@@ -198,8 +197,8 @@ def plot_emulated(meta: dict, out: Path) -> list[Path]:
     mode = ok[0]["mode"]
     color = COLORS.get(mode, "C0")
     fig, axes = plt.subplots(2, 3, figsize=(15, 9.2))
-    fig.suptitle(f"{mode} mode, {meta['label']}: relative rates compare with the host "
-                 "plots, absolute times are an emulated CPU's", fontsize=11)
+    fig.suptitle(f"{mode} mode, {meta['label']}: times are an emulated CPU's, not "
+                 "comparable with the host's plots", fontsize=11)
     ax = axes[0][0]
     for key, marker, style, name in (
             ("cost", "o", "-", "Python client: VIP vs direct without rules"),
