@@ -331,6 +331,12 @@ struct lb6_src_range_key {
 /* lb_node_config.flags */
 #define LB_CFG_F_SNAT4 (1 << 0)  /* snat_ip4 is set */
 #define LB_CFG_F_SNAT6 (1 << 1)  /* snat_ip6 is set */
+/* External traffic to a ClusterIP (an INTERNAL-scope frontend with
+ * LB_F_CLUSTER_IP, served at lb_netdev_ingress) is masqueraded in this
+ * family: kube-proxy's masqueradeAll, or a local-traffic detector, which
+ * counts traffic entering on a node interface as not from a pod. */
+#define LB_CFG_F_MASQ_CLUSTER_IP4 (1 << 2)
+#define LB_CFG_F_MASQ_CLUSTER_IP6 (1 << 3)
 
 /* Defaults for zero fields of lb_node_config. The SNAT port range sits above
  * Linux's default ip_local_port_range (32768-60999), so masqueraded flows do

@@ -4,6 +4,11 @@
  * a NodePort, externalIP or LoadBalancer frontend (services-map scope
  * EXTERNAL) is DNATed to a backend, masqueraded where the frontend says so
  * or the backend is on another node, and its replies are translated back.
+ * Traffic entering for a ClusterIP (no EXTERNAL entry, but an INTERNAL one
+ * with LB_F_CLUSTER_IP: kube-proxy DNATs it in PREROUTING) is served from
+ * that entry, whose backends already follow internalTrafficPolicy, and
+ * masqueraded exactly when lb_node_config says so for the family
+ * (LB_CFG_F_MASQ_CLUSTER_IP*: masqueradeAll or a local-traffic detector).
  *
  * Programs (all return TC_ACT_OK unless noted):
  *   lb_netdev_ingress  node interfaces, ingress: conntrack, then new flows
@@ -29,10 +34,10 @@
  * and IPv6 packets with extension headers (no ports to match: a fragmented
  * datagram to a frontend reaches the node itself and gets its ordinary
  * answer, port unreachable, instead of half of it being translated),
- * packets to addresses without an EXTERNAL frontend.
+ * packets to addresses without an EXTERNAL frontend or a ClusterIP.
  *
  * Backend choice for a new flow: a live session-affinity entry whose
- * backend is still a member (lb_aff_match, scope EXTERNAL); else, for
+ * backend is still a member (lb_aff_match, the frontend's scope); else, for
  * LB_ALG_MAGLEV frontends, the service's Maglev table (lb_maglev); else
  * slot hash % count + 1 of the frontend.
  *
@@ -435,15 +440,15 @@ static __always_inline int snat_addr(int fam, const struct lb_node_config *cfg,
  * the Maglev table, then slot hash % count + 1. A choice naming a backend
  * that is gone (maps mid-update) falls through to the next. 0: none. */
 static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, union lb_key *skey,
-					    const struct lb_service *svc, __u32 hash, __u64 now,
-					    int *affinity_hit)
+					    __u8 scope, const struct lb_service *svc, __u32 hash,
+					    __u64 now, int *affinity_hit)
 {
 	__u32 rev_nat_id = svc->rev_nat_id;
 	__u32 backend_id = 0;
 
 	if (svc->flags & LB_F_AFFINITY) {
 		backend_id = lb_affinity_backend(affinity_client(fam, p), 0, rev_nat_id,
-						 LB_SCOPE_EXTERNAL, svc->affinity_timeout, now);
+						 scope, svc->affinity_timeout, now);
 		if (backend_id && !lb_backend_exists(fam, backend_id))
 			backend_id = 0;
 		*affinity_hit = backend_id != 0;
@@ -473,6 +478,42 @@ static __always_inline void tc_event(int fam, struct lb_monitor *m, const struct
 	lb_mon_emit(m, &ev);
 }
 
+/* The master entry a new flow to (daddr, dport, proto) is served by, with
+ * *scope its scope: the EXTERNAL frontend, else a ClusterIP's INTERNAL one
+ * (only LB_F_CLUSTER_IP: the INTERNAL entries of NodePorts, externalIPs
+ * and LB IPs are the pod/node short-circuit, never reachable from outside
+ * under their own policy). 0: not a frontend. No EXTERNAL copies of the
+ * ClusterIPs: the services map stays the size it is without TC. */
+static __always_inline struct lb_service *frontend_of(int fam, const struct lb_pkt *p,
+						      union lb_key *skey, __u8 *scope)
+{
+	struct lb_service *svc;
+
+	*scope = LB_SCOPE_EXTERNAL;
+	lb_key_init(fam, skey, &p->daddr, p->dport, p->proto, LB_SCOPE_EXTERNAL);
+	svc = lb_service_at(fam, skey, LB_MASTER_SLOT);
+	if (svc)
+		return svc;
+	*scope = LB_SCOPE_INTERNAL;
+	lb_key_init(fam, skey, &p->daddr, p->dport, p->proto, LB_SCOPE_INTERNAL);
+	svc = lb_service_at(fam, skey, LB_MASTER_SLOT);
+	return svc && (svc->flags & LB_F_CLUSTER_IP) ? svc : 0;
+}
+
+/* Masquerade a new flow to backend be? EXTERNAL frontends: with
+ * LB_F_MASQUERADE (eTP=Cluster), and always for a remote backend, whose
+ * reply must come back through this node. ClusterIPs: as kube-proxy, only
+ * by the node's rule for the family; a remote backend's reply then needs a
+ * route back through this node, as it does with kube-proxy. */
+static __always_inline int want_masq(int fam, const struct lb_node_config *cfg, __u8 scope,
+				     __u16 flags, const struct lb_be *be)
+{
+	if (scope == LB_SCOPE_INTERNAL)
+		return cfg && (cfg->flags & (fam == LB_V4 ? LB_CFG_F_MASQ_CLUSTER_IP4
+							  : LB_CFG_F_MASQ_CLUSTER_IP6));
+	return (flags & LB_F_MASQUERADE) || !(be->flags & LB_BACKEND_F_LOCAL);
+}
+
 static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
 				    const struct lb_node_config *cfg, __u64 now)
 {
@@ -486,11 +527,11 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	__u32 rev_nat_id;
 	__u16 flags;
 	__be16 nport = 0;
+	__u8 scope;
 	int masq, affinity_hit = 0;
 	__u64 expires;
 
-	lb_key_init(fam, &skey, &p->daddr, p->dport, p->proto, LB_SCOPE_EXTERNAL);
-	svc = lb_service_at(fam, &skey, LB_MASTER_SLOT);
+	svc = frontend_of(fam, p, &skey, &scope);
 	if (!svc) {
 		tc_count(LB_TC_STAT_PASS);
 		return TC_ACT_OK;
@@ -517,11 +558,11 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 		return reject(fam, skb, p);
 	}
 
-	backend_id = select_backend(fam, p, &skey, svc, lb_flow_hash(p), now, &affinity_hit);
+	backend_id = select_backend(fam, p, &skey, scope, svc, lb_flow_hash(p), now,
+				    &affinity_hit);
 	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
-	/* A remote backend's reply must come back through this node. */
-	masq = (flags & LB_F_MASQUERADE) || !(be.flags & LB_BACKEND_F_LOCAL);
+	masq = want_masq(fam, cfg, scope, flags, &be);
 	if (flags & LB_F_AFFINITY)
 		lb_affinity_record(affinity_client(fam, p), 0, rev_nat_id, backend_id, now);
 

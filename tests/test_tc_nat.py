@@ -591,3 +591,183 @@ def test_delete_flows_of_several_backends_keeps_the_others(lb, v6):
     assert tc.delete_flows_of(lb.maps, gone) == 8
     assert tc.delete_flows_of(lb.maps, gone) == 0
     assert tc.delete_flows_to(lb.maps, remote[0], 7773, "UDP") == 4
+
+
+# ---------------------------------------------------------------------------
+# External traffic to ClusterIPs: served from the INTERNAL entry (LB_F_CLUSTER_IP
+# only), masqueraded by the node's rule for the family (LB_CFG_F_MASQ_CLUSTER_IP*).
+
+CIP4, CIP6 = "10.96.7.1", "fd00:96::7:1"
+
+
+def cluster_ip(v6: bool) -> str:
+    return CIP6 if v6 else CIP4
+
+
+@pytest.fixture
+def masq_cluster_ip(lb):
+    """The node config with ClusterIP masquerade in both families, restored after."""
+    from pyagent.dataplanes.ebpf import tc
+
+    tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6, masquerade_cluster_ip=(4, 6))
+    try:
+        yield
+    finally:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_external_to_cluster_ip_without_masquerade_keeps_the_client(lb, v6, proto):
+    """No detector, no masqueradeAll: DNAT only, to local and remote backends
+    alike (kube-proxy's rule; the remote reply must route back via this node)."""
+    node, client, local, remote = fam(v6)
+    vip, port = cluster_ip(v6), next(_ports)
+    frontend(lb, vip, port, proto, [(remote[0], 8080, False)], F.CLUSTER_IP,
+             scope=L.SCOPE_INTERNAL)
+    before = bpfmaps.tc_stats(lb.maps)["new"]
+    ret, out = ingress(lb, P.build(client, vip, proto, 40101, port, b"ping"))
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (client, 40101, remote[0], 8080)
+    assert bpfmaps.tc_stats(lb.maps)["new"] == before + 1
+    ret, out2 = egress(lb, out)  # no masquerade entry: untouched on the way out
+    assert (ret, out2) == (OK, out)
+    # The backend's reply leaves with the ClusterIP as its source.
+    ret, out = egress(lb, P.build(remote[0], client, proto, 8080, 40101, b"pong", flags="SA"))
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (vip, port, client, 40101)
+    ret, out = ingress(lb, P.build(client, vip, proto, 40101, port, b"more", flags="A"))
+    assert (ret, parsed(out).dst) == (OK, remote[0])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_external_to_cluster_ip_masqueraded_round_trip(lb, masq_cluster_ip, v6, proto):
+    """masqueradeAll or a local detector: SNAT to the node, local backend too."""
+    node, client, local, _ = fam(v6)
+    vip, port = cluster_ip(v6), next(_ports)
+    frontend(lb, vip, port, proto, [(local[1], 8080, True)], F.CLUSTER_IP,
+             scope=L.SCOPE_INTERNAL)
+    _, out = ingress(lb, P.build(client, vip, proto, 40102, port))
+    assert parsed(out).dst == local[1]
+    ret, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.dst, p.dport) == (node, local[1], 8080)
+    snat_port = p.sport
+    ret, out = ingress(lb, P.build(local[1], node, proto, 8080, snat_port, b"r", flags="SA"))
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (local[1], 8080, client, 40102)
+    ret, out = egress(lb, out)
+    p = parsed(out)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (vip, port, client, 40102)
+
+
+def test_cluster_ip_masquerade_is_per_family(lb):
+    from pyagent.dataplanes.ebpf import tc
+
+    tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6, masquerade_cluster_ip=(6,))
+    try:
+        for v6, want in ((False, CLIENT4), (True, NODE6)):
+            node, client, local, _ = fam(v6)
+            vip, port = cluster_ip(v6), next(_ports)
+            frontend(lb, vip, port, "TCP", [(local[0], 8080, True)], F.CLUSTER_IP,
+                     scope=L.SCOPE_INTERNAL)
+            _, out = ingress(lb, P.build(client, vip, "TCP", 40103, port))
+            _, out = egress(lb, out)
+            assert parsed(out).src == want
+    finally:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_external_to_cluster_ip_with_itp_local(lb, v6):
+    """iTP=Local: the INTERNAL entry holds only the node's endpoints, and
+    with none here (but some elsewhere) it drops, counted."""
+    node, client, local, _ = fam(v6)
+    vip, port = cluster_ip(v6), next(_ports)
+    frontend(lb, vip, port, "UDP", [(local[2], 5353, True)], F.CLUSTER_IP | F.LOCAL_ITP,
+             scope=L.SCOPE_INTERNAL)
+    for cport in range(40110, 40120):
+        _, out = ingress(lb, P.build(client, vip, "UDP", cport, port))
+        assert parsed(out).dst == local[2]
+    rev = frontend(lb, vip, port + 1, "UDP", [],
+                   F.CLUSTER_IP | F.LOCAL_ITP | F.DROP_NO_BACKEND, scope=L.SCOPE_INTERNAL)
+    before = bpfmaps.tc_stats(lb.maps)["drop"]
+    ret, _ = ingress(lb, P.build(client, vip, "UDP", 40121, port + 1))
+    assert ret == SHOT
+    assert bpfmaps.tc_stats(lb.maps)["drop"] == before + 1
+    assert sum(s.no_backend for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev))) == 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_external_to_cluster_ip_without_endpoints_rejects(lb, v6, proto):
+    node, client, *_ = fam(v6)
+    vip, port = cluster_ip(v6), next(_ports)
+    rev = frontend(lb, vip, port, proto, [], F.CLUSTER_IP, scope=L.SCOPE_INTERNAL)
+    before = bpfmaps.tc_stats(lb.maps)["reject"]
+    ret, out = ingress(lb, P.build(client, vip, proto, 40122, port, flags="S"))
+    assert ret == REDIRECT
+    p = parsed(out)
+    assert (p.src, p.dst) == (vip, client)
+    if proto == "TCP":
+        assert (p.sport, p.flag_names) == (port, "RA")
+    else:
+        assert p.proto == (P.ICMPV6 if v6 else P.ICMP)
+    assert bpfmaps.tc_stats(lb.maps)["reject"] == before + 1
+    assert sum(s.no_backend for s in lb.lb_maps.lb_svc_stats.get(ctypes.c_uint32(rev))) == 1
+
+
+def test_only_cluster_ip_internal_entries_are_served_from_outside(lb):
+    """The INTERNAL entries of NodePorts, externalIPs and LB IPs are the
+    pod/node short-circuit: not served to traffic from outside."""
+    port = next(_ports)
+    for kind in (F.NODE_PORT, F.EXTERNAL_IP, F.LOADBALANCER):
+        vip = f"198.51.100.{60 + int(kind).bit_length()}"
+        frontend(lb, vip, port, "TCP", [(LOCAL4[0], 8080, True)], kind,
+                 scope=L.SCOPE_INTERNAL)
+        f = P.build(CLIENT4, vip, "TCP", 40123, port)
+        assert ingress(lb, f) == (OK, f)
+
+
+def test_external_scope_wins_over_a_cluster_ip_entry(lb):
+    """An address with both (an externalIP equal to a ClusterIP): the
+    EXTERNAL entry decides, as before."""
+    port = next(_ports)
+    frontend(lb, CIP4, port, "TCP", [(LOCAL4[0], 8080, True)], F.CLUSTER_IP,
+             scope=L.SCOPE_INTERNAL)
+    frontend(lb, CIP4, port, "TCP", [(LOCAL4[1], 8080, True)], F.EXTERNAL_IP | F.MASQUERADE)
+    _, out = ingress(lb, P.build(CLIENT4, CIP4, "TCP", 40124, port))
+    assert parsed(out).dst == LOCAL4[1]
+    assert parsed(egress(lb, out)[1]).src == NODE4
+
+
+def test_pod_side_never_serves_a_cluster_ip(lb):
+    port = next(_ports)
+    frontend(lb, CIP4, port, "TCP", [(LOCAL4[0], 8080, True)], F.CLUSTER_IP,
+             scope=L.SCOPE_INTERNAL)
+    f = P.build(LOCAL4[2], CIP4, "TCP", 40125, port)
+    for prog in ("lb_pod_ingress", "lb_egress"):
+        assert run(lb, prog, f) == (OK, f)
+
+
+def test_cluster_ip_affinity_uses_the_internal_membership(lb):
+    """Session affinity from outside: keyed by client address, followed only
+    while lb_aff_match (scope INTERNAL, as the socket path writes it) holds."""
+    port = next(_ports)
+    rev = frontend(lb, CIP4, port, "TCP", [(b, 8080, True) for b in LOCAL4],
+                   F.CLUSTER_IP | F.AFFINITY, scope=L.SCOPE_INTERNAL)
+    m = lb.lb_maps.lb4_services
+    key = L.service_key(CIP4, port, "TCP", scope=L.SCOPE_INTERNAL)
+    master = m.get(key)
+    master.affinity_timeout = 600
+    m.set(key, master)
+    for slot in range(1, 4):
+        bid = m.get(L.service_key(CIP4, port, "TCP", slot=slot,
+                                  scope=L.SCOPE_INTERNAL)).backend_id
+        lb.lb_maps.lb_aff_match.set(
+            L.LbAffinityMatchKey(backend_id=bid, rev_nat_id=rev, scope=L.SCOPE_INTERNAL),
+            ctypes.c_uint8(1))
+    dsts = {parsed(ingress(lb, P.build("203.0.113.9", CIP4, "TCP", c, port))[1]).dst
+            for c in range(45000, 45030)}
+    assert len(dsts) == 1 and dsts <= set(LOCAL4)

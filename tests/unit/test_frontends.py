@@ -87,3 +87,28 @@ def test_lb_ip_without_ranges_serves_both_scopes() -> None:
 def test_no_tc_interfaces_no_external_frontends() -> None:
     fes = states({}, EPS, interfaces=())
     assert {scope for _, _, scope in fes} == {L.SCOPE_INTERNAL}
+
+
+def test_cluster_ip_masquerade_families_follow_kube_proxy() -> None:
+    """External traffic to a ClusterIP is masqueraded with masqueradeAll or a
+    local-traffic detector of the family (it is not from a pod), else not."""
+    from pyagent.dataplanes.ebpf.frontends import cluster_ip_masquerade_families as fams
+
+    assert fams(NodeConfig()) == ()
+    assert fams(NodeConfig(masquerade_all=True)) == (4, 6)
+    assert fams(NodeConfig(cluster_cidrs=("10.244.0.0/16",))) == (4,)
+    assert fams(NodeConfig(cluster_cidrs=("10.244.0.0/16", "fd00:244::/48"))) == (4, 6)
+    assert fams(NodeConfig(local_detect_mode="InterfaceNamePrefix",
+                           local_interface="veth+")) == (4, 6)
+
+
+def test_cluster_ip_gets_no_external_copy() -> None:
+    """The TC path serves external traffic to a ClusterIP from its INTERNAL
+    entry: frontends_for writes no EXTERNAL one, iTP=Local or not."""
+    for spec in ({}, {"internalTrafficPolicy": "Local"}):
+        fes = states(spec, EPS)
+        assert ("10.96.0.1", 80, L.SCOPE_EXTERNAL) not in fes
+        internal = fes[("10.96.0.1", 80, L.SCOPE_INTERNAL)]
+        assert internal.flags & F.CLUSTER_IP
+        want = {"10.244.0.5"} if spec else {"10.244.0.5", "10.244.1.5"}
+        assert ips(internal) == want

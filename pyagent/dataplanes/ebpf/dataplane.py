@@ -20,7 +20,11 @@ from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
 from pyagent.dataplanes.ebpf import events, removal, socket_lb
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf.frontends import Frontend, frontends_for
+from pyagent.dataplanes.ebpf.frontends import (
+    Frontend,
+    cluster_ip_masquerade_families,
+    frontends_for,
+)
 from pyagent.dataplanes.ebpf.kernel import KernelWriter, decode, read_entries, with_tc_state
 from pyagent.dataplanes.ebpf.reconciler import Reconciler
 from pyagent.dataplanes.ebpf.sockets import BackendJanitor
@@ -84,7 +88,9 @@ class EbpfDataplane:
                                snat_ip6=next((ip for ip in ips if ":" in ip), None),
                                capacities=caps,
                                tc_capacities=tc.TcCapacities.for_lb_map_max(
-                                   self.config.bpf_lb_map_max))
+                                   self.config.bpf_lb_map_max),
+                               masquerade_cluster_ip=cluster_ip_masquerade_families(
+                                   self.config))
             log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
                      ",".join(self.config.pod_interfaces) or "-")
         self._adopt()

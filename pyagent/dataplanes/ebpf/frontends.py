@@ -17,6 +17,7 @@ from pyagent.core.config import NodeConfig
 from pyagent.core.model import PROTOCOL_NUMBERS, Endpoint
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.ebpf import layout as L
+from pyagent.dataplanes.iptables import policy as P
 
 ALGORITHMS = {
     "random": L.Algorithm.RANDOM,
@@ -99,6 +100,10 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     masqueraded; eTP=Local: the local set, client address kept.
     A frontend with no backends rejects, unless endpoints exist elsewhere and
     only the policy excludes them, in which case it drops.
+    ClusterIPs get no EXTERNAL copy: traffic entering the node for one is
+    served by the TC program from the INTERNAL entry (LB_F_CLUSTER_IP only),
+    whose set is already kube-proxy's for it (iTP decides); whether it is
+    masqueraded is node-wide (cluster_ip_masquerade_families).
     """
     svc = sps.service
     proto = PROTOCOL_NUMBERS[svc.protocol]
@@ -171,3 +176,14 @@ def frontends_for(sps: ServicePortState, config: NodeConfig) -> list[Frontend]:
     for ip in node_ports:
         out.append(make(ip, svc.node_port, L.ServiceFlag.NODE_PORT | ext_flag, ext_eps, ext))
     return out
+
+
+def cluster_ip_masquerade_families(config: NodeConfig) -> tuple[int, ...]:
+    """The families in which traffic entering a node interface for a
+    ClusterIP is masqueraded: kube-proxy masquerades ClusterIP traffic with
+    masqueradeAll, or, with a local-traffic detector (pod CIDRs of the
+    family, or a pod interface), whatever does not come from a pod; without
+    a detector, nothing. Traffic arriving on a node interface is taken as
+    not from a pod, whatever its source address (a pod-CIDR source there is
+    a remote pod, which its own node's proxy serves)."""
+    return tuple(f for f in (4, 6) if P.clusterip_masquerade(config, f) != "none")

@@ -93,6 +93,8 @@ MAGLEV_M = 16381
 class ConfigFlag(enum.IntFlag):
     SNAT4 = 1 << 0
     SNAT6 = 1 << 1
+    MASQ_CLUSTER_IP4 = 1 << 2  # external traffic to ClusterIPs is masqueraded (IPv4)
+    MASQ_CLUSTER_IP6 = 1 << 3
 
 
 SNAT_PORT_MIN_DEFAULT = 61000

@@ -254,14 +254,19 @@ def open_pinned_tc_maps(bpffs: str) -> TcMaps:
 def write_node_config(maps: TcMaps, snat_ip4: str | None = None,
                       snat_ip6: str | None = None, port_min: int = 0, port_max: int = 0,
                       ct_timeout_tcp: int = 0, ct_timeout_other: int = 0,
-                      ct_timeout_closing: int = 0) -> L.LbNodeConfig:
+                      ct_timeout_closing: int = 0,
+                      masquerade_cluster_ip: Iterable[int] = ()) -> L.LbNodeConfig:
     """Set the node's masquerade addresses (one per family; None: that family
     cannot masquerade and such flows are dropped), the SNAT port range and
-    conntrack timeouts (0: the defaults in lb_types.h). Takes effect for the
-    next new flow; a single array write, so readers never see half of it."""
+    conntrack timeouts (0: the defaults in lb_types.h), and the families (4,
+    6) in which external traffic to ClusterIPs is masqueraded
+    (frontends.cluster_ip_masquerade_families). Takes effect for the next new flow; a
+    single array write, so readers never see half of it."""
     cfg = L.LbNodeConfig(snat_port_min=port_min, snat_port_max=port_max,
                          ct_timeout_tcp=ct_timeout_tcp, ct_timeout_other=ct_timeout_other,
                          ct_timeout_closing=ct_timeout_closing)
+    for family in masquerade_cluster_ip:
+        cfg.flags |= L.ConfigFlag.MASQ_CLUSTER_IP6 if family == 6 else L.ConfigFlag.MASQ_CLUSTER_IP4
     if snat_ip4:
         cfg.snat_ip4 = L.ip4(snat_ip4)
         cfg.flags |= L.ConfigFlag.SNAT4
@@ -353,14 +358,16 @@ def delete_flows_of(maps: TcMaps, backends: Iterable[tuple[str, int, int | str]]
 def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
           netns: str | None = None, snat_ip4: str | None = None, snat_ip6: str | None = None,
           capacities: socket_lb.Capacities | None = None,
-          tc_capacities: TcCapacities | None = None) -> TcLB:
+          tc_capacities: TcCapacities | None = None,
+          masquerade_cluster_ip: Iterable[int] = ()) -> TcLB:
     """Everything an agent start needs, in a hitless order: load (reusing
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
     runs and close()s it on exit (filters and pins stay)."""
     lb = load_out_of_process(bpffs, capacities, tc_capacities)  # pins the programs
     try:
-        write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6)
+        write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6,
+                          masquerade_cluster_ip=masquerade_cluster_ip)
         attach(lb, netdevs=netdevs, pods=pods, netns=netns)
     except BaseException:
         lb.close()
