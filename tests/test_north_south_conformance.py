@@ -1,21 +1,25 @@
 """kube-proxy's packet-flow vectors for traffic from outside the cluster to
-NodePorts, externalIPs and LoadBalancer IPs, replayed with real TCP
-connections through `pyagent run` (TC path) in a two-node lab.
+NodePorts, externalIPs, LoadBalancer IPs and ClusterIPs, replayed with real
+TCP connections through `pyagent run` (TC path) in a two-node lab.
 
 Each vector scenario is moved onto lab addresses: the vector's node becomes
 node0 (where the agent runs), its endpoints become pods on node0 (local) or
-node1 (remote), externalIPs and LB IPs come from the lab's VIP range (routed
-to node0), and the external clients 203.0.113.0/24 / 2600:5200::/32 become
-addresses of the lab's client namespace in 192.168.52.0/24 / fd00:52::/64,
-so that source ranges keep their meaning. Then, per flow: a DNAT reaches
-exactly the expected backends (over enough connections, all of them) and the
-backend sees the client's address exactly when the vector says no masquerade;
-REJECT is refused at once, DROP times out.
+node1 (remote), externalIPs and LB IPs come from the lab's VIP range and
+ClusterIPs from the lab's service range (both routed to node0 by the
+client, as an upstream router would), and the external clients
+203.0.113.0/24 / 2600:5200::/32 become addresses of the lab's client
+namespace in 192.168.52.0/24 / fd00:52::/64, so that source ranges keep
+their meaning. node1 routes those client addresses via node0: a flow kube-
+proxy does not masquerade (external to a ClusterIP without a local-traffic
+detector) reaches a remote backend with the client's address, and its reply
+must return through the node that translated it, as with kube-proxy. Then,
+per flow: a DNAT reaches exactly the expected backends (over enough
+connections, all of them) and the backend sees the client's address exactly
+when the vector says no masquerade; REJECT is refused at once, DROP times out.
 
 Flows not expressible here are left out (listed in `skip_reason`): traffic
-from pods or the node itself (socket path, tested elsewhere), external
-traffic to ClusterIPs, destinations that are other local addresses of the
-vector's node, and SCTP.
+from pods or the node itself (socket path, tested elsewhere), destinations
+that are other local addresses of the vector's node, and SCTP.
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ SCENARIOS = FLOWS.get("scenarios", []) + FLOWS.get("derived_scenarios", [])
 EXTERNAL = {4: ipaddress.ip_network("203.0.113.0/24"), 6: ipaddress.ip_network("2600:5200::/32")}
 LAB_EXTERNAL = {4: ipaddress.ip_network("192.168.52.0/24"), 6: ipaddress.ip_network("fd00:52::/64")}
 VIPS = {4: "198.51.100.", 6: "fd00:99::"}
+# The lab's service CIDRs: the vectors' ClusterIPs are moved here.
+LAB_SERVICES = {4: ipaddress.ip_network("10.96.0.0/16"), 6: ipaddress.ip_network("fd00:96::/112")}
+
+
+def cluster_ips(scn: dict) -> set[str]:
+    return {str(parse_ip(ip)) for s in scn["services"]
+            for ip in [s.get("clusterIP"), *(s.get("clusterIPs") or [])]
+            if ip and parse_ip(ip) is not None}
 
 
 def is_external(ip: str) -> bool:
@@ -70,11 +82,11 @@ def skip_reason(scn: dict, flow: dict) -> str | None:
     ext = {str(parse_ip(ip)) for s in scn["services"]
            for ip in (s.get("externalIPs") or [])
            + [i["ip"] for i in (s.get("loadBalancerIngress") or [])]}
-    if dst in ext:
+    if dst in ext or dst in cluster_ips(scn):
         return None
     if dst in (eff.get("nodeIP"), "192.168.0.2", "2001:db8::1"):
         return None  # NodePort on the node's primary address
-    return "ClusterIP or another local address"
+    return "another local address of the node"
 
 
 def selected() -> list[dict]:
@@ -107,6 +119,9 @@ class Mapper:
                 pod = next(local_pods if ep.get("nodeName") == self.node_name else remote_pods)
                 self.ips[ip] = pod.ip6 if ":" in ip else pod.ip4
                 self.pod_of[ip] = pod.name
+        for i, ip in enumerate(sorted(cluster_ips(scn))):
+            fam = 6 if ":" in ip else 4
+            self.ips[ip] = str(LAB_SERVICES[fam].network_address + 10 + i)
         k = {4: 10, 6: 10}
         for svc in scn["services"]:
             for raw in (svc.get("externalIPs") or []) + [
@@ -166,11 +181,13 @@ def cluster() -> Iterator[Cluster]:
                 addr = net.network_address + host
                 c.run(["ip", "addr", "add", f"{addr}/{net.prefixlen}", "dev", "eth0", "nodad"],
                       ns=c.client_ns)
-        for node in c.nodes:
-            c.node_exec(node.index, "ip", "route", "add", str(LAB_EXTERNAL[4]), "via",
-                        c.client_ip4)
+        n0 = c.nodes[0]
+        for node in c.nodes:  # node1: back through node0, which translated the flow
+            via4, via6 = (c.client_ip4, c.client_ip6) if node is n0 else (n0.ip4, n0.ip6)
+            c.node_exec(node.index, "ip", "route", "add", str(LAB_EXTERNAL[4]), "via", via4)
             c.node_exec(node.index, "ip", "-6", "route", "add", str(LAB_EXTERNAL[6]), "via",
-                        c.client_ip6)
+                        via6)
+        c.route_vips(0, [str(n) for n in LAB_SERVICES.values()])
         yield c
 
 
@@ -191,8 +208,14 @@ class Agent:
             return
         self.stop()
         self.cfg.write_text(yaml.safe_dump(config))
+        # The pod CIDRs (the local-traffic detector) come from the config
+        # file alone: --cluster-cidr would override a scenario without one.
+        args = self.node.agent_args()
+        while "--cluster-cidr" in args:
+            i = args.index("--cluster-cidr")
+            del args[i:i + 2]
         self.proc = self.c.agent(0, ["run", "--manifests", str(self.dir), "--config",
-                                     str(self.cfg), *self.node.agent_args(), "--pod-interface",
+                                     str(self.cfg), *args, "--pod-interface",
                                      "br0", "--healthz-bind-address", "127.0.0.1:0",
                                      "--metrics-bind-address", "127.0.0.1:0"],
                                  stderr=self.log.open("a"))
@@ -281,3 +304,6 @@ def test_selection_covers_every_kind_of_external_flow() -> None:
     verdicts = {f["expected_verdict"] for f in flows}
     assert {"DNAT", "REJECT", "DROP"} <= verdicts
     assert len(flows) >= 30
+    to_cluster_ips = [(f["expected_masquerade"], f["expected_endpoints"]) for s in selected()
+                      for f in s["flows"] if str(parse_ip(f["dest_ip"])) in cluster_ips(s)]
+    assert {masq for masq, _ in to_cluster_ips} == {True, False}
