@@ -159,14 +159,10 @@ def run(args: argparse.Namespace) -> int:
         log.info("config: %s", note)
     set_oom_score_adj(config.oom_score_adj)
     heap.limit_malloc_arenas()  # before the first thread
-    from pyagent.dataplanes.ebpf import loader
-
-    wiring.compile_ahead(config)
     # a warning only: its iptables-save/nft runs need not delay the start
     threading.Thread(target=_warn_leftovers, name="leftovers", daemon=True).start()
-    client = None
+    client = None if args.manifests else wiring.api_client(config)
     try:
-        client = None if args.manifests else wiring.api_client(config)
         config = wiring.resolve_node(config, args.manifests, client,
                                      interfaces_chosen=bool(getattr(args, "interface", None)))
         stop = threading.Event()
@@ -174,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: stop.set())
         return wiring.serve(config, args.manifests, client, stop)
     finally:
-        loader.abandon_ahead()  # a compile nobody waited for: setup never ran
         if client is not None:
             client.close()
 

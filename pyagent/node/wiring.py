@@ -114,20 +114,6 @@ class EventsObserver:
         self._update(refused)
 
 
-def compile_ahead(config: NodeConfig) -> None:
-    """eBPF mode: the kernel headers, then the socket LB's compile in a child
-    process, at once: its seconds overlap the API client's start and the
-    first lists instead of following them."""
-    if config.mode != "ebpf":
-        return
-    from pyagent.dataplanes.ebpf.dataplane import compile_ahead as start
-    from pyagent.node import kheaders
-
-    log.info("%s", kheaders.ensure())
-    start(config)
-    log.info("compiling the socket LB (child process) while the agent starts")
-
-
 def make_dataplane(config: NodeConfig) -> Dataplane:
     """The dataplane of `config.mode`, after removing what other modes left in
     this node (a mode switch; pyagent.dataplanes.registry)."""
@@ -152,6 +138,10 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
     from pyagent.node.agent import Agent
     from pyagent.observe.observability import Observability
 
+    if config.mode == "ebpf":
+        from pyagent.node import kheaders
+
+        log.info("%s", kheaders.ensure())
     dataplane = make_dataplane(config)
     obs = Observability(config)
     observers: list[SyncObserver] = [obs]

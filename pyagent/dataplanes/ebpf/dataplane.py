@@ -52,13 +52,6 @@ def capacities(config: NodeConfig) -> socket_lb.Capacities:
                                                config.bpf_lb_rev_nat_map_max)
 
 
-def compile_ahead(config: NodeConfig) -> None:
-    """Start compiling the socket LB at once (see loader): setup() finds it
-    done or running. TC waits for setup: its child would race this one to
-    create the shared pinned maps."""
-    socket_lb.compile_ahead(config.bpffs, capacities(config))
-
-
 class EbpfDataplane:
     name = "ebpf"
 

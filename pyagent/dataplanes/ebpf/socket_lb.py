@@ -374,8 +374,7 @@ def pin_programs(lb: SockLB, bpffs: str) -> None:
 def load_out_of_process(bpffs: str, capacities: Capacities | None = None) -> SockLB:
     """Compile and load in a child process that pins the programs, then open
     the pins here: BCC and LLVM (about 140 MB of RSS) never enter the agent,
-    and a compiler crash cannot take the agent down. Waits for the child
-    compile_ahead started with the same arguments, if any."""
+    and a compiler crash cannot take the agent down."""
     loader.run_child(__name__, bpffs, (capacities or Capacities()).defines(), "the socket LB")
     variant = kernel_variant()  # the child probed the same kernel
     record_variant(bpffs, variant)
@@ -389,11 +388,6 @@ def load_out_of_process(bpffs: str, capacities: Capacities | None = None) -> Soc
             os.close(fd)
         raise
     return SockLB(None, prog_fds, maps, variant)
-
-
-def compile_ahead(bpffs: str, capacities: Capacities | None = None) -> None:
-    """Start load_out_of_process's child now; the load then waits for it."""
-    loader.start_ahead(__name__, bpffs, (capacities or Capacities()).defines())
 
 
 def legacy_dir(bpffs: str) -> str:
