@@ -119,25 +119,32 @@ def test_masquerade_to_remote_backend_round_trip(lb, v6, proto):
     port = next(_ports)
     frontend(lb, node, port, proto, [(remote[0], 9090, False)], F.NODE_PORT | F.MASQUERADE)
 
-    ret, out = ingress(lb, P.build(client, node, proto, 40002, port))
+    masqueraded_round_trip(lb, proto, client, 40002, (node, port), (remote[0], 9090), node)
+
+
+def masqueraded_round_trip(lb, proto: str, client: str, cport: int, fe: tuple[str, int],
+                           be: tuple[str, int], node: str) -> None:
+    """A new flow client:cport -> fe is DNATed to be and SNATed to the node;
+    the reply comes back to the client from fe."""
+    ret, out = ingress(lb, P.build(client, fe[0], proto, cport, fe[1]))
     p = parsed(out)
-    assert ret == OK and (p.src, p.dst, p.dport) == (client, remote[0], 9090)
+    assert ret == OK and (p.src, p.dst, p.dport) == (client, *be)
 
     # Egress (after routing): the source becomes the node with a SNAT port.
     ret, out = egress(lb, out)
     p = parsed(out)
-    assert ret == OK and (p.src, p.dst, p.dport) == (node, remote[0], 9090)
+    assert ret == OK and (p.src, p.dst, p.dport) == (node, *be)
     snat_port = p.sport
     assert L.SNAT_PORT_MIN_DEFAULT <= snat_port <= L.SNAT_PORT_MAX_DEFAULT
 
     # The reply comes back to node:snat_port and goes to the client ...
-    ret, out = ingress(lb, P.build(remote[0], node, proto, 9090, snat_port, b"r", flags="SA"))
+    ret, out = ingress(lb, P.build(be[0], node, proto, be[1], snat_port, b"r", flags="SA"))
     p = parsed(out)
-    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (remote[0], 9090, client, 40002)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (*be, client, cport)
     # ... and leaves with the frontend as source.
     ret, out = egress(lb, out)
     p = parsed(out)
-    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (node, port, client, 40002)
+    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (*fe, client, cport)
     assert p.payload == b"r"
 
 
@@ -648,18 +655,7 @@ def test_external_to_cluster_ip_masqueraded_round_trip(lb, masq_cluster_ip, v6, 
     vip, port = cluster_ip(v6), next(_ports)
     frontend(lb, vip, port, proto, [(local[1], 8080, True)], F.CLUSTER_IP,
              scope=L.SCOPE_INTERNAL)
-    _, out = ingress(lb, P.build(client, vip, proto, 40102, port))
-    assert parsed(out).dst == local[1]
-    ret, out = egress(lb, out)
-    p = parsed(out)
-    assert ret == OK and (p.src, p.dst, p.dport) == (node, local[1], 8080)
-    snat_port = p.sport
-    ret, out = ingress(lb, P.build(local[1], node, proto, 8080, snat_port, b"r", flags="SA"))
-    p = parsed(out)
-    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (local[1], 8080, client, 40102)
-    ret, out = egress(lb, out)
-    p = parsed(out)
-    assert ret == OK and (p.src, p.sport, p.dst, p.dport) == (vip, port, client, 40102)
+    masqueraded_round_trip(lb, proto, client, 40102, (vip, port), (local[1], 8080), node)
 
 
 def test_cluster_ip_masquerade_is_per_family(lb):
