@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import ipaddress
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,10 +133,12 @@ def parse_cidr(text: object) -> IPNetwork | None:
 def ip_text(text: object) -> tuple[str, int] | None:
     """(normalised address, family) without building an address object for
     the common IPv4 case: endpoints are the bulk of a large cluster."""
-    if isinstance(text, str) and _IPV4_SLOPPY.match(text):
-        fields = text.split(".")
-        if all((f[0] != "0" or f == "0") and (len(f) < 3 or f <= "255") for f in fields):
+    if type(text) is str:
+        try:  # strict dotted quad (no leading zeros), as ipaddress: the text is canonical
+            socket.inet_pton(socket.AF_INET, text)
             return text, 4
+        except (OSError, ValueError):
+            pass
     addr = parse_ip(text)
     return None if addr is None else (str(addr), addr.version)
 
@@ -242,13 +245,20 @@ def object_name(kind: str, obj: object) -> tuple[str, str]:
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     """metadata, with the fields every object shares type-checked."""
     meta = _dict(obj.get("metadata"), "metadata", required=True)
+    # Field names for errors are built only for an odd value (20k+ objects).
     for field in ("labels", "annotations"):
-        for k, v in _dict(meta.get(field), f"metadata.{field}").items():
-            if not isinstance(k, str):
+        items = meta.get(field)
+        if items is None:
+            continue
+        for k, v in _dict(items, f"metadata.{field}").items():
+            if type(k) is not str and not isinstance(k, str):
                 raise ParseError(f"metadata.{field}: key {show(k)} is not a string")
-            _str(v, f"metadata.{field}[{show(k)}]")
+            if type(v) is not str:
+                _str(v, f"metadata.{field}[{show(k)}]")
     for field in ("resourceVersion", "uid", "deletionTimestamp", "generateName"):
-        _str(meta.get(field), f"metadata.{field}")
+        v = meta.get(field)
+        if v is not None and type(v) is not str:
+            _str(v, f"metadata.{field}")
     return meta
 
 
@@ -451,37 +461,54 @@ def parse_endpoint_slice(obj: Mapping[str, Any], node_name: str = "") -> ParsedS
     if family is not None:
         first_port = ports[0][1] if ports else 0
         for i, raw in enumerate(_list(obj.get("endpoints"), "endpoints")):
-            ep = _endpoint(raw, f"endpoints[{i}]", family, address_type, first_port, node_name)
+            ep = _endpoint(raw, i, family, address_type, first_port, node_name)
             if ep is not None:
                 endpoints.append(ep)
     return ParsedSlice(namespace, name, service, family, tuple(ports), tuple(endpoints))
 
 
-def _endpoint(raw: object, field: str, family: int, address_type: str, port: int,
+def _endpoint(raw: object, i: int, family: int, address_type: str, port: int,
               node_name: str) -> Endpoint | None:
-    entry = _dict(raw, field, required=True)
-    addresses = _list(entry.get("addresses"), f"{field}.addresses")
+    # The bulk of a large cluster (100k+ calls): values of the expected type
+    # are taken as they are; the checks, and the field names their errors
+    # need, only run for the others.
+    entry = raw if type(raw) is dict else _dict(raw, f"endpoints[{i}]", required=True)
+    get = entry.get
+    addresses = get("addresses")
+    if type(addresses) is not list:
+        addresses = _list(addresses, f"endpoints[{i}].addresses")
     if not addresses:
         return None  # kube-proxy skips endpoints without an address
     parsed = ip_text(addresses[0])  # only the first address counts
     if parsed is None:
-        raise ParseError(f"{field}.addresses[0]: invalid IP address {show(addresses[0])}")
+        raise ParseError(f"endpoints[{i}].addresses[0]: invalid IP address {show(addresses[0])}")
     if parsed[1] != family:
-        raise ParseError(f"{field}.addresses[0]: {parsed[0]} is not an {address_type} address")
-    cond = _dict(entry.get("conditions"), f"{field}.conditions")
-    ready = _bool(cond.get("ready"), f"{field}.conditions.ready", True)
-    hints = _dict(entry.get("hints"), f"{field}.hints")
+        raise ParseError(f"endpoints[{i}].addresses[0]: {parsed[0]} is not an "
+                         f"{address_type} address")
+    cond = get("conditions")
+    if type(cond) is not dict:
+        cond = _dict(cond, f"endpoints[{i}].conditions")
+    ready, serving, terminating = cond.get("ready"), cond.get("serving"), cond.get("terminating")
+    if type(ready) is not bool:
+        ready = _bool(ready, f"endpoints[{i}].conditions.ready", True)
+    if type(serving) is not bool:
+        serving = _bool(serving, f"endpoints[{i}].conditions.serving", True)
+    if type(terminating) is not bool:
+        terminating = _bool(terminating, f"endpoints[{i}].conditions.terminating", False)
+    node = get("nodeName")
+    if type(node) is not str:
+        node = _str(node, f"endpoints[{i}].nodeName")
     # Interned: a cluster has far fewer nodes than endpoints.
-    on_node = _intern(_str(entry.get("nodeName"), f"{field}.nodeName")) or None
-    return Endpoint(
-        parsed[0], port, ready,
-        _bool(cond.get("serving"), f"{field}.conditions.serving", True),
-        _bool(cond.get("terminating"), f"{field}.conditions.terminating", False),
-        on_node,
-        _hint_names(hints.get("forZones"), f"{field}.hints.forZones"),
-        _hint_names(hints.get("forNodes"), f"{field}.hints.forNodes"),
-        bool(node_name) and on_node == node_name,
-    )
+    on_node = sys.intern(node) if node else None
+    hints = get("hints")
+    if hints is None:
+        zones = nodes = _NO_HINTS
+    else:
+        hints = _dict(hints, f"endpoints[{i}].hints")
+        zones = _hint_names(hints.get("forZones"), f"endpoints[{i}].hints.forZones")
+        nodes = _hint_names(hints.get("forNodes"), f"endpoints[{i}].hints.forNodes")
+    return Endpoint(parsed[0], port, ready, serving, terminating, on_node, zones, nodes,
+                    bool(node_name) and on_node == node_name)
 
 
 _NO_HINTS: frozenset[str] = frozenset()

@@ -6,6 +6,7 @@ import pytest
 
 from pyagent.core.parse import (
     ParseError,
+    ip_text,
     parse_cidr,
     parse_endpoint_slice,
     parse_ip,
@@ -31,6 +32,18 @@ def service(spec: dict, status: dict | None = None, **meta: object) -> dict:
 def test_parse_ip(text: object, want: str | None) -> None:
     got = parse_ip(text)
     assert (str(got) if got else None) == want
+
+
+@pytest.mark.parametrize("text", [
+    "10.1.2.3", "0.0.0.0", "255.255.255.255", "172.30.0.041", " 1.2.3.4 ", "1.2.3.4\n",
+    "1.2.3.4\x00", "\u0967.2.3.4", "1.2.3.256", "1.2.3", "fd00::1", "::ffff:1.2.3.4", "", 7,
+    None, b"1.2.3.4",
+])
+def test_ip_text_is_parse_ip_normalised(text: object) -> None:
+    """The endpoint fast path (a strict dotted quad taken as it is) gives what
+    parse_ip gives, leniency included."""
+    want = parse_ip(text)
+    assert ip_text(text) == (None if want is None else (str(want), want.version))
 
 
 @pytest.mark.parametrize("text,want", [
@@ -167,6 +180,18 @@ def test_fqdn_slices_carry_no_endpoints() -> None:
 @pytest.mark.parametrize("obj,match", [
     (slice_obj([{"addresses": ["fd00::1"]}]), "not an IPv4 address"),
     (slice_obj([{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]), "ready"),
+    # each odd field named in full (the common case skips building the names)
+    (slice_obj([{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"],
+                "conditions": {"serving": "no"}}]), r"endpoints\[1\]\.conditions\.serving"),
+    (slice_obj([{"addresses": ["10.0.0.1"], "conditions": {"terminating": 1}}]),
+     r"endpoints\[0\]\.conditions\.terminating"),
+    (slice_obj([{"addresses": ["10.0.0.1"], "conditions": []}]), r"endpoints\[0\]\.conditions"),
+    (slice_obj([{"addresses": ["10.0.0.1"], "nodeName": 5}]), r"endpoints\[0\]\.nodeName"),
+    (slice_obj([{"addresses": "10.0.0.1"}]), r"endpoints\[0\]\.addresses: expected a list"),
+    (slice_obj(["10.0.0.1"]), r"endpoints\[0\]: expected a mapping"),
+    (slice_obj([{"addresses": ["10.0.0.1"], "hints": {"forZones": [{"name": 3}]}}]),
+     r"endpoints\[0\]\.hints\.forZones\[0\]\.name"),
+    (slice_obj([{"addresses": ["10.0.0.1"], "hints": []}]), r"endpoints\[0\]\.hints"),
     ({**slice_obj([]), "metadata": {"name": "x", "namespace": "ns"}}, "service-name"),
     ({**slice_obj([]), "addressType": None}, "addressType"),
 ])
