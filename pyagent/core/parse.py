@@ -251,7 +251,7 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
         if items is None:
             continue
         for k, v in _dict(items, f"metadata.{field}").items():
-            if type(k) is not str and not isinstance(k, str):
+            if not isinstance(k, str):
                 raise ParseError(f"metadata.{field}: key {show(k)} is not a string")
             if type(v) is not str:
                 _str(v, f"metadata.{field}[{show(k)}]")

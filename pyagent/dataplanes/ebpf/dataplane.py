@@ -47,11 +47,6 @@ def age_order(states: Mapping[ServiceKey, tuple[ServicePortState, ...]]):
     return key
 
 
-def capacities(config: NodeConfig) -> socket_lb.Capacities:
-    return socket_lb.Capacities.for_lb_map_max(config.bpf_lb_map_max,
-                                               config.bpf_lb_rev_nat_map_max)
-
-
 class EbpfDataplane:
     name = "ebpf"
 
@@ -70,7 +65,8 @@ class EbpfDataplane:
         """Load (reusing pinned maps) and adopt. The programs are attached at
         the first full sync, once the maps hold the desired state: after a
         layout upgrade (new, empty maps) no connection ever sees them empty."""
-        caps = capacities(self.config)
+        caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
+                                                   self.config.bpf_lb_rev_nat_map_max)
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
         if self.config.interfaces:
             from pyagent.dataplanes.ebpf import tc
