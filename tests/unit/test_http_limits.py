@@ -16,6 +16,8 @@ from pyagent.observe.health import HealthState, start_health_server
 from pyagent.observe.healthcheck import ServiceHealthServer
 from pyagent.observe.httpserver import DEFAULT_LIMITS, JSONHandler, Limits, serve
 
+from .test_healthcheck import free_ports
+
 
 def get(port: int, path: str = "/healthz", timeout: float = 5) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -168,12 +170,9 @@ def test_health_check_ports_share_one_thread() -> None:
     hc = ServiceHealthServer(["127.0.0.1"])
     threads = threading.active_count()
     try:
-        ports = {}
-        for i in range(20):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            ports[("ns", f"s{i}")] = (s.getsockname()[1], 1)
-            s.close()
+        # free_ports holds all twenty at once: a port closed at once can be
+        # handed out again, and two Services would then share it.
+        ports = {("ns", f"s{i}"): (p, 1) for i, p in enumerate(free_ports(20))}
         assert hc.sync(ports) == {}
         assert threading.active_count() == threads + 1
         for port, _ in ports.values():
