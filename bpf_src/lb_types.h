@@ -338,6 +338,12 @@ struct lb6_src_range_key {
 #define LB_CFG_F_MASQ_CLUSTER_IP4 (1 << 2)
 #define LB_CFG_F_MASQ_CLUSTER_IP6 (1 << 3)
 
+/* lb_pod_ingress translates new flows to any frontend (INTERNAL scope, the
+ * socket LB's view) rather than only tracking them: set while the socket
+ * LB leaves some pods' sockets alone (lb_sock_config), whose connections
+ * then reach the pod interfaces as packets to the VIP. */
+#define LB_CFG_F_POD_LB (1 << 4)
+
 /* Defaults for zero fields of lb_node_config. The SNAT port range sits above
  * Linux's default ip_local_port_range (32768-60999), so masqueraded flows do
  * not collide with the node's own connections. */
@@ -357,6 +363,27 @@ struct lb_node_config {
 	__u32 ct_timeout_closing;
 	__u32 flags;             /* LB_CFG_F_* */
 };
+
+/* Which sockets the socket LB translates (lb_sock_cfg, an array of one at
+ * LB_SOCK_CFG_KEY; all zero: every socket). Sockets it skips connect to
+ * the VIP itself, so a service-mesh sidecar in their pod sees the VIP, and
+ * the TC programs on the pod interfaces balance their packets instead. */
+#define LB_SOCK_CFG_KEY 0
+#define LB_SOCK_F_HOST_NS_ONLY (1 << 0)  /* only sockets of host_netns_cookie */
+#define LB_SOCK_F_SKIP_LIST    (1 << 1)  /* lb_sock_skip may hold entries */
+
+struct lb_sock_config {
+	__u64 host_netns_cookie;  /* the host network namespace; 0: init_net */
+	__u32 flags;              /* LB_SOCK_F_* */
+	__u32 pad;
+};
+
+/* lb_sock_skip: netns cookie -> 1, the pods that opted out of the socket
+ * LB. Cookies are never reused, so an entry of a deleted pod only waits
+ * for its removal. */
+#ifndef LB_SOCK_SKIP_MAP_MAX
+#define LB_SOCK_SKIP_MAP_MAX 4096
+#endif
 
 /* Per-CPU TC verdict counters (array indexed by LB_TC_STAT_*). */
 #define LB_TC_STAT_PASS        0  /* not service traffic, untouched */

@@ -10,7 +10,8 @@
  *   LB_HAVE_SET_RETVAL    bpf_set_retval (5.18); without it a refused
  *                         connect()/sendmsg() fails with EPERM
  *   LB_HAVE_NETNS_COOKIE  bpf_get_netns_cookie; without it no ClientIP
- *                         affinity at these hooks (the pick is random)
+ *                         affinity at these hooks (the pick is random) and
+ *                         no scope (lb_sock_cfg): every socket is translated
  *   LB_HAVE_SOCK_RELEASE  the sock_release hook and socket storage; without
  *                         them least-conn picks at random here
  *
@@ -424,7 +425,32 @@ static __always_inline int sys_result(int ret)
 	return SYS_REJECT;
 }
 
-/* connect()/sendmsg() translate, recvmsg()/getpeername() restore. */
+/* Is this socket outside the socket LB's scope (lb_sock_cfg)? One array
+ * lookup (inlined by the verifier) while the scope is "every socket". */
+static __always_inline int lb_sock_skipped(struct bpf_sock_addr *ctx)
+{
+#if LB_HAVE_NETNS_COOKIE
+	__u32 k = LB_SOCK_CFG_KEY;
+	struct lb_sock_config *cfg = lb_sock_cfg.lookup(&k);
+	__u64 netns, host;
+
+	if (!cfg || !cfg->flags)
+		return 0;
+	netns = bpf_get_netns_cookie(ctx);
+	if (cfg->flags & LB_SOCK_F_HOST_NS_ONLY) {
+		host = cfg->host_netns_cookie ? cfg->host_netns_cookie
+					      : bpf_get_netns_cookie(NULL);
+		if (netns != host)
+			return 1;
+	}
+	return (cfg->flags & LB_SOCK_F_SKIP_LIST) && lb_sock_skip.lookup(&netns);
+#else
+	return 0;
+#endif
+}
+
+/* connect()/sendmsg() translate, recvmsg()/getpeername() restore. A skipped
+ * socket has no socket rev-NAT entry, so its restores change nothing. */
 static __always_inline int sock_op(int fam, int restore, struct bpf_sock_addr *ctx,
 				   union lb_v6addr *addr, __be16 *port)
 {
@@ -433,6 +459,8 @@ static __always_inline int sock_op(int fam, int restore, struct bpf_sock_addr *c
 
 	if (restore)
 		return lb_restore(fam, cookie, proto, addr, port);
+	if (lb_sock_skipped(ctx))
+		return LB_UNTOUCHED;
 	return lb_xlate(fam, ctx, cookie, proto, addr, port);
 }
 

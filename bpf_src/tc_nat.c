@@ -15,7 +15,9 @@
  *                      to frontends (DROP -> TC_ACT_SHOT, REJECT -> the
  *                      RST / ICMP answer via TC_ACT_REDIRECT)
  *   lb_pod_ingress     host side of pod links, ingress (packets from pods):
- *                      conntrack only, so pods never open external flows
+ *                      conntrack; with LB_CFG_F_POD_LB also new flows to
+ *                      INTERNAL frontends, for pods the socket LB skips
+ *                      (lb_sock_config); never external flows
  *   lb_egress          node interfaces and pod links, egress: conntrack only
  *
  * Every flow is translated in two halves with the kernel's routing between
@@ -485,10 +487,17 @@ static __always_inline void tc_event(int fam, struct lb_monitor *m, const struct
  * under their own policy). 0: not a frontend. No EXTERNAL copies of the
  * ClusterIPs: the services map stays the size it is without TC. */
 static __always_inline struct lb_service *frontend_of(int fam, const struct lb_pkt *p,
-						      union lb_key *skey, __u8 *scope)
+						      union lb_key *skey, __u8 *scope, int from_pod)
 {
 	struct lb_service *svc;
 
+	if (from_pod) {
+		/* a pod outside the socket LB's scope: the entries its
+		 * connect() would have been translated with */
+		*scope = LB_SCOPE_INTERNAL;
+		lb_key_init(fam, skey, &p->daddr, p->dport, p->proto, LB_SCOPE_INTERNAL);
+		return lb_service_at(fam, skey, LB_MASTER_SLOT);
+	}
 	*scope = LB_SCOPE_EXTERNAL;
 	lb_key_init(fam, skey, &p->daddr, p->dport, p->proto, LB_SCOPE_EXTERNAL);
 	svc = lb_service_at(fam, skey, LB_MASTER_SLOT);
@@ -504,10 +513,15 @@ static __always_inline struct lb_service *frontend_of(int fam, const struct lb_p
  * LB_F_MASQUERADE (eTP=Cluster), and always for a remote backend, whose
  * reply must come back through this node. ClusterIPs: as kube-proxy, only
  * by the node's rule for the family; a remote backend's reply then needs a
- * route back through this node, as it does with kube-proxy. */
+ * route back through this node, as it does with kube-proxy. From a pod: only
+ * a pod reaching itself (kube-proxy's hairpin masquerade), whose reply
+ * would otherwise never leave it; like the socket LB, nothing else. */
 static __always_inline int want_masq(int fam, const struct lb_node_config *cfg, __u8 scope,
-				     __u16 flags, const struct lb_be *be)
+				     __u16 flags, const struct lb_be *be, const struct lb_pkt *p,
+				     int from_pod)
 {
+	if (from_pod)
+		return lb_addr_eq(fam, &be->address, &p->saddr);
 	if (scope == LB_SCOPE_INTERNAL)
 		return cfg && (cfg->flags & (fam == LB_V4 ? LB_CFG_F_MASQ_CLUSTER_IP4
 							  : LB_CFG_F_MASQ_CLUSTER_IP6));
@@ -515,7 +529,7 @@ static __always_inline int want_masq(int fam, const struct lb_node_config *cfg, 
 }
 
 static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
-				    const struct lb_node_config *cfg, __u64 now)
+				    const struct lb_node_config *cfg, __u64 now, int from_pod)
 {
 	union lb_key skey;
 	union ct_key key;
@@ -531,7 +545,7 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	int masq, affinity_hit = 0;
 	__u64 expires;
 
-	svc = frontend_of(fam, p, &skey, &scope);
+	svc = frontend_of(fam, p, &skey, &scope, from_pod);
 	if (!svc) {
 		tc_count(LB_TC_STAT_PASS);
 		return TC_ACT_OK;
@@ -562,7 +576,7 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 				    &affinity_hit);
 	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
-	masq = want_masq(fam, cfg, scope, flags, &be);
+	masq = want_masq(fam, cfg, scope, flags, &be, p, from_pod);
 	if (flags & LB_F_AFFINITY)
 		lb_affinity_record(affinity_client(fam, p), 0, rev_nat_id, backend_id, now);
 
@@ -621,6 +635,11 @@ error:
 
 /* --------------------------------------------------------------- entries */
 
+/* What handle() does with a packet no conntrack entry claims. */
+#define SERVICES_NONE   0  /* nothing: pass it */
+#define SERVICES_NETDEV 1  /* traffic entering the node: EXTERNAL frontends, ClusterIPs */
+#define SERVICES_POD    2  /* from a pod: INTERNAL frontends, with LB_CFG_F_POD_LB */
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int services)
 {
 	struct lb_pkt p = {};
@@ -659,24 +678,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 		tc_count(LB_TC_STAT_ERROR);
 		return TC_ACT_SHOT;
 	}
-	if (!services)
+	if (services == SERVICES_POD && !(cfg && (cfg->flags & LB_CFG_F_POD_LB)))
+		services = SERVICES_NONE;
+	if (services == SERVICES_NONE)
 		return TC_ACT_OK;
 	if (p.l3_proto == ETH_P_IP)
-		return new_flow(LB_V4, skb, &p, cfg, now);
-	return new_flow(LB_V6, skb, &p, cfg, now);
+		return new_flow(LB_V4, skb, &p, cfg, now, services == SERVICES_POD);
+	return new_flow(LB_V6, skb, &p, cfg, now, services == SERVICES_POD);
 }
 
 int lb_netdev_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_INGRESS, 1);
+	return handle(skb, LB_CT_INGRESS, SERVICES_NETDEV);
 }
 
 int lb_pod_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_INGRESS, 0);
+	return handle(skb, LB_CT_INGRESS, SERVICES_POD);
 }
 
 int lb_egress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_EGRESS, 0);
+	return handle(skb, LB_CT_EGRESS, SERVICES_NONE);
 }

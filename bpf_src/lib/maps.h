@@ -59,6 +59,10 @@ LB_MAP("percpu_array", __u32, __u32, lb_rr, LB_STATS_MAP_MAX);
 /* live connections per backend id, for least-conn */
 LB_MAP("hash", __u32, __u64, lb_be_conns, LB_BACKEND_MAP_MAX);
 
+/* the socket LB's scope (lb_types.h) */
+LB_MAP("array", __u32, struct lb_sock_config, lb_sock_cfg, 1);
+LB_MAP("hash", __u64, __u8, lb_sock_skip, LB_SOCK_SKIP_MAP_MAX);
+
 /* Which backend a least-conn socket counts against, so sock_release can
  * give the connection back. Pinned like the maps: sockets outlive agents. */
 #ifdef LB_NO_PIN

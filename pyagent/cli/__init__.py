@@ -7,11 +7,24 @@ import argparse
 import logging
 import sys
 
-from pyagent.cli import bpf, cleanup, maps, monitor, mount_host, plan, run, services, status, trace
+from pyagent.cli import (
+    bpf,
+    cleanup,
+    maps,
+    monitor,
+    mount_host,
+    plan,
+    run,
+    services,
+    socket_lb,
+    status,
+    trace,
+)
 from pyagent.cli.kubeproxy_flags import version_text
 
 # Each module exposes register(subparsers); its parser sets `func(args) -> int`.
-COMMANDS = (run, plan, trace, maps, services, cleanup, bpf, mount_host, monitor, status)
+COMMANDS = (run, plan, trace, maps, services, socket_lb, cleanup, bpf, mount_host, monitor,
+            status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,10 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
                         "default: the ones holding the node IPs; 'none': no TC programs)")
     p.add_argument("--pod-interface", action="append",
                    help="pod-side TC hook: the pod bridge or a pod's host veth (repeatable)")
+    p.add_argument("--bpf-lb-sock-hostns-only", action="store_true",
+                   help="the socket LB translates only the host namespace's connections; "
+                   "pods' are balanced by TC on --pod-interface, so a sidecar sees the VIP "
+                   "(pyagent.socketLBHostNamespaceOnly, Cilium's socketLB.hostNamespaceOnly)")
     p.add_argument("--bpf-lb-map-max", type=_map_max, metavar="N",
                    help="entries of each eBPF map holding Service state "
                    "(pyagent.bpfLbMapMax; default: the built-in sizes)")
@@ -92,6 +96,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         changes["kubeconfig"] = kubeconfig
     if getattr(args, "metrics_per_backend", False):
         changes["metrics_per_backend"] = True
+    if getattr(args, "bpf_lb_sock_hostns_only", False):
+        changes["socket_lb_host_ns_only"] = True
     if getattr(args, "bpf_lb_map_max", None):
         changes["bpf_lb_map_max"] = args.bpf_lb_map_max
     if getattr(args, "bpf_lb_rev_nat_map_max", None):

@@ -56,6 +56,9 @@ class NodeConfig:
     interfaces: tuple[str, ...] = ()
     # TC hooks on the pod side (the pod bridge, or each pod's host veth)
     pod_interfaces: tuple[str, ...] = ()
+    # the socket LB translates only the host namespace's sockets; pods' go
+    # by TC on pod_interfaces (Cilium's socketLB.hostNamespaceOnly)
+    socket_lb_host_ns_only: bool = False
     # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
     lb_algorithm: str = "random"
     # entries of each eBPF map holding Service state (Cilium's bpf-lb-map-max);
@@ -168,7 +171,7 @@ LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "InterfaceNamePrefix", "BridgeInterfac
 _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
-    "parseLimits", "bpfLbMapMax", "bpfLbRevNatMapMax",
+    "parseLimits", "bpfLbMapMax", "bpfLbRevNatMapMax", "socketLBHostNamespaceOnly",
     "k8sServiceHost", "k8sServicePort",
 })
 LB_MAP_MAX_RANGE = (1, 1 << 24)
@@ -318,6 +321,7 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
         (py, "pyagent.", "localhostNodePorts", "localhost_node_ports"),
         (py, "pyagent.", "rejectUnknownClusterIPPorts", "reject_unknown_cluster_ip_ports"),
         (py, "pyagent.", "acceptHealthCheckNodePorts", "accept_health_check_node_ports"),
+        (py, "pyagent.", "socketLBHostNamespaceOnly", "socket_lb_host_ns_only"),
     ):
         if src.get(key) is not None:
             values[attr] = _boolean(src[key], prefix + key)

@@ -42,6 +42,7 @@ def to_dict(config: NodeConfig) -> dict:
         "pyagent": {"nodeIPs": list(config.node_ips), "bpffs": config.bpffs,
                     "interfaces": list(config.interfaces),
                     "podInterfaces": list(config.pod_interfaces),
+                    "socketLBHostNamespaceOnly": config.socket_lb_host_ns_only,
                     "lbAlgorithm": config.lb_algorithm},
     }
     if mode_block == "ipvs":

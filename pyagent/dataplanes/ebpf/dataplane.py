@@ -18,7 +18,7 @@ from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
-from pyagent.dataplanes.ebpf import events, removal, socket_lb
+from pyagent.dataplanes.ebpf import events, removal, sock_scope, socket_lb
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import (
     Frontend,
@@ -68,7 +68,8 @@ class EbpfDataplane:
         caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
                                                    self.config.bpf_lb_rev_nat_map_max)
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
-        if self.config.interfaces:
+        self._scope()
+        if self.config.interfaces or self.config.pod_interfaces:
             from pyagent.dataplanes.ebpf import tc
 
             ips = self.config.node_ips
@@ -79,7 +80,8 @@ class EbpfDataplane:
                                tc_capacities=tc.TcCapacities.for_lb_map_max(
                                    self.config.bpf_lb_map_max),
                                masquerade_cluster_ip=cluster_ip_masquerade_families(
-                                   self.config))
+                                   self.config),
+                               pod_lb=sock_scope.skips_pods(self.lb.maps))
             log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
                      ",".join(self.config.pod_interfaces) or "-")
         self._adopt()
@@ -87,6 +89,25 @@ class EbpfDataplane:
         self._attached = False
         self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
                                       cgroup=self.cgroup)
+
+    def _scope(self) -> None:
+        """The socket LB's scope: host-namespace-only as configured; opted-out
+        pods (lb_sock_skip, pinned) stay out across restarts."""
+        assert self.lb is not None
+        only = self.config.socket_lb_host_ns_only
+        if only and not self.config.pod_interfaces:
+            raise ValueError("socketLBHostNamespaceOnly needs pod interfaces "
+                             "(pyagent.podInterfaces / --pod-interface): pods' connections "
+                             "are balanced there")
+        if only and not self.lb.variant.features.netns_cookie:
+            raise ValueError("socketLBHostNamespaceOnly: this kernel has no "
+                             "bpf_get_netns_cookie at the socket hooks (Linux 5.7)")
+        cfg = sock_scope.configure(self.lb.maps, only,
+                                   sock_scope.host_netns_cookie() if only else 0)
+        if cfg.flags:
+            log.info("socket LB scope: %s%s", "host namespace only" if only else "all",
+                     f", {len(sock_scope.excluded(self.lb.maps))} namespaces opted out"
+                     if cfg.flags & L.SockFlag.SKIP_LIST else "")
 
     def _attach(self) -> None:
         assert self.lb is not None

@@ -95,6 +95,15 @@ class ConfigFlag(enum.IntFlag):
     SNAT6 = 1 << 1
     MASQ_CLUSTER_IP4 = 1 << 2  # external traffic to ClusterIPs is masqueraded (IPv4)
     MASQ_CLUSTER_IP6 = 1 << 3
+    POD_LB = 1 << 4  # lb_pod_ingress balances pods the socket LB skips
+
+
+class SockFlag(enum.IntFlag):
+    HOST_NS_ONLY = 1 << 0  # the socket LB translates the host netns's sockets only
+    SKIP_LIST = 1 << 1  # and none of the netns cookies in lb_sock_skip
+
+
+SOCK_CFG_KEY = 0
 
 
 SNAT_PORT_MIN_DEFAULT = 61000
@@ -387,6 +396,14 @@ class LbNodeConfig(ctypes.Structure):
     ]
 
 
+class LbSockConfig(ctypes.Structure):
+    _fields_ = [
+        ("host_netns_cookie", c_uint64),
+        ("flags", c_uint32),
+        ("pad", c_uint32),
+    ]
+
+
 class LbTcStat(ctypes.Structure):
     _fields_ = [("packets", c_uint64)]
 
@@ -454,6 +471,7 @@ C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb6_src_range_key": Lb6SrcRangeKey,
     "lb_node_config": LbNodeConfig,
     "lb_tc_stat": LbTcStat,
+    "lb_sock_config": LbSockConfig,
     "lb_monitor": LbMonitor,
     "lb_event": LbEvent,
 }
@@ -513,6 +531,8 @@ MAPS: dict[str, MapSpec] = {
                 "LB_SERVICE_MAP_MAX"),
         MapSpec("lb_rr", c_uint32, c_uint32, MAP_TYPE_PERCPU_ARRAY, "LB_STATS_MAP_MAX"),
         MapSpec("lb_be_conns", c_uint32, c_uint64, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
+        MapSpec("lb_sock_cfg", c_uint32, LbSockConfig, MAP_TYPE_ARRAY, ""),
+        MapSpec("lb_sock_skip", c_uint64, c_uint8, MAP_TYPE_HASH, "LB_SOCK_SKIP_MAP_MAX"),
         MapSpec("lb_sk_backend", ctypes.c_int, c_uint32, MAP_TYPE_SK_STORAGE, ""),
         # decision events: listener mask, ring template, one ring per monitor
         MapSpec("lb_monitor", c_uint32, LbMonitor, MAP_TYPE_ARRAY, ""),

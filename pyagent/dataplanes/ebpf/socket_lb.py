@@ -120,7 +120,8 @@ def choose_variant(f: kprobe.Features) -> Variant:
                         "at random at the socket hooks")
     if not f.netns_cookie:
         degraded.append("no bpf_get_netns_cookie at the socket hooks: ClientIP session "
-                        "affinity is not kept for pods and the node (random pick)")
+                        "affinity is not kept for pods and the node (random pick), and the "
+                        "socket LB cannot leave pods out (hostNamespaceOnly, opt-outs)")
     if not f.cgroup_links:
         degraded.append("no cgroup BPF links: hooks are attached with BPF_PROG_ATTACH; a "
                         "restart attaches the new programs before detaching the old ones")
@@ -228,6 +229,8 @@ class LBMaps:
     lb_aff_match: Map[layout.LbAffinityMatchKey, ctypes.c_uint8]
     lb_rr: Map[ctypes.c_uint32, ctypes.c_uint32]
     lb_be_conns: Map[ctypes.c_uint32, ctypes.c_uint64]
+    lb_sock_cfg: Map[ctypes.c_uint32, layout.LbSockConfig]
+    lb_sock_skip: Map[ctypes.c_uint64, ctypes.c_uint8]
     lb_sk_backend: Map[ctypes.c_int, ctypes.c_uint32]
     lb_monitor: Map[ctypes.c_uint32, layout.LbMonitor]
     lb_mon_ring: Map[layout.NoValue, layout.NoValue]

@@ -255,16 +255,21 @@ def write_node_config(maps: TcMaps, snat_ip4: str | None = None,
                       snat_ip6: str | None = None, port_min: int = 0, port_max: int = 0,
                       ct_timeout_tcp: int = 0, ct_timeout_other: int = 0,
                       ct_timeout_closing: int = 0,
-                      masquerade_cluster_ip: Iterable[int] = ()) -> L.LbNodeConfig:
+                      masquerade_cluster_ip: Iterable[int] = (),
+                      pod_lb: bool = False) -> L.LbNodeConfig:
     """Set the node's masquerade addresses (one per family; None: that family
     cannot masquerade and such flows are dropped), the SNAT port range and
     conntrack timeouts (0: the defaults in lb_types.h), and the families (4,
     6) in which external traffic to ClusterIPs is masqueraded
-    (frontends.cluster_ip_masquerade_families). Takes effect for the next new flow; a
-    single array write, so readers never see half of it."""
+    (frontends.cluster_ip_masquerade_families); pod_lb: lb_pod_ingress
+    balances pods' new flows (the socket LB skips some pods, sock_scope.py).
+    Takes effect for the next new flow; a single array write, so readers
+    never see half of it."""
     cfg = L.LbNodeConfig(snat_port_min=port_min, snat_port_max=port_max,
                          ct_timeout_tcp=ct_timeout_tcp, ct_timeout_other=ct_timeout_other,
                          ct_timeout_closing=ct_timeout_closing)
+    if pod_lb:
+        cfg.flags |= L.ConfigFlag.POD_LB
     for family in masquerade_cluster_ip:
         cfg.flags |= L.ConfigFlag.MASQ_CLUSTER_IP6 if family == 6 else L.ConfigFlag.MASQ_CLUSTER_IP4
     if snat_ip4:
@@ -275,6 +280,19 @@ def write_node_config(maps: TcMaps, snat_ip4: str | None = None,
         cfg.flags |= L.ConfigFlag.SNAT6
     maps.lb_node_config.set(ctypes.c_uint32(L.CONFIG_KEY), cfg)
     return cfg
+
+
+def set_pod_lb(maps: TcMaps, on: bool) -> None:
+    """Turn lb_pod_ingress's balancing on or off, the rest of the node
+    config as it is (`pyagent socket-lb exclude` while the agent runs)."""
+    key = ctypes.c_uint32(L.CONFIG_KEY)
+    cfg = maps.lb_node_config.get(key)
+    assert isinstance(cfg, L.LbNodeConfig)
+    if on:
+        cfg.flags |= L.ConfigFlag.POD_LB
+    else:
+        cfg.flags &= ~L.ConfigFlag.POD_LB
+    maps.lb_node_config.set(key, cfg)
 
 
 def src_range_key(rev_nat_id: int, cidr: str) -> L.Lb4SrcRangeKey | L.Lb6SrcRangeKey:
@@ -359,7 +377,7 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
           netns: str | None = None, snat_ip4: str | None = None, snat_ip6: str | None = None,
           capacities: socket_lb.Capacities | None = None,
           tc_capacities: TcCapacities | None = None,
-          masquerade_cluster_ip: Iterable[int] = ()) -> TcLB:
+          masquerade_cluster_ip: Iterable[int] = (), pod_lb: bool = False) -> TcLB:
     """Everything an agent start needs, in a hitless order: load (reusing
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
@@ -367,7 +385,7 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     lb = load_out_of_process(bpffs, capacities, tc_capacities)  # pins the programs
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6,
-                          masquerade_cluster_ip=masquerade_cluster_ip)
+                          masquerade_cluster_ip=masquerade_cluster_ip, pod_lb=pod_lb)
         attach(lb, netdevs=netdevs, pods=pods, netns=netns)
     except BaseException:
         lb.close()
