@@ -4,7 +4,8 @@ VIP as destination) and TC on the pod interfaces balances their packets.
 
 Two agents on node0, one at a time:
 - host-namespace-only (--bpf-lb-sock-hostns-only): every pod goes by TC,
-  the node's own connections still by the socket LB;
+  the node's own connections still by the socket LB; the pod interfaces
+  given as a pattern (p+), so a pod created later gets the programs too;
 - per-pod opt-out: the default scope, with pod0's namespace excluded by
   `pyagent socket-lb exclude`; pod1 stays on the socket LB.
 
@@ -109,8 +110,10 @@ class Agent:
         self.dir = c.tmp / f"scope-{mode}"
         self.dir.mkdir()
         self.log = c.tmp / f"scope-{mode}.log"
-        extra = ["--bpf-lb-sock-hostns-only"] if mode == "hostns-only" else []
-        pods = [a for link in self.node.pod_links for a in ("--pod-interface", link)]
+        if mode == "hostns-only":  # pod links by pattern, followed as pods come
+            extra, pods = ["--bpf-lb-sock-hostns-only"], ["--pod-interface", "p+"]
+        else:
+            extra, pods = [], [a for link in self.node.pod_links for a in ("--pod-interface", link)]
         self.proc = c.agent(0, ["run", "--manifests", str(self.dir), *self.node.agent_args(),
                                 *pods, *extra, "--healthz-bind-address", "127.0.0.1:0",
                                 "--metrics-bind-address", "127.0.0.1:0"],
@@ -235,3 +238,22 @@ def test_status_and_include(cluster: Cluster, agent: Agent) -> None:
             car.stop()
     finally:
         agent.socket_lb(["exclude", f"/run/netns/{pod0.ns}"])
+
+
+def test_a_pod_created_after_the_start_is_served(cluster: Cluster, agent: Agent) -> None:
+    """Its link appears while the agent runs (last in this module: the pod
+    stays, served by the socket LB under the opt-out agent)."""
+    if agent.mode != "hostns-only":
+        pytest.skip("pod links by pattern: the host-namespace-only agent")
+    pod = cluster.add_pod(0, "node0-late")
+    agent.tc_pods.append(pod.name)
+    car = Sidecar(cluster, pod.ns, cluster.nodes[0].cgroup)
+    try:
+        for vip in (CIP4, CIP6):
+            res = client(cluster, pod.ns, vip, 80, "tcp", 12)
+            assert not res.errors, (res.errors, agent.log.read_text()[-2000:])
+            assert len(res.counts) == 3, res.counts
+            assert [r.get("original") for r in car.records(12)] == [[vip, 80]] * 12
+    finally:
+        car.stop()
+    assert "pod interface p2: TC programs attached" in agent.log.read_text()

@@ -115,6 +115,7 @@ def test_primary_node_port_addresses() -> None:
     ({"pyagent": {"nodeIPs": ["x"]}}, "pyagent.nodeIPs"),
     ({"featureGates": {"X": 1}}, "featureGates.X"),
     ({"localDetector": {"mode": "bridge"}}, "localDetector.mode"),
+    ({"pyagent": {"socketLBHostNamespaceOnly": "true"}}, "pyagent.socketLBHostNamespaceOnly"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -154,3 +155,10 @@ def test_address_predicates() -> None:
                           ).accepts_node_port(ip("127.0.0.1"))
     assert cfg.in_service_cidrs(ip("172.30.9.9"))
     assert str(cfg.primary_node_ip(6)) == "2001:db8::1"
+
+
+def test_socket_lb_scope_key() -> None:
+    assert not config_from_dict({}).socket_lb_host_ns_only
+    on = config_from_dict({"pyagent": {"socketLBHostNamespaceOnly": True,
+                                       "podInterfaces": ["veth+"]}})
+    assert on.socket_lb_host_ns_only and on.pod_interfaces == ("veth+",)

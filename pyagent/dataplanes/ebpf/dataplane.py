@@ -18,7 +18,7 @@ from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
-from pyagent.dataplanes.ebpf import events, removal, sock_scope, socket_lb
+from pyagent.dataplanes.ebpf import events, pod_links, removal, sock_scope, socket_lb
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import (
     Frontend,
@@ -59,6 +59,7 @@ class EbpfDataplane:
         self.stats: Stats | None = None
         self._attached = False
         self.tc = None  # tc.TcLB when the node has TC interfaces
+        self.pod_links: pod_links.PodLinkWatcher | None = None  # pod interface patterns
         self.janitor: BackendJanitor | None = None
 
     def setup(self) -> None:
@@ -70,10 +71,28 @@ class EbpfDataplane:
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
         self._scope()
         if self.config.interfaces or self.config.pod_interfaces:
-            from pyagent.dataplanes.ebpf import tc
+            self._setup_tc(caps)
+        self._adopt()
+        self.stats = Stats(self.lb.maps, lambda: self.reconciler)
+        self._attached = False
+        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
+                                      cgroup=self.cgroup)
 
-            ips = self.config.node_ips
-            self.tc = tc.setup(self.bpffs, self.config.interfaces, self.config.pod_interfaces,
+    def _setup_tc(self, caps: socket_lb.Capacities) -> None:
+        """The TC programs on the node and pod interfaces; pod interface
+        patterns (`veth+`) are followed as links come and go."""
+        assert self.lb is not None
+        from pyagent.dataplanes.ebpf import tc
+
+        ips = self.config.node_ips
+        watcher = None
+        if pod_links.prefixes(self.config.pod_interfaces):
+            # subscribed before the links are listed: none slips between
+            watcher = pod_links.PodLinkWatcher(
+                self.config.pod_interfaces, lambda name: tc.attach(self.tc, pods=[name]))
+        try:
+            pods = pod_links.expand(self.config.pod_interfaces)
+            self.tc = tc.setup(self.bpffs, self.config.interfaces, pods,
                                snat_ip4=next((ip for ip in ips if ":" not in ip), None),
                                snat_ip6=next((ip for ip in ips if ":" in ip), None),
                                capacities=caps,
@@ -82,13 +101,15 @@ class EbpfDataplane:
                                masquerade_cluster_ip=cluster_ip_masquerade_families(
                                    self.config),
                                pod_lb=sock_scope.skips_pods(self.lb.maps))
-            log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces),
-                     ",".join(self.config.pod_interfaces) or "-")
-        self._adopt()
-        self.stats = Stats(self.lb.maps, lambda: self.reconciler)
-        self._attached = False
-        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
-                                      cgroup=self.cgroup)
+        except BaseException:
+            if watcher is not None:
+                watcher.stop()
+            raise
+        log.info("TC programs on %s (pod side: %s)", ",".join(self.config.interfaces) or "-",
+                 ",".join(pods) or "-")
+        if watcher is not None:
+            watcher.start(pods)
+            self.pod_links = watcher
 
     def _scope(self) -> None:
         """The socket LB's scope: host-namespace-only as configured; opted-out
@@ -168,6 +189,9 @@ class EbpfDataplane:
     def close(self) -> None:
         if self.janitor is not None:
             self.janitor.wait()
+        if self.pod_links is not None:
+            self.pod_links.stop()
+            self.pod_links = None
         if self.tc is not None:
             self.tc.close()
             self.tc = None

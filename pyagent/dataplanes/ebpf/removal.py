@@ -22,7 +22,9 @@ def remove(config: NodeConfig) -> str:
     filters = 0
     ifaces = config.interfaces + config.pod_interfaces
     if ifaces:
-        from pyagent.dataplanes.ebpf import tc
+        from pyagent.dataplanes.ebpf import pod_links, tc
+
+        ifaces = tuple(pod_links.expand(ifaces))
 
         filters = tc.cleanup(config.bpffs, ifaces)
     links = socket_lb.detach_all(config.bpffs, config.cgroup)
