@@ -243,6 +243,8 @@ struct lb_svc_stats {
 #define LB_CT_F_DNAT     (1 << 1)  /* rewrite the destination to (daddr, dport) */
 #define LB_CT_F_SERVICE  (1 << 2)  /* the service entry of a flow (revalidated) */
 #define LB_CT_F_CLOSING  (1 << 3)  /* TCP FIN or RST seen: short timeout */
+#define LB_CT_F_DSR      (1 << 4)  /* service entry: the backend answers the client
+				    * itself; packets carry the DSR option */
 
 /* Conntrack (LRU), one entry per (packet tuple, stage). A flow from client
  * C:c to frontend V:v served by backend B:b, masqueraded as N:n, has:
@@ -344,6 +346,41 @@ struct lb6_src_range_key {
  * then reach the pod interfaces as packets to the VIP. */
 #define LB_CFG_F_POD_LB (1 << 4)
 
+/* Direct Server Return for new flows from outside to an EXTERNAL frontend
+ * served by another node's backend (Cilium's bpf-lb-mode dsr / hybrid):
+ * no masquerade; the packet, DNATed to the backend, carries the frontend in
+ * an IPv4 option / IPv6 destination option (struct lb_dsr*), and the
+ * backend's node, seeing it, sends the reply straight to the client with
+ * the frontend as source. TCP: on the SYN (the backend node's conntrack
+ * keeps it); UDP: on every datagram. Every node accepts the option for its
+ * own frontends, whatever its mode. */
+#define LB_CFG_F_DSR_TCP (1 << 5)
+#define LB_CFG_F_DSR_UDP (1 << 6)
+
+/* RFC 4727 experimental values: the IPv4 option with the copied bit set
+ * (kept in fragments), the IPv6 option with the "skip if unknown" action,
+ * so a backend that does not know it still takes the packet. */
+#define LB_DSR_OPT4 0x9e
+#define LB_DSR_OPT6 0x1e
+
+struct lb_dsr4_opt {             /* 8 bytes after the IPv4 header (ihl 7) */
+	__u8  type;              /* LB_DSR_OPT4 */
+	__u8  len;               /* 8 */
+	__be16 port;             /* the frontend */
+	__be32 addr;
+};
+
+struct lb_dsr6_hdr {             /* a destination options header, 24 bytes */
+	__u8  nexthdr;
+	__u8  hdrlen;            /* 2: (2 + 1) * 8 bytes */
+	__u8  type;              /* LB_DSR_OPT6 */
+	__u8  len;               /* 18 */
+	__be16 port;
+	__u8  addr[16];
+	__u8  pad_type;          /* PadN (1), len 0: the header ends 8-aligned */
+	__u8  pad_len;
+};
+
 /* Defaults for zero fields of lb_node_config. The SNAT port range sits above
  * Linux's default ip_local_port_range (32768-60999), so masqueraded flows do
  * not collide with the node's own connections. */
@@ -395,6 +432,7 @@ struct lb_sock_config {
 #define LB_TC_STAT_ERROR       6  /* maps mid-update, no SNAT address or port */
 #define LB_TC_STAT_FRAGMENT    7  /* fragments: passed untouched */
 #define LB_TC_STAT_ICMP_ERROR  8  /* ICMP error about a tracked flow, translated */
+#define LB_TC_STAT_DSR_BACKEND 9  /* a DSR packet for a backend here: reply entry written */
 #define LB_TC_STAT_MAX         16
 
 struct lb_tc_stat {

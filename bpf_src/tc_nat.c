@@ -353,6 +353,8 @@ static __always_inline int ct_handle(int fam, struct __sk_buff *skb, struct lb_p
 				     __u8 stage, const struct lb_node_config *cfg, __u64 now)
 {
 	void *v = ct_find(fam, p, stage, now);
+	union lb_v6addr frontend;
+	__be16 fport;
 
 	if (!v)
 		return 0;
@@ -375,7 +377,13 @@ static __always_inline int ct_handle(int fam, struct __sk_buff *skb, struct lb_p
 		CT_VAL(fam, v, flags) |= LB_CT_F_CLOSING;
 	CT_VAL(fam, v, expires) =
 		now + ct_timeout(cfg, p->proto, CT_VAL(fam, v, flags) & LB_CT_F_CLOSING);
+	frontend = p->daddr;
+	fport = p->dport;
 	if (ct_apply(fam, skb, p, v, 0) < 0)
+		return -1;
+	/* a retransmitted SYN, or any datagram, tells the backend node again */
+	if ((CT_VAL(fam, v, flags) & LB_CT_F_DSR) && (p->proto == IPPROTO_UDP || is_syn(p)) &&
+	    lb_dsr_push(fam, skb, p, &frontend, fport) < 0)
 		return -1;
 	return 1;
 }
@@ -528,6 +536,53 @@ static __always_inline int want_masq(int fam, const struct lb_node_config *cfg, 
 	return (flags & LB_F_MASQUERADE) || !(be->flags & LB_BACKEND_F_LOCAL);
 }
 
+/* Send a new flow to backend be by DSR (LB_CFG_F_DSR_*)? Only from outside
+ * to an EXTERNAL frontend, to another node's backend, on a packet with room
+ * for the option (no IPv4 options of its own). */
+static __always_inline int want_dsr(const struct lb_node_config *cfg, __u8 scope,
+				    const struct lb_be *be, const struct lb_pkt *p, int from_pod)
+{
+	__u32 mode;
+
+	if (!cfg || from_pod || scope != LB_SCOPE_EXTERNAL || (be->flags & LB_BACKEND_F_LOCAL) ||
+	    p->ip_options || p->dsr)
+		return 0;
+	mode = p->proto == IPPROTO_TCP ? LB_CFG_F_DSR_TCP : LB_CFG_F_DSR_UDP;
+	return (cfg->flags & mode) != 0;
+}
+
+/* A packet that another node's LB sent here by DSR, to a backend of ours:
+ * remember that the reply (B,b -> C,c) leaves with the frontend as source,
+ * if the option names a frontend this node serves too (so nobody can make
+ * it send from an arbitrary address): the same EXTERNAL entry (externalIPs,
+ * LB IPs), or, for another node's NodePort, this node's own NodePort on
+ * that port (its entry at the node's masquerade address). */
+static __always_inline void dsr_backend(int fam, const struct lb_pkt *p,
+					const struct lb_node_config *cfg, __u64 now)
+{
+	union lb_key skey;
+	union ct_key key;
+	union ct_val val;
+	union lb_v6addr own;
+	struct lb_service *svc;
+
+	lb_key_init(fam, &skey, &p->dsr_addr, p->dsr_port, p->proto, LB_SCOPE_EXTERNAL);
+	svc = lb_service_at(fam, &skey, LB_MASTER_SLOT);
+	if (!svc) {
+		if (snat_addr(fam, cfg, &own) < 0)
+			return;
+		lb_key_init(fam, &skey, &own, p->dsr_port, p->proto, LB_SCOPE_EXTERNAL);
+		svc = lb_service_at(fam, &skey, LB_MASTER_SLOT);
+		if (!svc || !(svc->flags & LB_F_NODE_PORT))
+			return;
+	}
+	ct_key(fam, &key, &p->daddr, &p->saddr, p->dport, p->sport, p->proto, LB_CT_EGRESS);
+	ct_entry(fam, &val, LB_CT_F_SNAT, svc->rev_nat_id, now + ct_timeout(cfg, p->proto, 0));
+	ct_entry_nat(fam, &val, 1, &p->dsr_addr, p->dsr_port);
+	ct_update(fam, &key, &val);
+	tc_count(LB_TC_STAT_DSR_BACKEND);
+}
+
 static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
 				    const struct lb_node_config *cfg, __u64 now, int from_pod)
 {
@@ -542,7 +597,9 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	__u16 flags;
 	__be16 nport = 0;
 	__u8 scope;
-	int masq, affinity_hit = 0;
+	int masq, dsr, affinity_hit = 0;
+	union lb_v6addr frontend;
+	__be16 fport;
 	__u64 expires;
 
 	svc = frontend_of(fam, p, &skey, &scope, from_pod);
@@ -576,7 +633,8 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 				    &affinity_hit);
 	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
-	masq = want_masq(fam, cfg, scope, flags, &be, p, from_pod);
+	dsr = want_dsr(cfg, scope, &be, p, from_pod);
+	masq = !dsr && want_masq(fam, cfg, scope, flags, &be, p, from_pod);
 	if (flags & LB_F_AFFINITY)
 		lb_affinity_record(affinity_client(fam, p), 0, rev_nat_id, backend_id, now);
 
@@ -603,14 +661,19 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 		ct_key(fam, &key, &p->saddr, &be.address, p->sport, be.port, p->proto, LB_CT_EGRESS);
 		ct_delete(fam, &key);
 	}
-	/* reply (B,b -> C,c) at egress: leaves with the frontend as source */
-	ct_key(fam, &key, &be.address, &p->saddr, be.port, p->sport, p->proto, LB_CT_EGRESS);
-	ct_entry(fam, &val, LB_CT_F_SNAT, rev_nat_id, expires);
-	ct_entry_nat(fam, &val, 1, &p->daddr, p->dport);
-	ct_update(fam, &key, &val);
+	/* reply (B,b -> C,c) at egress: leaves with the frontend as source
+	 * (by DSR the backend's node does that; the reply never comes here) */
+	if (!dsr) {
+		ct_key(fam, &key, &be.address, &p->saddr, be.port, p->sport, p->proto,
+		       LB_CT_EGRESS);
+		ct_entry(fam, &val, LB_CT_F_SNAT, rev_nat_id, expires);
+		ct_entry_nat(fam, &val, 1, &p->daddr, p->dport);
+		ct_update(fam, &key, &val);
+	}
 	/* the service entry (C,c -> V,v) at ingress, written last */
 	ct_key_of(fam, &key, p, LB_CT_INGRESS);
-	ct_entry(fam, &val, LB_CT_F_DNAT | LB_CT_F_SERVICE, rev_nat_id, expires);
+	ct_entry(fam, &val, LB_CT_F_DNAT | LB_CT_F_SERVICE | (dsr ? LB_CT_F_DSR : 0), rev_nat_id,
+		 expires);
 	ct_entry_nat(fam, &val, 0, &be.address, be.port);
 	CT_VAL(fam, &val, backend_id) = backend_id;
 	ct_update(fam, &key, &val);
@@ -619,7 +682,11 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	if ((mon = lb_monitor_on()))
 		tc_event(fam, mon, p, rev_nat_id, affinity_hit ? LB_EV_AFFINITY : LB_EV_TRANSLATED,
 			 backend_id, &be);
+	frontend = p->daddr;
+	fport = p->dport;
 	if (lb_rewrite(fam, skb, p, 0, &be.address, be.port) < 0)
+		goto error;
+	if (dsr && lb_dsr_push(fam, skb, p, &frontend, fport) < 0)
 		goto error;
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
@@ -666,6 +733,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 		return TC_ACT_OK;
 	cfg = node_config();
 	now = now_sec();
+	if (p.dsr && services == SERVICES_NETDEV) {
+		if (p.l3_proto == ETH_P_IP)
+			dsr_backend(LB_V4, &p, cfg, now);
+		else
+			dsr_backend(LB_V6, &p, cfg, now);
+		return TC_ACT_OK;
+	}
 	if (p.l3_proto == ETH_P_IP)
 		ret = ct_handle(LB_V4, skb, &p, stage, cfg, now);
 	else

@@ -767,3 +767,107 @@ def test_cluster_ip_affinity_uses_the_internal_membership(lb):
     dsts = {parsed(ingress(lb, P.build("203.0.113.9", CIP4, "TCP", c, port))[1]).dst
             for c in range(45000, 45030)}
     assert len(dsts) == 1 and dsts <= set(LOCAL4)
+
+
+# ---------------------------------------------------------------------------
+# Direct Server Return (lb_node_config LB_CFG_F_DSR_*): remote backends of
+# EXTERNAL frontends get the flow unmasqueraded with the frontend in a DSR
+# option; the backend's node sends the reply with the frontend as source.
+
+OTHER_NODE4, OTHER_NODE6 = "192.168.50.11", "fd00:50::11"
+
+
+@pytest.fixture
+def lb_mode(lb):
+    """Set the node's lb mode for one test, SNAT again after."""
+    from pyagent.dataplanes.ebpf import tc
+
+    def set_mode(mode: str) -> None:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6, lb_mode=mode)
+
+    try:
+        yield set_mode
+    finally:
+        set_mode("snat")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_dsr_sends_remote_flows_with_the_frontend_in_an_option(lb, lb_mode, v6, proto):
+    lb_mode("dsr")
+    node, client, _, remote = fam(v6)
+    port = next(_ports)
+    frontend(lb, node, port, proto, [(remote[0], 9090, False)], F.NODE_PORT | F.MASQUERADE)
+
+    ret, out = ingress(lb, P.build(client, node, proto, 40301, port, b"syn"))
+    assert ret == OK
+    p = parsed(out)  # every checksum right after the option went in
+    assert (p.src, p.sport, p.dst, p.dport) == (client, 40301, remote[0], 9090)
+    assert p.dsr == (node, port) and p.payload == b"syn"
+    # The rest of the flow: TCP carries the option only on (retransmitted) SYNs.
+    _, out = ingress(lb, P.build(client, node, proto, 40301, port, b"ack", flags="A"))
+    p = parsed(out)
+    assert (p.dst, p.dsr) == (remote[0], None if proto == "TCP" else (node, port))
+    _, out = ingress(lb, P.build(client, node, proto, 40301, port, b"syn"))
+    assert parsed(out).dsr == (node, port)
+    # No entry here for the reply (it never comes through this node), and
+    # nothing masqueraded on the way out.
+    reply = P.build(remote[0], client, proto, 9090, 40301, b"r", flags="SA")
+    assert egress(lb, reply) == (OK, reply)
+    _, out = ingress(lb, P.build(client, node, proto, 40301, port, b"syn"))
+    assert egress(lb, out) == (OK, out)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_hybrid_is_dsr_for_tcp_and_snat_for_udp(lb, lb_mode, v6):
+    lb_mode("hybrid")
+    node, client, _, remote = fam(v6)
+    port = next(_ports)
+    for proto in ("TCP", "UDP"):
+        frontend(lb, node, port, proto, [(remote[0], 9090, False)], F.NODE_PORT | F.MASQUERADE)
+        _, out = ingress(lb, P.build(client, node, proto, 40302, port))
+        _, out = egress(lb, out)
+        p = parsed(out)
+        if proto == "TCP":
+            assert (p.src, p.dsr) == (client, (node, port))
+        else:
+            assert (p.src, p.dsr) == (node, None)
+
+
+def test_dsr_leaves_local_backends_and_cluster_ips_alone(lb, lb_mode):
+    lb_mode("dsr")
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [(LOCAL4[0], 8080, True)], F.NODE_PORT | F.MASQUERADE)
+    _, out = egress(lb, ingress(lb, P.build(CLIENT4, NODE4, "TCP", 40303, port))[1])
+    assert (parsed(out).src, parsed(out).dsr) == (NODE4, None)  # eTP=Cluster: masqueraded
+    frontend(lb, CIP4, port, "TCP", [(REMOTE4[0], 8080, False)], F.CLUSTER_IP,
+             scope=L.SCOPE_INTERNAL)
+    _, out = ingress(lb, P.build(CLIENT4, CIP4, "TCP", 40304, port))
+    assert (parsed(out).dst, parsed(out).dsr) == (REMOTE4[0], None)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_backend_node_answers_with_the_frontend_it_was_told(lb, v6, proto):
+    """This node as the backend's: a packet another LB sent by DSR passes
+    untouched, and the reply to it leaves with the frontend as source, when
+    the frontend is one this node serves too (an LB IP here; another node's
+    NodePort as this node's NodePort on the same port); forged ones do not."""
+    node, client, local, _ = fam(v6)
+    other = OTHER_NODE6 if v6 else OTHER_NODE4
+    lb_ip = "fd00:99::9" if v6 else "198.51.100.9"
+    lb_port, np_port, forged = next(_ports), next(_ports), next(_ports)
+    frontend(lb, lb_ip, lb_port, proto, [(local[0], 8080, True)], F.LOADBALANCER)
+    frontend(lb, node, np_port, proto, [(local[0], 8080, True)], F.NODE_PORT)
+    before = bpfmaps.tc_stats(lb.maps)["dsr_backend"]
+    for i, (fe, port, served) in enumerate([(lb_ip, lb_port, True), (other, np_port, True),
+                                            (other, forged, False), (lb_ip, forged, False)]):
+        cport = 40310 + i
+        f = P.build(client, local[0], proto, cport, 8080, b"q", dsr=(fe, port))
+        assert ingress(lb, f) == (OK, f)
+        reply = P.build(local[0], client, proto, 8080, cport, b"a", flags="SA")
+        ret, out = egress(lb, reply)
+        p = parsed(out)
+        want = (fe, port) if served else (local[0], 8080)
+        assert (ret, (p.src, p.sport), p.dst) == (OK, want, client), (fe, port)
+    assert bpfmaps.tc_stats(lb.maps)["dsr_backend"] - before == 2

@@ -31,6 +31,7 @@
 #define LB_IP_DF      0x4000
 #define LB_IP_MF_OFF  0x3fff  /* more-fragments bit and fragment offset */
 #define LB_NEXTHDR_FRAGMENT 44
+#define LB_NEXTHDR_DSTOPTS  60
 #define LB_ICMP_DEST_UNREACH 3
 #define LB_ICMP_PORT_UNREACH 3
 #define LB_ICMP6_DST_UNREACH 1
@@ -57,7 +58,10 @@ struct lb_pkt {
 	__u8  tcp_flags;
 	__u8  tcp_doff;         /* TCP header bytes */
 	__u8  ip_options;       /* IPv4 header longer than 20 bytes */
-	__u8  pad[2];
+	__u8  dsr;              /* carries a DSR option naming (dsr_addr, dsr_port) */
+	__u8  pad;
+	__be16 dsr_port;
+	union lb_v6addr dsr_addr;
 	/* LB_PKT_ICMP_ERR: the tuple fields above are the quoted packet's,
 	 * reversed (the direction the error travels, as a reply would); the
 	 * outer addresses are here. */
@@ -209,6 +213,16 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
 		p->ip_options = ip.ihl > 5;
 		p->l4_off = ETH_HLEN + ip.ihl * 4;
 		p->l4_len = bpf_ntohs(ip.tot_len) - ip.ihl * 4;
+		if (ip.ihl == 7) {
+			struct lb_dsr4_opt opt;
+
+			if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), &opt, sizeof(opt)) == 0 &&
+			    opt.type == LB_DSR_OPT4 && opt.len == sizeof(opt)) {
+				p->dsr = 1;
+				p->dsr_port = opt.port;
+				p->dsr_addr.p32[0] = opt.addr;
+			}
+		}
 		if (p->proto == IPPROTO_ICMP && !(ip.frag_off & bpf_htons(LB_IP_MF_OFF)))
 			return lb4_parse_icmp(skb, p);
 		if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
@@ -228,8 +242,21 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *p)
 		p->proto = ip6.nexthdr;
 		p->l4_off = ETH_HLEN + sizeof(ip6);
 		p->l4_len = bpf_ntohs(ip6.payload_len);
-		/* Extension headers other than a fragment header are not
-		 * walked: such packets are left alone. */
+		if (p->proto == LB_NEXTHDR_DSTOPTS) {
+			struct lb_dsr6_hdr h;
+
+			if (bpf_skb_load_bytes(skb, p->l4_off, &h, sizeof(h)) < 0 ||
+			    h.hdrlen != 2 || h.type != LB_DSR_OPT6 || h.len != 18)
+				return LB_PKT_OTHER;
+			p->dsr = 1;
+			p->dsr_port = h.port;
+			__builtin_memcpy(p->dsr_addr.addr, h.addr, 16);
+			p->proto = h.nexthdr;
+			p->l4_off += sizeof(h);
+			p->l4_len -= sizeof(h);
+		}
+		/* Other extension headers than a fragment header and our DSR
+		 * option are not walked: such packets are left alone. */
 		if (p->proto == LB_NEXTHDR_FRAGMENT)
 			return LB_PKT_FRAG;
 		if (p->proto == IPPROTO_ICMPV6)
@@ -405,6 +432,72 @@ static __always_inline int lb_rewrite(int fam, struct __sk_buff *skb, struct lb_
 	if (fam == LB_V4)
 		return lb4_rewrite(skb, p, src, addr->p32[0], port);
 	return lb6_rewrite(skb, p, src, addr, port);
+}
+
+/* Insert the DSR option naming frontend (addr, port) after the IP header of
+ * a packet that has none (p->ip_options clear, no IPv6 extension header).
+ * The L4 checksum does not change: its pseudo header holds neither. */
+static __always_inline int lb4_dsr_push(struct __sk_buff *skb, struct lb_pkt *p, __be32 addr,
+					__be16 port)
+{
+	struct {
+		struct iphdr ip;
+		struct lb_dsr4_opt opt;
+	} h;
+	__u32 sum;
+
+	if (bpf_skb_adjust_room(skb, sizeof(h.opt), BPF_ADJ_ROOM_NET, 0) < 0)
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &h.ip, sizeof(h.ip)) < 0)
+		return -1;
+	h.opt.type = LB_DSR_OPT4;
+	h.opt.len = sizeof(h.opt);
+	h.opt.port = port;
+	h.opt.addr = addr;
+	h.ip.ihl = (sizeof(h.ip) + sizeof(h.opt)) / 4;
+	h.ip.tot_len = bpf_htons(bpf_ntohs(h.ip.tot_len) + sizeof(h.opt));
+	h.ip.check = 0;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&h, sizeof(h), 0);
+	h.ip.check = lb_csum_fold(sum);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0) < 0)
+		return -1;
+	p->l4_off += sizeof(h.opt);
+	p->ip_options = 1;
+	return 0;
+}
+
+static __always_inline int lb6_dsr_push(struct __sk_buff *skb, struct lb_pkt *p,
+					const union lb_v6addr *addr, __be16 port)
+{
+	struct lb_dsr6_hdr h = {
+		.nexthdr = p->proto, .hdrlen = 2, .type = LB_DSR_OPT6, .len = 18,
+		.port = port, .pad_type = 1, .pad_len = 0,
+	};
+	struct {
+		__be16 payload_len;
+		__u8 nexthdr;
+	} __attribute__((packed)) fix;
+
+	__builtin_memcpy(h.addr, addr->addr, 16);
+	if (bpf_skb_adjust_room(skb, sizeof(h), BPF_ADJ_ROOM_NET, 0) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(struct ipv6hdr), &h, sizeof(h), 0) < 0)
+		return -1;
+	fix.payload_len = bpf_htons(p->l4_len + sizeof(h));
+	fix.nexthdr = LB_NEXTHDR_DSTOPTS;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, payload_len), &fix,
+				sizeof(fix), 0) < 0)
+		return -1;
+	p->l4_off += sizeof(h);
+	return 0;
+}
+
+static __always_inline int lb_dsr_push(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+				       const union lb_v6addr *addr, __be16 port)
+{
+	if (fam == LB_V4)
+		return lb4_dsr_push(skb, p, addr->p32[0], port);
+	return lb6_dsr_push(skb, p, addr, port);
 }
 
 static __always_inline int lb_icmp_xlate(int fam, struct __sk_buff *skb, struct lb_pkt *p,

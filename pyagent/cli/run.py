@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cli import kubeproxy_flags as KP
-from pyagent.core.config import NodeConfig, load_config
+from pyagent.core.config import LB_MODES, NodeConfig, load_config
 from pyagent.node import heap, wiring
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
                    help="the socket LB translates only the host namespace's connections; "
                    "pods' are balanced by TC on --pod-interface, so a sidecar sees the VIP "
                    "(pyagent.socketLBHostNamespaceOnly, Cilium's socketLB.hostNamespaceOnly)")
+    p.add_argument("--bpf-lb-mode", choices=LB_MODES,
+                   help="NodePort/externalIP/LB traffic to other nodes' backends: snat "
+                   "(default), dsr (the backend answers the client directly, which it sees), "
+                   "hybrid (DSR for TCP, SNAT for UDP); pyagent.bpfLbMode, Cilium's "
+                   "bpf-lb-mode. Every node must run pyagent")
     p.add_argument("--bpf-lb-map-max", type=_map_max, metavar="N",
                    help="entries of each eBPF map holding Service state "
                    "(pyagent.bpfLbMapMax; default: the built-in sizes)")
@@ -96,6 +101,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         changes["kubeconfig"] = kubeconfig
     if getattr(args, "metrics_per_backend", False):
         changes["metrics_per_backend"] = True
+    if getattr(args, "bpf_lb_mode", None):
+        changes["bpf_lb_mode"] = args.bpf_lb_mode
     if getattr(args, "bpf_lb_sock_hostns_only", False):
         changes["socket_lb_host_ns_only"] = True
     if getattr(args, "bpf_lb_map_max", None):

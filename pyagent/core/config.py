@@ -59,6 +59,9 @@ class NodeConfig:
     # the socket LB translates only the host namespace's sockets; pods' go
     # by TC on pod_interfaces (Cilium's socketLB.hostNamespaceOnly)
     socket_lb_host_ns_only: bool = False
+    # north-south to other nodes' backends: snat, dsr or hybrid (DSR for TCP
+    # only), Cilium's bpf-lb-mode
+    bpf_lb_mode: str = "snat"
     # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
     lb_algorithm: str = "random"
     # entries of each eBPF map holding Service state (Cilium's bpf-lb-map-max);
@@ -172,9 +175,11 @@ _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
     "parseLimits", "bpfLbMapMax", "bpfLbRevNatMapMax", "socketLBHostNamespaceOnly",
+    "bpfLbMode",
     "k8sServiceHost", "k8sServicePort",
 })
 LB_MAP_MAX_RANGE = (1, 1 << 24)
+LB_MODES = ("snat", "dsr", "hybrid")
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
@@ -296,6 +301,8 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
     for key, attr in (("bpffs", "bpffs"), ("cgroup", "cgroup"), ("lbAlgorithm", "lb_algorithm")):
         if py.get(key) not in (None, ""):
             values[attr] = _string_value(py[key], f"pyagent.{key}")
+    if py.get("bpfLbMode") not in (None, ""):
+        values["bpf_lb_mode"] = lb_mode(py["bpfLbMode"], "pyagent.bpfLbMode")
     if values.get("lb_algorithm", "random") not in LB_ALGORITHMS:
         raise ValueError(f"pyagent.lbAlgorithm: {values['lb_algorithm']!r} is not one of "
                          f"{', '.join(LB_ALGORITHMS)}")
@@ -321,7 +328,8 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
         (py, "pyagent.", "localhostNodePorts", "localhost_node_ports"),
         (py, "pyagent.", "rejectUnknownClusterIPPorts", "reject_unknown_cluster_ip_ports"),
         (py, "pyagent.", "acceptHealthCheckNodePorts", "accept_health_check_node_ports"),
-        (py, "pyagent.", "socketLBHostNamespaceOnly", "socket_lb_host_ns_only"),
+        (py, "pyagent.", "socketLBHostNamespaceOnly",
+    "bpfLbMode", "socket_lb_host_ns_only"),
     ):
         if src.get(key) is not None:
             values[attr] = _boolean(src[key], prefix + key)
@@ -443,6 +451,13 @@ def _string_value(value: object, key: str) -> str:
 def _string(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     return "" if value is None else _string_value(value, key)
+
+
+def lb_mode(value: object, key: str) -> str:
+    """bpfLbMode / --bpf-lb-mode: one of LB_MODES."""
+    if value not in LB_MODES:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(LB_MODES)}")
+    return str(value)
 
 
 def _boolean(value: object, key: str) -> bool:

@@ -43,6 +43,7 @@ def to_dict(config: NodeConfig) -> dict:
                     "interfaces": list(config.interfaces),
                     "podInterfaces": list(config.pod_interfaces),
                     "socketLBHostNamespaceOnly": config.socket_lb_host_ns_only,
+                    "bpfLbMode": config.bpf_lb_mode,
                     "lbAlgorithm": config.lb_algorithm},
     }
     if mode_block == "ipvs":

@@ -100,7 +100,8 @@ class EbpfDataplane:
                                    self.config.bpf_lb_map_max),
                                masquerade_cluster_ip=cluster_ip_masquerade_families(
                                    self.config),
-                               pod_lb=sock_scope.skips_pods(self.lb.maps))
+                               pod_lb=sock_scope.skips_pods(self.lb.maps),
+                               lb_mode=self.config.bpf_lb_mode)
         except BaseException:
             if watcher is not None:
                 watcher.stop()

@@ -96,6 +96,8 @@ class ConfigFlag(enum.IntFlag):
     MASQ_CLUSTER_IP4 = 1 << 2  # external traffic to ClusterIPs is masqueraded (IPv4)
     MASQ_CLUSTER_IP6 = 1 << 3
     POD_LB = 1 << 4  # lb_pod_ingress balances pods the socket LB skips
+    DSR_TCP = 1 << 5  # remote backends of EXTERNAL frontends answer clients directly
+    DSR_UDP = 1 << 6
 
 
 class SockFlag(enum.IntFlag):
@@ -123,6 +125,7 @@ class TcStat(enum.IntEnum):
     ERROR = 6
     FRAGMENT = 7
     ICMP_ERROR = 8
+    DSR_BACKEND = 9  # a DSR packet for a backend here: reply entry written
 
 
 TC_STAT_MAX = 16

@@ -17,6 +17,21 @@ PROTO_NAMES = {TCP: "TCP", UDP: "UDP", ICMP: "ICMP", ICMPV6: "ICMPv6"}
 TCP_FLAGS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20}
 IP_DF, IP_MF = 0x4000, 0x2000
 
+# The DSR option (bpf_src/lb_types.h: LB_DSR_OPT4, LB_DSR_OPT6, struct lb_dsr*)
+DSR_OPT4, DSR_OPT6 = 0x9E, 0x1E
+NEXTHDR_DSTOPTS = 60
+
+
+def dsr_option4(addr: str, port: int) -> bytes:
+    return struct.pack("!BBH4s", DSR_OPT4, 8, port, ipaddress.IPv4Address(addr).packed)
+
+
+def dsr_header6(nexthdr: int, addr: str, port: int) -> bytes:
+    """A destination options header holding the DSR option, then PadN."""
+    return struct.pack("!BBBBH16sBB", nexthdr, 2, DSR_OPT6, 18, port,
+                       ipaddress.IPv6Address(addr).packed, 1, 0)
+
+
 CLIENT_MAC = bytes.fromhex("020000000001")
 NODE_MAC = bytes.fromhex("020000000002")
 
@@ -47,12 +62,14 @@ def build(src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0,
           payload: bytes = b"", flags: str | int = "S", seq: int = 1000, ack: int = 0,
           ttl: int = 64, udp_checksum: bool = True, frag_offset: int = 0,
           more_fragments: bool = False, src_mac: bytes = CLIENT_MAC,
-          dst_mac: bytes = NODE_MAC, tcp_options: bytes = b"") -> bytes:
+          dst_mac: bytes = NODE_MAC, tcp_options: bytes = b"",
+          dsr: tuple[str, int] | None = None) -> bytes:
     """One Ethernet frame with correct IP and L4 checksums.
 
     proto is TCP/UDP (number or name). IPv4 fragments are built by setting
     frag_offset (in 8-byte units) / more_fragments; the L4 header is still
-    written (tests only need the IP header to say "fragment")."""
+    written (tests only need the IP header to say "fragment"). dsr: the
+    frontend a DSR option names, as another node's LB would add it."""
     if isinstance(proto, str):
         proto = {"TCP": TCP, "UDP": UDP}[proto.upper()]
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
@@ -77,12 +94,15 @@ def build(src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0,
         l4 = l4[:csum_at] + struct.pack("!H", c) + l4[csum_at + 2:]
     if s.version == 4:
         frag = (frag_offset & 0x1FFF) | (IP_MF if more_fragments else 0)
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0x1234, frag, ttl, proto,
-                          0, s.packed, d.packed)
+        opts = dsr_option4(*dsr) if dsr else b""
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45 + len(opts) // 4, 0, 20 + len(opts) + len(l4),
+                          0x1234, frag, ttl, proto, 0, s.packed, d.packed) + opts
         hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         ethertype = ETH_P_IP
     else:
-        hdr = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, ttl, s.packed, d.packed)
+        ext = dsr_header6(proto, *dsr) if dsr else b""
+        hdr = struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(l4),
+                          NEXTHDR_DSTOPTS if dsr else proto, ttl, s.packed, d.packed) + ext
         ethertype = ETH_P_IPV6
     return dst_mac + src_mac + struct.pack("!H", ethertype) + hdr + l4
 
@@ -132,6 +152,7 @@ class Packet:
     icmp_code: int | None = None
     payload: bytes = b""
     quoted: Packet | None = None  # the packet an ICMP error quotes
+    dsr: tuple[str, int] | None = None  # the frontend a DSR option names
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -185,6 +206,9 @@ def parse(frame: bytes, ethernet: bool = True, quoted: bool = False) -> Packet:
         p.dst = str(ipaddress.IPv4Address(data[16:20]))
         l4 = data[ihl:] if quoted else data[ihl:tot_len]
         src_b, dst_b = data[12:16], data[16:20]
+        if ihl == 28 and data[20] == DSR_OPT4 and data[21] == 8:
+            port, addr = struct.unpack("!H4s", data[22:28])
+            p.dsr = (str(ipaddress.IPv4Address(addr)), port)
     elif version == 6:
         plen, proto, ttl = struct.unpack("!HBB", data[4:8])
         p.family, p.ttl, p.proto = 6, ttl, proto
@@ -192,6 +216,12 @@ def parse(frame: bytes, ethernet: bool = True, quoted: bool = False) -> Packet:
         p.dst = str(ipaddress.IPv6Address(data[24:40]))
         l4 = data[40:] if quoted else data[40:40 + plen]
         src_b, dst_b = data[8:24], data[24:40]
+        if proto == NEXTHDR_DSTOPTS and len(l4) >= 8:
+            size = (l4[1] + 1) * 8
+            if l4[1] == 2 and l4[2] == DSR_OPT6 and l4[3] == 18:
+                port, addr = struct.unpack("!H16s", l4[4:22])
+                p.dsr = (str(ipaddress.IPv6Address(addr)), port)
+            p.proto, l4 = l4[0], l4[size:]
     else:
         p.errors.append(f"IP version {version}")
         return p

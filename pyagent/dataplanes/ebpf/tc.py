@@ -251,18 +251,24 @@ def open_pinned_tc_maps(bpffs: str) -> TcMaps:
 # ---------------------------------------------------------------- control data
 
 
+LB_MODE_FLAGS = {"snat": L.ConfigFlag(0), "hybrid": L.ConfigFlag.DSR_TCP,
+                 "dsr": L.ConfigFlag.DSR_TCP | L.ConfigFlag.DSR_UDP}
+
+
 def write_node_config(maps: TcMaps, snat_ip4: str | None = None,
                       snat_ip6: str | None = None, port_min: int = 0, port_max: int = 0,
                       ct_timeout_tcp: int = 0, ct_timeout_other: int = 0,
                       ct_timeout_closing: int = 0,
                       masquerade_cluster_ip: Iterable[int] = (),
-                      pod_lb: bool = False) -> L.LbNodeConfig:
+                      pod_lb: bool = False, lb_mode: str = "snat") -> L.LbNodeConfig:
     """Set the node's masquerade addresses (one per family; None: that family
     cannot masquerade and such flows are dropped), the SNAT port range and
     conntrack timeouts (0: the defaults in lb_types.h), and the families (4,
     6) in which external traffic to ClusterIPs is masqueraded
     (frontends.cluster_ip_masquerade_families); pod_lb: lb_pod_ingress
-    balances pods' new flows (the socket LB skips some pods, sock_scope.py).
+    balances pods' new flows (the socket LB skips some pods, sock_scope.py);
+    lb_mode: "snat", "dsr" (TCP and UDP by Direct Server Return) or
+    "hybrid" (DSR for TCP, SNAT for UDP), Cilium's bpf-lb-mode.
     Takes effect for the next new flow; a single array write, so readers
     never see half of it."""
     cfg = L.LbNodeConfig(snat_port_min=port_min, snat_port_max=port_max,
@@ -270,6 +276,7 @@ def write_node_config(maps: TcMaps, snat_ip4: str | None = None,
                          ct_timeout_closing=ct_timeout_closing)
     if pod_lb:
         cfg.flags |= L.ConfigFlag.POD_LB
+    cfg.flags |= LB_MODE_FLAGS[lb_mode]
     for family in masquerade_cluster_ip:
         cfg.flags |= L.ConfigFlag.MASQ_CLUSTER_IP6 if family == 6 else L.ConfigFlag.MASQ_CLUSTER_IP4
     if snat_ip4:
@@ -377,7 +384,8 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
           netns: str | None = None, snat_ip4: str | None = None, snat_ip6: str | None = None,
           capacities: socket_lb.Capacities | None = None,
           tc_capacities: TcCapacities | None = None,
-          masquerade_cluster_ip: Iterable[int] = (), pod_lb: bool = False) -> TcLB:
+          masquerade_cluster_ip: Iterable[int] = (), pod_lb: bool = False,
+          lb_mode: str = "snat") -> TcLB:
     """Everything an agent start needs, in a hitless order: load (reusing
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
@@ -385,7 +393,8 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     lb = load_out_of_process(bpffs, capacities, tc_capacities)  # pins the programs
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6,
-                          masquerade_cluster_ip=masquerade_cluster_ip, pod_lb=pod_lb)
+                          masquerade_cluster_ip=masquerade_cluster_ip, pod_lb=pod_lb,
+                          lb_mode=lb_mode)
         attach(lb, netdevs=netdevs, pods=pods, netns=netns)
     except BaseException:
         lb.close()
