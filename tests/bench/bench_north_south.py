@@ -6,8 +6,13 @@
   2. TCP connections per second from the external client: to a server of the
      node itself and directly to a pod routed through the node (baselines:
      the programs run but translate nothing), through
-     a NodePort to a local pod (eTP=Local, DNAT only), and through a NodePort
-     to a pod on the other node (eTP=Cluster: DNAT + masquerade + forward)
+     a NodePort to a local pod (eTP=Local, DNAT only), through a NodePort
+     to a pod on the other node (eTP=Cluster: DNAT + masquerade + forward),
+     and the same by DSR (both nodes in --bpf-lb-mode dsr: DNAT + option,
+     the reply straight from node1), against the remote pod reached
+     directly through node0 (the same asymmetric path, untranslated)
+  3. the ratios the targets are stated in: NodePort local / direct to the
+     pod (>= 0.98), NodePort remote by DSR / direct to the remote pod (>= 0.95)
 
     .venv/bin/python -m tests.bench.bench_north_south [--connects 2000] [--json]
 
@@ -66,8 +71,14 @@ def per_packet(repeat: int) -> dict[str, float]:
         def ns(fd: int, frame: bytes) -> float:
             return libbpf.prog_test_run(fd, frame, repeat=repeat).duration_ns
 
-        return {"ingress_no_frontend_ns": ns(ing, other), "ingress_established_ns": ns(ing, flow),
-                "egress_untouched_ns": ns(eg, other), "egress_masquerade_ns": ns(eg, dnat)}
+        out = {"ingress_no_frontend_ns": ns(ing, other), "ingress_established_ns": ns(ing, flow),
+               "egress_untouched_ns": ns(eg, other), "egress_masquerade_ns": ns(eg, dnat)}
+        # DSR: a (retransmitted) SYN of a DSR flow gets the option every time
+        tc.write_node_config(lb.maps, "192.168.50.10", lb_mode="dsr")
+        syn = P.build("203.0.113.3", "192.168.50.10", "TCP", 40001, 30080, flags="S")
+        libbpf.prog_test_run(ing, syn)
+        out["ingress_dsr_syn_ns"] = ns(ing, syn)
+        return out
 
 
 def connects(c: Cluster, dst: str, port: int, n: int) -> float:
@@ -89,15 +100,34 @@ def lab(n: int) -> dict[str, float]:
                 L.ServiceFlag.NODE_PORT | L.ServiceFlag.LOCAL_ETP, 1)
             put(lbs[0], node0.ip4, 30081, [(node1.pods[0].ip4, False)],
                 L.ServiceFlag.NODE_PORT | L.ServiceFlag.MASQUERADE, 2)
+            # DSR needs the NodePort on node1 too (it only honours its own frontends)
+            put(lbs[0], node0.ip4, 30082, [(node1.pods[0].ip4, False)],
+                L.ServiceFlag.NODE_PORT | L.ServiceFlag.MASQUERADE, 3)
+            put(lbs[1], node1.ip4, 30082, [(node1.pods[0].ip4, True)],
+                L.ServiceFlag.NODE_PORT | L.ServiceFlag.MASQUERADE, 3)
             server = c.popen([sys.executable, "-m", "pyagent.lab.server", "--name", "host",
                               "--tcp", "7000"], ns=node0.ns, stdout=subprocess.PIPE, text=True)
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             # the pod itself, routed through node0 without any translation
             c.run(["ip", "route", "add", f"{node0.pods[0].ip4}/32", "via", node0.ip4])
-            return {"node_server_conn_per_s": connects(c, node0.ip4, 7000, n),
-                    "direct_to_pod_conn_per_s": connects(c, node0.pods[0].ip4, 8080, n),
-                    "nodeport_local_conn_per_s": connects(c, node0.ip4, 30080, n),
-                    "nodeport_masq_remote_conn_per_s": connects(c, node0.ip4, 30081, n)}
+            c.run(["ip", "route", "add", f"{node1.pods[0].ip4}/32", "via", node0.ip4])
+            out = {"node_server_conn_per_s": connects(c, node0.ip4, 7000, n),
+                   "direct_to_pod_conn_per_s": connects(c, node0.pods[0].ip4, 8080, n),
+                   "direct_to_remote_pod_conn_per_s": connects(c, node1.pods[0].ip4, 8080, n),
+                   "nodeport_local_conn_per_s": connects(c, node0.ip4, 30080, n),
+                   "nodeport_masq_remote_conn_per_s": connects(c, node0.ip4, 30081, n)}
+            for lb, node in zip(lbs, c.nodes, strict=True):
+                tc.write_node_config(lb.maps, node.ip4, node.ip6, lb_mode="dsr")
+            out["nodeport_dsr_remote_conn_per_s"] = connects(c, node0.ip4, 30082, n)
+            out["nodeport_local_vs_direct"] = round(
+                out["nodeport_local_conn_per_s"] / out["direct_to_pod_conn_per_s"], 3)
+            out["nodeport_dsr_remote_vs_direct"] = round(
+                out["nodeport_dsr_remote_conn_per_s"] / out["direct_to_remote_pod_conn_per_s"],
+                3)
+            out["nodeport_masq_remote_vs_direct"] = round(
+                out["nodeport_masq_remote_conn_per_s"] / out["direct_to_remote_pod_conn_per_s"],
+                3)
+            return out
         finally:
             for lb in lbs:
                 lb.close()
