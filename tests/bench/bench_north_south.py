@@ -14,9 +14,12 @@
   3. the ratios the targets are stated in: NodePort local / direct to the
      pod (>= 0.98), NodePort remote by DSR / direct to the remote pod (>= 0.95)
 
-    .venv/bin/python -m tests.bench.bench_north_south [--connects 2000] [--json]
+    .venv/bin/python -m tests.bench.bench_north_south [--connects 2000] [--runs 3]
+        [--json] [--out docs/bench]   # north_south.json + north_south.png there
 
-Reports numbers only; nothing asserts on them.
+With --runs N every figure is the median of N runs (each run measures all of
+them, so the ratios compare one machine state). Reports numbers only;
+nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
+import statistics
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from ebpf import libbpf
 from pyagent.dataplanes.ebpf import layout as L
@@ -133,15 +140,77 @@ def lab(n: int) -> dict[str, float]:
                 lb.close()
 
 
+BARS = [("direct_to_pod_conn_per_s", "direct to the pod"),
+        ("nodeport_local_conn_per_s", "NodePort, local pod"),
+        ("direct_to_remote_pod_conn_per_s", "direct to the remote pod"),
+        ("nodeport_masq_remote_conn_per_s", "NodePort, remote, SNAT"),
+        ("nodeport_dsr_remote_conn_per_s", "NodePort, remote, DSR")]
+PACKETS = [("ingress_no_frontend_ns", "ingress, no frontend"),
+           ("ingress_established_ns", "ingress, established"),
+           ("ingress_dsr_syn_ns", "ingress, DSR SYN"),
+           ("egress_untouched_ns", "egress, untouched"),
+           ("egress_masquerade_ns", "egress, masquerade")]
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def plot(res: dict[str, float], meta: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tests.bench.report_plot import _finish, footer
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [label for _, label in BARS]
+    vals = [res[k] for k, _ in BARS]
+    bars = a.barh(names, vals, color=["C7", "C4", "C7", "C1", "C2"])
+    for bar, (k, _) in zip(bars, BARS, strict=True):
+        base = ("direct_to_pod_conn_per_s" if "local" in k or k.startswith("direct_to_pod")
+                else "direct_to_remote_pod_conn_per_s")
+        a.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+               f" {res[k]:,.0f}/s  {res[k] / res[base]:.2f}x", va="center", fontsize=8)
+    a.invert_yaxis()
+    a.set_xlim(0, max(vals) * 1.35)
+    a.set_xlabel("new TCP connections per second (higher is better)")
+    a.set_title("external client -> node0 (ratio: against direct, same path)")
+    names = [label for _, label in PACKETS]
+    vals = [res[k] for k, _ in PACKETS]
+    bars = b.barh(names, vals, color="C2")
+    for bar, v in zip(bars, vals, strict=True):
+        b.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.0f} ns",
+               va="center", fontsize=8)
+    b.invert_yaxis()
+    b.set_xlim(0, max(vals) * 1.3)
+    b.set_xlabel("ns per packet, BPF_PROG_TEST_RUN (lower is better)")
+    b.set_title("TC program cost per packet")
+    return _finish(fig, footer(meta, []), path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connects", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", type=Path, help="write north_south.json and north_south.png here")
     args = ap.parse_args()
     Cluster.sweep()
-    res = {**per_packet(args.repeat), **lab(args.connects)}
+    res = median_of([{**per_packet(args.repeat), **lab(args.connects)}
+                     for _ in range(args.runs)])
+    if args.out:
+        meta = {"command": " ".join([".venv/bin/python -m tests.bench.bench_north_south",
+                                     *sys.argv[1:]]),
+                "date": time.strftime("%Y-%m-%d"), "kernel": os.uname().release,
+                "cpus": os.cpu_count()}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "north_south.json").write_text(json.dumps({**meta, "results": res},
+                                                              indent=2) + "\n")
+        plot(res, meta, args.out / "north_south.png")
     if args.json:
         print(json.dumps(res))
     else:
