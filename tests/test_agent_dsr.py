@@ -141,3 +141,12 @@ def test_remote_backends_answer_the_client_directly_by_dsr(cluster: Cluster, age
         assert crossed == 0, crossed
     else:  # the control: the counter does see replies through node0
         assert crossed >= 20, crossed
+
+
+def test_status_shows_the_mode(cluster: Cluster, agents: Agents) -> None:
+    for node in cluster.nodes:
+        r = subprocess.run([sys.executable, "-m", "pyagent", "status", "--json", "--bpffs",
+                            str(node.bpffs)], capture_output=True, text=True, timeout=60)
+        b = json.loads(r.stdout)["balancing"]
+        assert (b["lbMode"], b["socketLB"], b["podLB"]) == (agents.mode, "every namespace",
+                                                           False)

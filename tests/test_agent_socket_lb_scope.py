@@ -139,8 +139,10 @@ class Agent:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
-        subprocess.run([sys.executable, "-m", "pyagent", "cleanup", "--bpffs",
-                        str(self.node.bpffs), "--cgroup", str(self.node.cgroup)],
+        # nsenter: the TC filters live in node0's namespace (p+ follows its links)
+        subprocess.run(["nsenter", f"--net=/run/netns/{self.node.ns}", sys.executable, "-m",
+                        "pyagent", "cleanup", "--bpffs", str(self.node.bpffs), "--cgroup",
+                        str(self.node.cgroup), "--interface", "eth0", "--interface", "p+"],
                        capture_output=True, check=False)
 
 
@@ -223,6 +225,12 @@ def test_status_and_include(cluster: Cluster, agent: Agent) -> None:
     status = json.loads(agent.socket_lb(["status", "--json"]).stdout)
     assert status["hostNamespaceOnly"] == (agent.mode == "hostns-only")
     assert len(status["excludedNetnsCookies"]) == (agent.mode == "opt-out")
+    r = subprocess.run([sys.executable, "-m", "pyagent", "status", "--json", "--bpffs",
+                        str(agent.node.bpffs)], capture_output=True, text=True, timeout=60)
+    b = json.loads(r.stdout)["balancing"]
+    assert b == {"socketLB": "host namespace only" if agent.mode == "hostns-only"
+                 else "every namespace", "socketLBExcluded": int(agent.mode == "opt-out"),
+                 "lbMode": "snat", "podLB": True}
     if agent.mode != "opt-out":
         return
     pod0 = cluster.nodes[0].pods[0]

@@ -11,6 +11,7 @@ Refused Services and kernel fallbacks are reported but are not failures.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -80,6 +81,36 @@ def base_status(bpffs: str, cgroup: str | None) -> dict[str, Any]:
         out["mapsError"] = str(exc)
     out["attachments"] = socket_lb.attached_programs(cgroup) if cgroup else {}
     out["datapath"] = socket_lb.read_variant(bpffs)  # kernel features and fallbacks
+    out["balancing"] = balancing(bpffs) if out["maps"] else {}
+    return out
+
+
+def balancing(bpffs: str) -> dict[str, Any]:
+    """What the pinned maps say the datapath does: the socket LB's scope and
+    the TC programs' mode for other nodes' backends (snat, dsr, hybrid)."""
+    from pyagent.dataplanes.ebpf import layout as L
+    from pyagent.dataplanes.ebpf import sock_scope, socket_lb, tc
+
+    out: dict[str, Any] = {}
+    maps = socket_lb.open_pinned_maps(bpffs)
+    try:
+        cfg = sock_scope.current(maps)
+        out["socketLB"] = ("host namespace only" if cfg.flags & L.SockFlag.HOST_NS_ONLY
+                           else "every namespace")
+        out["socketLBExcluded"] = len(sock_scope.excluded(maps))
+    finally:
+        maps.close()
+    try:
+        tmaps = tc.open_pinned_tc_maps(bpffs)
+    except FileNotFoundError:
+        return out
+    try:
+        flags = tmaps.lb_node_config.get(ctypes.c_uint32(L.CONFIG_KEY)).flags
+    finally:
+        tmaps.close()
+    mode = flags & (L.ConfigFlag.DSR_TCP | L.ConfigFlag.DSR_UDP)
+    out["lbMode"] = next(m for m, f in tc.LB_MODE_FLAGS.items() if f == mode)
+    out["podLB"] = bool(flags & L.ConfigFlag.POD_LB)
     return out
 
 
@@ -179,6 +210,13 @@ def render(s: dict[str, Any], now: float) -> str:
         lines.append(f"datapath:    {flags}, attach {dp['attach']}, "
                      f"missing: {', '.join(dp['missing']) or 'nothing'}")
         lines += [f"  fallback: {why}" for why in dp["degraded"]]
+    if b := s.get("balancing"):
+        text = f"socket LB {b['socketLB']}"
+        if b["socketLBExcluded"]:
+            text += f" ({b['socketLBExcluded']} namespaces opted out)"
+        if "lbMode" in b:
+            text += f", TC {b['lbMode']}" + (", pods balanced by TC" if b["podLB"] else "")
+        lines.append(f"balancing:   {text}")
     lines.append(f"bpffs:       {s['bpffs']} ({s.get('frontends', 0)} frontends)")
     for name, m in sorted((s.get("maps") or {}).items()):
         lines.append(f"  {name:22} {m['entries']:>8} / {m['maxEntries']:<8} ({m['fill']:.1%})")

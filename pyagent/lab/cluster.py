@@ -171,7 +171,10 @@ class Cluster:
                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
         self._uplink(node.ns, name, node.ip4, node.ip6)
         b = ["ip", "-n", node.ns]
-        sh(*b, "link", "add", POD_BRIDGE, "type", "bridge")
+        # A fixed address: a bridge otherwise takes the lowest of its ports'
+        # and changes it when a pod joins, leaving pods' neighbour entries
+        # for their gateway stale.
+        sh(*b, "link", "add", POD_BRIDGE, "address", f"02:00:00:00:{n:02x}:01", "type", "bridge")
         sh(*b, "addr", "add", f"10.244.{n}.1/24", "dev", POD_BRIDGE)
         sh(*b, "addr", "add", f"fd00:244:{n:x}::1/64", "dev", POD_BRIDGE, "nodad")
         sh(*b, "link", "set", POD_BRIDGE, "up")
