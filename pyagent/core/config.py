@@ -328,8 +328,7 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
         (py, "pyagent.", "localhostNodePorts", "localhost_node_ports"),
         (py, "pyagent.", "rejectUnknownClusterIPPorts", "reject_unknown_cluster_ip_ports"),
         (py, "pyagent.", "acceptHealthCheckNodePorts", "accept_health_check_node_ports"),
-        (py, "pyagent.", "socketLBHostNamespaceOnly",
-    "bpfLbMode", "socket_lb_host_ns_only"),
+        (py, "pyagent.", "socketLBHostNamespaceOnly", "socket_lb_host_ns_only"),
     ):
         if src.get(key) is not None:
             values[attr] = _boolean(src[key], prefix + key)

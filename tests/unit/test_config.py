@@ -162,3 +162,10 @@ def test_socket_lb_scope_key() -> None:
     on = config_from_dict({"pyagent": {"socketLBHostNamespaceOnly": True,
                                        "podInterfaces": ["veth+"]}})
     assert on.socket_lb_host_ns_only and on.pod_interfaces == ("veth+",)
+
+
+def test_lb_mode_key() -> None:
+    assert config_from_dict({}).bpf_lb_mode == "snat"
+    assert config_from_dict({"pyagent": {"bpfLbMode": "hybrid"}}).bpf_lb_mode == "hybrid"
+    with pytest.raises(ValueError, match=r"pyagent\.bpfLbMode: 'ipip' is not one of"):
+        config_from_dict({"pyagent": {"bpfLbMode": "ipip"}})
