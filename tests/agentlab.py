@@ -55,6 +55,23 @@ def slice_(svc: str, name: str, family: int, ports: list[tuple[str, str, int]],
                           for e in endpoints]}
 
 
+def dual_stack(name: str, ns: str, cips: tuple[str, str], ports: list[tuple],
+               backends: Iterable[tuple[str, Any]], **spec: Any) -> list[dict]:
+    """A RequireDualStack Service and one EndpointSlice per family for the
+    multi-node lab. ports: (name, protocol, port, targetPort[, nodePort]);
+    backends: (node name, pod) with the pod's ip4 / ip6."""
+    backends = list(backends)
+    svc_ports = [{"name": p[0], "protocol": p[1], "port": p[2],
+                  **({"nodePort": p[4]} if len(p) > 4 else {})} for p in ports]
+    svc = service(name, cips, [], ns, ipFamilyPolicy="RequireDualStack", **spec)
+    svc["spec"]["ports"] = svc_ports
+    slices = [slice_(name, f"{name}-{fam}", fam, [(p[0], p[1], p[3]) for p in ports],
+                     [{"addresses": [pod.ip4 if fam == 4 else pod.ip6], "nodeName": node}
+                      for node, pod in backends], ns)
+              for fam in (4, 6)]
+    return [svc, *slices]
+
+
 class AgentLab:
     def __init__(self, lab: Lab, node: str = "node-1") -> None:
         self.lab = lab

@@ -21,7 +21,7 @@ from ipaddress import ip_address
 
 import pytest
 import yaml
-from agentlab import sync_marker, wait_for_marker
+from agentlab import dual_stack, sync_marker, wait_for_marker
 
 from pyagent.lab.cluster import Cluster
 
@@ -34,22 +34,8 @@ COUNTERS = "pyagent_lab_count"
 
 def objects(c: Cluster) -> list[dict]:
     n1 = c.nodes[1]
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "d"},
-           "spec": {"type": "NodePort", "clusterIP": CIP4, "clusterIPs": [CIP4, CIP6],
-                    "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
-                    "externalTrafficPolicy": "Cluster",
-                    "ports": [{"name": n, "protocol": p, "port": port, "nodePort": np}
-                              for n, p, port, _, np in PORTS]}}
-    slices = [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "addressType": f"IPv{fam}",
-               "metadata": {"name": f"web-{fam}", "namespace": "d",
-                            "labels": {"kubernetes.io/service-name": "web"}},
-               "ports": [{"name": n, "protocol": p, "port": target}
-                         for n, p, _, target, _ in PORTS],
-               "endpoints": [{"addresses": [pod.ip4 if fam == 4 else pod.ip6],
-                              "nodeName": n1.name} for pod in n1.pods]}
-              for fam in (4, 6)]
-    return [svc, *slices]
+    return dual_stack("web", "d", (CIP4, CIP6), PORTS, [(n1.name, p) for p in n1.pods],
+                      type="NodePort", externalTrafficPolicy="Cluster")
 
 
 def count_rules(c: Cluster) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from agentlab import sync_marker, wait_for_marker
+from agentlab import dual_stack, sync_marker, wait_for_marker
 
 from pyagent.lab import sidecar
 from pyagent.lab.cluster import Cluster
@@ -44,21 +44,8 @@ SIDECAR_PORT = 15001
 
 def objects(c: Cluster) -> list[dict]:
     n0, n1 = c.nodes
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "m"},
-           "spec": {"clusterIP": CIP4, "clusterIPs": [CIP4, CIP6],
-                    "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
-                    "ports": [{"name": n, "protocol": p, "port": port}
-                              for n, p, port, _ in PORTS]}}
-    backends = [(n0, n0.pods[0]), (n0, n0.pods[1]), (n1, n1.pods[0])]
-    slices = [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "addressType": f"IPv{fam}",
-               "metadata": {"name": f"web-{fam}", "namespace": "m",
-                            "labels": {"kubernetes.io/service-name": "web"}},
-               "ports": [{"name": n, "protocol": p, "port": target} for n, p, _, target in PORTS],
-               "endpoints": [{"addresses": [pod.ip4 if fam == 4 else pod.ip6],
-                              "nodeName": node.name} for node, pod in backends]}
-              for fam in (4, 6)]
-    return [svc, *slices]
+    return dual_stack("web", "m", (CIP4, CIP6), PORTS,
+                      [(n0.name, n0.pods[0]), (n0.name, n0.pods[1]), (n1.name, n1.pods[0])])
 
 
 @pytest.fixture(scope="module")
