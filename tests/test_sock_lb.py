@@ -444,32 +444,20 @@ def test_non_service_traffic_is_untouched(env):
     assert v6["ids"] == [BACKENDS6[2]] * 5
 
 
-def _netns_cookie_or_skip(path: str) -> int:
-    from pyagent.dataplanes.ebpf import sock_scope
-
-    try:
-        return sock_scope.netns_cookie(path)
-    except OSError as e:
-        if e.errno == errno.ENOPROTOOPT:
-            pytest.skip("no SO_NETNS_COOKIE (Linux 5.14) to name a namespace")
-        raise
-
-
 @pytest.mark.root
 @pytest.mark.parametrize("vip,backends", [(VIP4, BACKENDS4), (VIP6, BACKENDS6)])
 def test_scope_leaves_other_namespaces_and_opted_out_ones_alone(env, vip, backends):
-    """Host-namespace-only translates the host namespace's sockets only, and
-    an opted-out namespace is skipped whatever the mode; a skipped socket
+    """Host-namespace-only translates the host namespace's sockets only (a
+    named one, or init_net's with cookie 0, where this test runs), and an
+    opted-out namespace is skipped whatever the mode; a skipped socket
     connects to the VIP itself (which routes nowhere in this namespace)."""
-    from pyagent.dataplanes.ebpf import sock_scope
+    from pyagent.dataplanes.ebpf import events, sock_scope
 
     maps = env.lb.maps
-    mine = _netns_cookie_or_skip(f"/run/netns/{env.ns}")
-    other = sock_scope.own_netns_cookie()  # the test's: not the client's
-    assert mine != other
     put_service(maps, vip, 80, "TCP", [(b, TCP_PORT) for b in backends], 71)
     put_service(maps, vip, 53, "UDP", [(b, UDP_PORT) for b in backends], 72)
     udp = {"op": "udp", "dst": vip, "port": 53, "sockets": 1, "sends": 1, "connect": True}
+    mine = 0
     try:
         def outcome() -> str:
             t, u = env.client(tcp(vip, 80, 12),
@@ -482,24 +470,33 @@ def test_scope_leaves_other_namespaces_and_opted_out_ones_alone(env, vip, backen
             assert got["sockets"][0]["ids"][0] in backends
             return "served"
 
-        served, refused = "served", "refused"
+        # the client namespace's cookie as the hooks see it, on any kernel
+        with events.Listener(env.bpffs) as mon:
+            assert outcome() == "served"
+            mine = {e.netns_cookie for e in mon.events(timeout=5)}.pop()
+        try:  # the CLI's way (Linux 5.14): the same cookie
+            assert sock_scope.netns_cookie(f"/run/netns/{env.ns}") == mine
+        except OSError as e:
+            if e.errno != errno.ENOPROTOOPT:
+                raise
+        other = mine + 1_000_000  # a namespace that does not exist
         sock_scope.configure(maps, host_ns_only=True, host_cookie=mine)
-        assert outcome() == served
-        sock_scope.configure(maps, host_ns_only=True, host_cookie=other)
-        assert outcome() == refused  # connect() and sendmsg() untouched
+        assert outcome() == "served"
+        sock_scope.configure(maps, host_ns_only=True, host_cookie=0)  # init_net: not the client
+        assert outcome() == "refused"  # connect() and sendmsg() untouched
         sock_scope.configure(maps, host_ns_only=False)
-        assert outcome() == served
+        assert outcome() == "served"
         sock_scope.exclude(maps, [other])  # someone else opted out: still served
-        assert outcome() == served
+        assert outcome() == "served"
         sock_scope.exclude(maps, [mine])
-        assert outcome() == refused
+        assert outcome() == "refused"
         assert sock_scope.excluded(maps) == sorted([mine, other])
         assert sock_scope.include(maps, [mine, other]) == 2
         assert sock_scope.current(maps).flags == 0  # back to the one-lookup path
-        assert outcome() == served
+        assert outcome() == "served"
     finally:
         sock_scope.configure(maps, host_ns_only=False)
-        sock_scope.include(maps, [mine, other])
+        sock_scope.include(maps, [mine, mine + 1_000_000])
         del_service(maps, vip, 80, "TCP", len(backends))
         del_service(maps, vip, 53, "UDP", len(backends))
 
