@@ -33,9 +33,16 @@ CLONE_NEWNET = 0x40000000
 
 def own_netns_cookie() -> int:
     """The cookie of this thread's network namespace. OSError(ENOPROTOOPT)
-    before Linux 5.14."""
+    before Linux 5.14, saying where else to find it."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        try:
+            raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        except OSError as exc:
+            if exc.errno != errno.ENOPROTOOPT:
+                raise
+            raise OSError(errno.ENOPROTOOPT, "this kernel cannot name a network namespace "
+                          "(SO_NETNS_COOKIE is Linux 5.14): give its cookie instead, as "
+                          "`pyagent monitor` shows it for the pod's connections") from exc
     return struct.unpack("=Q", raw)[0]
 
 
