@@ -71,3 +71,15 @@ def test_bulk_packing_equals_one_by_one() -> None:
         assert codec.pack_keys(m, f, keys) == b"".join(codec.pack_key(m, f, k) for k in keys)
         assert codec.pack_values(m, f, values) == b"".join(
             codec.pack_value(m, f, v) for v in values)
+
+
+def test_dsr_option_formats_match_the_layout() -> None:
+    import ctypes
+
+    from pyagent.dataplanes.ebpf import layout as L
+    from pyagent.dataplanes.ebpf import packet as P
+
+    assert len(P.dsr_option4("192.0.2.1", 80)) == ctypes.sizeof(L.LbDsr4Opt) == 8
+    h = L.LbDsr6Hdr.from_buffer_copy(P.dsr_header6(6, "2001:db8::1", 443))
+    assert (h.nexthdr, h.hdrlen, h.type, h.len, h.pad_type) == (6, 2, P.DSR_OPT6, 18, 1)
+    assert ctypes.sizeof(L.LbDsr6Hdr) == (h.hdrlen + 1) * 8

@@ -407,6 +407,26 @@ class LbSockConfig(ctypes.Structure):
     ]
 
 
+class LbDsr4Opt(ctypes.Structure):
+    """The DSR IPv4 option (a packet format, not a map entry; packet.py
+    builds and parses it)."""
+
+    _fields_ = [("type", c_uint8), ("len", c_uint8), ("port", c_uint16), ("addr", c_uint32)]
+
+
+class LbDsr6Hdr(ctypes.Structure):
+    _fields_ = [
+        ("nexthdr", c_uint8),
+        ("hdrlen", c_uint8),
+        ("type", c_uint8),
+        ("len", c_uint8),
+        ("port", c_uint16),
+        ("addr", c_uint8 * 16),
+        ("pad_type", c_uint8),
+        ("pad_len", c_uint8),
+    ]
+
+
 class LbTcStat(ctypes.Structure):
     _fields_ = [("packets", c_uint64)]
 
@@ -475,6 +495,8 @@ C_STRUCTS: dict[str, type[ctypes.Structure] | type[ctypes.Union]] = {
     "lb_node_config": LbNodeConfig,
     "lb_tc_stat": LbTcStat,
     "lb_sock_config": LbSockConfig,
+    "lb_dsr4_opt": LbDsr4Opt,
+    "lb_dsr6_hdr": LbDsr6Hdr,
     "lb_monitor": LbMonitor,
     "lb_event": LbEvent,
 }
