@@ -32,10 +32,18 @@ PORTS = [("http", "TCP", 80, 8080, 30080), ("dns", "UDP", 53, 5353, 30053)]
 COUNTERS = "pyagent_lab_count"
 
 
+LOCAL_CIP4, LOCAL_CIP6 = "10.96.9.2", "fd00:96::902"
+LOCAL_PORTS = [("http", "TCP", 80, 8080, 30081), ("dns", "UDP", 53, 5353, 30054)]
+
+
 def objects(c: Cluster) -> list[dict]:
-    n1 = c.nodes[1]
-    return dual_stack("web", "d", (CIP4, CIP6), PORTS, [(n1.name, p) for p in n1.pods],
-                      type="NodePort", externalTrafficPolicy="Cluster")
+    n0, n1 = c.nodes
+    return [*dual_stack("web", "d", (CIP4, CIP6), PORTS, [(n1.name, p) for p in n1.pods],
+                        type="NodePort", externalTrafficPolicy="Cluster"),
+            # eTP=Local: node0's own pod, whatever the mode
+            *dual_stack("local", "d", (LOCAL_CIP4, LOCAL_CIP6), LOCAL_PORTS,
+                        [(n0.name, n0.pods[0])], type="NodePort",
+                        externalTrafficPolicy="Local")]
 
 
 def count_rules(c: Cluster) -> str:
@@ -136,3 +144,18 @@ def test_status_shows_the_mode(cluster: Cluster, agents: Agents) -> None:
         b = json.loads(r.stdout)["balancing"]
         assert (b["lbMode"], b["socketLB"], b["podLB"]) == (agents.mode, "every namespace",
                                                            False)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("fam", [4, 6], ids=["v4", "v6"])
+def test_etp_local_keeps_the_client_on_the_local_pod_in_every_mode(
+        cluster: Cluster, agents: Agents, fam: int, proto: str) -> None:
+    n0 = cluster.nodes[0]
+    node_ip = n0.ip4 if fam == 4 else n0.ip6
+    udp = {"connected": True} if proto == "udp" else {}
+    res = cluster.client(node_ip, 30081 if proto == "tcp" else 30054, proto, count=10,
+                         timeout=3, **udp)
+    assert not res.errors, (res.errors, agents.tail())
+    assert set(res.counts) == {n0.pods[0].name}, res.counts
+    client = cluster.client_ip4 if fam == 4 else cluster.client_ip6
+    assert {ip_address(d["seen_client"]) for d in res.details} == {ip_address(client)}
