@@ -48,6 +48,15 @@ def _pod_lb(bpffs: str, on: bool) -> bool:
     return True
 
 
+def _has_netns_cookie(bpffs: str) -> bool:
+    """Was the loaded socket LB built with its namespace checks? (Unknown,
+    with no variant record: assume so.)"""
+    from pyagent.dataplanes.ebpf import socket_lb
+
+    variant = socket_lb.read_variant(bpffs) or {}
+    return bool(variant.get("defines", {}).get("LB_HAVE_NETNS_COOKIE", 1))
+
+
 def run_status(args: argparse.Namespace) -> int:
     from pyagent.dataplanes.ebpf import layout as L
     from pyagent.dataplanes.ebpf import sock_scope
@@ -77,6 +86,11 @@ def run_change(args: argparse.Namespace) -> int:
         cookies = [_cookie(a) for a in args.netns]
     except OSError as exc:
         print(f"pyagent socket-lb {args.socket_lb_command}: {exc}", file=sys.stderr)
+        return 1
+    if args.socket_lb_command == "exclude" and not _has_netns_cookie(args.bpffs):
+        print("pyagent socket-lb exclude: the socket LB loaded here has no "
+              "bpf_get_netns_cookie (Linux 5.7): it cannot tell namespaces apart",
+              file=sys.stderr)
         return 1
     maps = _maps(args.bpffs)
     try:
