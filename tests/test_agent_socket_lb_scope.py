@@ -92,11 +92,15 @@ class Sidecar:
 
 
 class Agent:
-    def __init__(self, c: Cluster, mode: str) -> None:
+    """`pyagent run` on node0: "hostns-only", "opt-out" (pod0 excluded) or
+    "all" (the default scope)."""
+
+    def __init__(self, c: Cluster, mode: str, name: str = "", generation: int = 1) -> None:
         self.c, self.mode, self.node = c, mode, c.nodes[0]
-        self.dir = c.tmp / f"scope-{mode}"
+        name = name or mode
+        self.dir = c.tmp / f"scope-{name}"
         self.dir.mkdir()
-        self.log = c.tmp / f"scope-{mode}.log"
+        self.log = c.tmp / f"scope-{name}.log"
         if mode == "hostns-only":  # pod links by pattern, followed as pods come
             extra, pods = ["--bpf-lb-sock-hostns-only"], ["--pod-interface", "p+"]
         else:
@@ -105,12 +109,12 @@ class Agent:
                                 *pods, *extra, "--healthz-bind-address", "127.0.0.1:0",
                                 "--metrics-bind-address", "127.0.0.1:0"],
                             stderr=self.log.open("w"))
-        marker = sync_marker(1)
+        marker = sync_marker(generation)  # a restart's own: the pins hold the last one
         (self.dir / ".m.tmp").write_text(yaml.safe_dump_all([*objects(c), marker]))
         (self.dir / ".m.tmp").rename(self.dir / "m.yaml")
         wait_for_marker(str(self.node.bpffs), marker, self.proc, self.log)
         # the pods the socket LB leaves alone
-        self.tc_pods = [p.name for p in self.node.pods]
+        self.tc_pods = [p.name for p in self.node.pods] if mode == "hostns-only" else []
         if mode == "opt-out":
             self.socket_lb(["exclude", f"/run/netns/{self.node.pods[0].ns}"])
             self.tc_pods = [self.node.pods[0].name]
@@ -122,10 +126,19 @@ class Agent:
         assert r.returncode == 0, r.stderr
         return r
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Stop the agent as a restart does: pins, links and filters stay."""
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
+
+    def balancing(self) -> dict:
+        r = subprocess.run([sys.executable, "-m", "pyagent", "status", "--json", "--bpffs",
+                            str(self.node.bpffs)], capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout)["balancing"]
+
+    def stop(self) -> None:
+        self.terminate()
         # nsenter: the TC filters live in node0's namespace (p+ follows its links)
         subprocess.run(["nsenter", f"--net=/run/netns/{self.node.ns}", sys.executable, "-m",
                         "pyagent", "cleanup", "--bpffs", str(self.node.bpffs), "--cgroup",
@@ -212,10 +225,7 @@ def test_status_and_include(cluster: Cluster, agent: Agent) -> None:
     status = json.loads(agent.socket_lb(["status", "--json"]).stdout)
     assert status["hostNamespaceOnly"] == (agent.mode == "hostns-only")
     assert len(status["excludedNetnsCookies"]) == (agent.mode == "opt-out")
-    r = subprocess.run([sys.executable, "-m", "pyagent", "status", "--json", "--bpffs",
-                        str(agent.node.bpffs)], capture_output=True, text=True, timeout=60)
-    b = json.loads(r.stdout)["balancing"]
-    assert b == {"socketLB": "host namespace only" if agent.mode == "hostns-only"
+    assert agent.balancing() == {"socketLB": "host namespace only" if agent.mode == "hostns-only"
                  else "every namespace", "socketLBExcluded": int(agent.mode == "opt-out"),
                  "lbMode": "snat", "podLB": True}
     if agent.mode != "opt-out":

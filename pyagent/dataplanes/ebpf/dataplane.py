@@ -69,16 +69,25 @@ class EbpfDataplane:
         caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
                                                    self.config.bpf_lb_rev_nat_map_max)
         self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
-        self._scope()
+        # Make-before-break across a scope change: the TC programs balance
+        # pods (POD_LB) before the socket LB starts skipping them, and stop
+        # only once it no longer does.
+        skipped_before = sock_scope.skips_pods(self.lb.maps)
+        skips = self._check_scope()
         if self.config.interfaces or self.config.pod_interfaces:
-            self._setup_tc(caps)
+            self._setup_tc(caps, pod_lb=skips or skipped_before)
+        self._scope()
+        if self.tc is not None and skipped_before and not skips:
+            from pyagent.dataplanes.ebpf import tc
+
+            tc.set_pod_lb(self.tc.maps, False)
         self._adopt()
         self.stats = Stats(self.lb.maps, lambda: self.reconciler)
         self._attached = False
         self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
                                       cgroup=self.cgroup)
 
-    def _setup_tc(self, caps: socket_lb.Capacities) -> None:
+    def _setup_tc(self, caps: socket_lb.Capacities, pod_lb: bool) -> None:
         """The TC programs on the node and pod interfaces; pod interface
         patterns (`veth+`) are followed as links come and go."""
         assert self.lb is not None
@@ -100,7 +109,7 @@ class EbpfDataplane:
                                    self.config.bpf_lb_map_max),
                                masquerade_cluster_ip=cluster_ip_masquerade_families(
                                    self.config),
-                               pod_lb=sock_scope.skips_pods(self.lb.maps),
+                               pod_lb=pod_lb,
                                lb_mode=self.config.bpf_lb_mode)
         except BaseException:
             if watcher is not None:
@@ -112,9 +121,9 @@ class EbpfDataplane:
             watcher.start(pods)
             self.pod_links = watcher
 
-    def _scope(self) -> None:
-        """The socket LB's scope: host-namespace-only as configured; opted-out
-        pods (lb_sock_skip, pinned) stay out across restarts."""
+    def _check_scope(self) -> bool:
+        """Refuse a scope this node cannot serve; True if the socket LB will
+        leave some pods to TC (host-namespace-only, or opted-out pods)."""
         assert self.lb is not None
         only = self.config.socket_lb_host_ns_only
         if only and not self.config.pod_interfaces:
@@ -124,6 +133,18 @@ class EbpfDataplane:
         if only and not self.lb.variant.features.netns_cookie:
             raise ValueError("socketLBHostNamespaceOnly: this kernel has no "
                              "bpf_get_netns_cookie at the socket hooks (Linux 5.7)")
+        excluded = sock_scope.excluded(self.lb.maps)
+        if excluded and not self.config.pod_interfaces:
+            log.warning("%d network namespaces opted out of the socket LB, but no pod "
+                        "interfaces carry the TC programs: their Service connections are "
+                        "not balanced", len(excluded))
+        return only or bool(excluded)
+
+    def _scope(self) -> None:
+        """The socket LB's scope: host-namespace-only as configured; opted-out
+        pods (lb_sock_skip, pinned) stay out across restarts."""
+        assert self.lb is not None
+        only = self.config.socket_lb_host_ns_only
         cfg = sock_scope.configure(self.lb.maps, only,
                                    sock_scope.host_netns_cookie() if only else 0)
         if cfg.flags:
