@@ -38,7 +38,7 @@ def test_restart_into_the_default_scope_hands_pods_back(cluster: Cluster) -> Non
         car = Sidecar(cluster, n0.pods[0].ns, n0.cgroup)
         try:
             for vip in (CIP4, CIP6):
-                res = client(cluster, n0.pods[0].ns, vip, 80, "tcp", 12)
+                res = client(cluster, n0.pods[0].ns, vip, 80, "tcp", 40)
                 assert not res.errors and len(res.counts) == 3, res
             assert car.records(1, timeout=1) == []  # the socket LB has them again
         finally:

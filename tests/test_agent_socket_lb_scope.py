@@ -216,7 +216,7 @@ def test_the_node_itself_stays_on_the_socket_lb(cluster: Cluster, agent: Agent) 
     can have served these."""
     n0 = cluster.nodes[0]
     for vip in (CIP4, CIP6):
-        res = client(cluster, n0.ns, vip, 80, "tcp", 20)
+        res = client(cluster, n0.ns, vip, 80, "tcp", 40)
         assert not res.errors, res.errors
         assert len(res.counts) == 3, res.counts
 
@@ -257,12 +257,12 @@ def test_a_pod_created_after_the_start_is_served(cluster: Cluster, agent: Agent)
     car = Sidecar(cluster, pod.ns, cluster.nodes[0].cgroup)
     try:
         for vip in (CIP4, CIP6):
-            res = client(cluster, pod.ns, vip, 80, "tcp", 12)
+            res = client(cluster, pod.ns, vip, 80, "tcp", 40)
             assert not res.errors, (res.errors, agent.log.read_text()[-2000:])
             assert len(res.counts) == 3, res.counts
-            seen = [r.get("original") for r in car.records(12 if hostns else 1,
+            seen = [r.get("original") for r in car.records(40 if hostns else 1,
                                                            timeout=10 if hostns else 1)]
-            assert seen == ([[vip, 80]] * 12 if hostns else []), seen
+            assert seen == ([[vip, 80]] * 40 if hostns else []), seen
     finally:
         car.stop()
     if hostns:
