@@ -433,6 +433,8 @@ struct lb_sock_config {
 #define LB_TC_STAT_FRAGMENT    7  /* fragments: passed untouched */
 #define LB_TC_STAT_ICMP_ERROR  8  /* ICMP error about a tracked flow, translated */
 #define LB_TC_STAT_DSR_BACKEND 9  /* a DSR packet for a backend here: reply entry written */
+#define LB_TC_STAT_XDP_DONE    10 /* XDP finished the packet (TC skips it) */
+#define LB_TC_STAT_XDP_TO_TC   11 /* XDP left the packet to TC untouched */
 #define LB_TC_STAT_MAX         16
 
 struct lb_tc_stat {
@@ -464,6 +466,7 @@ struct lb_tc_stat {
 /* lb_event.origin */
 #define LB_EV_FROM_SOCK 1  /* connect() / sendmsg() at the cgroup hooks */
 #define LB_EV_FROM_TC   2  /* a new flow at a node interface (TC ingress) */
+#define LB_EV_FROM_XDP  3  /* the same, decided at XDP */
 
 struct lb_monitor {
 	__u32 mask;              /* bit i: slot i of lb_mon_rings has a listener */

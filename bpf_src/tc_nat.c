@@ -19,6 +19,9 @@
  *                      INTERNAL frontends, for pods the socket LB skips
  *                      (lb_sock_config); never external flows
  *   lb_egress          node interfaces and pod links, egress: conntrack only
+ *   lb_xdp_ingress     node interfaces, XDP (optional): lb_netdev_ingress's
+ *                      logic for the common packet shapes, in front of it;
+ *                      what it cannot do it leaves to TC untouched
  *
  * Every flow is translated in two halves with the kernel's routing between
  * them (see the conntrack comment in lb_types.h): DNAT on the way in, SNAT
@@ -47,10 +50,23 @@
  * LB_EXPECTED_LAYOUT_VERSION, as for sock_lb.c.
  */
 #include "lib/pkt.h"
+#include "lib/xdp_pkt.h"
 #include "lib/tc_maps.h"
 #include "lib/lb.h"
 
 #define SNAT_PORT_TRIES 16  /* masquerade ports probed per new flow */
+
+/* Where the shared logic below runs: a compile-time constant at every
+ * entry point, so each program keeps only its own packet access. */
+#define AT_TC  0
+#define AT_XDP 1
+/* handle() at XDP: leave this packet to TC, untouched (what XDP cannot
+ * do: REJECT answers, DSR options, ICMP errors, odd headers). */
+#define LB_PUNT 100
+
+#ifndef LB_XDP_MARK
+#define LB_XDP_MARK 0x7079a6e7  /* the loader passes a fresh value per load */
+#endif
 #define LB_NSEC_PER_SEC 1000000000ULL
 
 /* Private per-CPU scratch for building REJECT answers (not pinned). */
@@ -169,6 +185,15 @@ static __always_inline int reject(int fam, struct __sk_buff *skb, const struct l
 	if (!b)
 		return TC_ACT_SHOT;
 	return fam == LB_V4 ? lb4_reject(skb, p, b) : lb6_reject(skb, p, b);
+}
+
+/* lb_rewrite() with the packet access of where it runs. */
+static __always_inline int pkt_rewrite(int fam, int at, void *ctx, struct lb_pkt *p, int src,
+				       const union lb_v6addr *addr, __be16 port)
+{
+	if (at == AT_XDP)
+		return lb_xdp_rewrite(fam, ctx, p, src, addr, port);
+	return lb_rewrite(fam, ctx, p, src, addr, port);
 }
 
 /* loadBalancerSourceRanges: may this client use the frontend? */
@@ -314,22 +339,22 @@ static __always_inline void ct_nat_addr(int fam, const void *v, int snat, union 
 }
 
 /* Apply a found entry's rewrites to p (icmp: to the ICMP error about it). */
-static __always_inline int ct_apply(int fam, struct __sk_buff *skb, struct lb_pkt *p,
-				    void *v, int icmp)
+static __always_inline int ct_apply(int fam, int at, void *ctx, struct lb_pkt *p, void *v,
+				    int icmp)
 {
 	union lb_v6addr a;
 	__u8 flags = CT_VAL(fam, v, flags);
 
 	if (flags & LB_CT_F_DNAT) {
 		ct_nat_addr(fam, v, 0, &a);
-		if ((icmp ? lb_icmp_xlate(fam, skb, p, 1, &a, CT_VAL(fam, v, dport))
-			  : lb_rewrite(fam, skb, p, 0, &a, CT_VAL(fam, v, dport))) < 0)
+		if ((icmp ? lb_icmp_xlate(fam, ctx, p, 1, &a, CT_VAL(fam, v, dport))
+			  : pkt_rewrite(fam, at, ctx, p, 0, &a, CT_VAL(fam, v, dport))) < 0)
 			return -1;
 	}
 	if (flags & LB_CT_F_SNAT) {
 		ct_nat_addr(fam, v, 1, &a);
-		if ((icmp ? lb_icmp_xlate(fam, skb, p, 0, &a, CT_VAL(fam, v, sport))
-			  : lb_rewrite(fam, skb, p, 1, &a, CT_VAL(fam, v, sport))) < 0)
+		if ((icmp ? lb_icmp_xlate(fam, ctx, p, 0, &a, CT_VAL(fam, v, sport))
+			  : pkt_rewrite(fam, at, ctx, p, 1, &a, CT_VAL(fam, v, sport))) < 0)
 			return -1;
 	}
 	return 0;
@@ -348,13 +373,15 @@ static __always_inline void *ct_find(int fam, const struct lb_pkt *p, __u8 stage
 	return v;
 }
 
-/* 1: translated by an existing entry, 0: no (usable) entry, -1: error. */
-static __always_inline int ct_handle(int fam, struct __sk_buff *skb, struct lb_pkt *p,
-				     __u8 stage, const struct lb_node_config *cfg, __u64 now)
+/* 1: translated by an existing entry, 0: no (usable) entry, -1: error,
+ * LB_PUNT: XDP leaves it to TC (the packet must carry a DSR option). */
+static __always_inline int ct_handle(int fam, int at, void *ctx, struct lb_pkt *p, __u8 stage,
+				     const struct lb_node_config *cfg, __u64 now)
 {
 	void *v = ct_find(fam, p, stage, now);
 	union lb_v6addr frontend;
 	__be16 fport;
+	int push;
 
 	if (!v)
 		return 0;
@@ -373,17 +400,19 @@ static __always_inline int ct_handle(int fam, struct __sk_buff *skb, struct lb_p
 		if ((CT_VAL(fam, v, flags) & LB_CT_F_CLOSING) && is_syn(p))
 			return 0;
 	}
+	/* a retransmitted SYN, or any datagram, tells the backend node again */
+	push = (CT_VAL(fam, v, flags) & LB_CT_F_DSR) && (p->proto == IPPROTO_UDP || is_syn(p));
+	if (push && at == AT_XDP)
+		return LB_PUNT;
 	if (is_closing(p))
 		CT_VAL(fam, v, flags) |= LB_CT_F_CLOSING;
 	CT_VAL(fam, v, expires) =
 		now + ct_timeout(cfg, p->proto, CT_VAL(fam, v, flags) & LB_CT_F_CLOSING);
 	frontend = p->daddr;
 	fport = p->dport;
-	if (ct_apply(fam, skb, p, v, 0) < 0)
+	if (ct_apply(fam, at, ctx, p, v, 0) < 0)
 		return -1;
-	/* a retransmitted SYN, or any datagram, tells the backend node again */
-	if ((CT_VAL(fam, v, flags) & LB_CT_F_DSR) && (p->proto == IPPROTO_UDP || is_syn(p)) &&
-	    lb_dsr_push(fam, skb, p, &frontend, fport) < 0)
+	if (push && lb_dsr_push(fam, ctx, p, &frontend, fport) < 0)
 		return -1;
 	return 1;
 }
@@ -397,7 +426,7 @@ static __always_inline int ct_icmp(int fam, struct __sk_buff *skb, struct lb_pkt
 
 	if (!v)
 		return 0;
-	if (ct_apply(fam, skb, p, v, 1) < 0)
+	if (ct_apply(fam, AT_TC, skb, p, v, 1) < 0)
 		return -1;
 	return 1;
 }
@@ -474,13 +503,13 @@ static __always_inline __u32 select_backend(int fam, const struct lb_pkt *p, uni
 }
 
 /* A new-flow decision to the monitors (called only when lb_monitor_on()). */
-static __always_inline void tc_event(int fam, struct lb_monitor *m, const struct lb_pkt *p,
-				     __u32 rev_nat_id, __u8 verdict, __u32 backend_id,
-				     const struct lb_be *be)
+static __always_inline void tc_event(int fam, int at, struct lb_monitor *m,
+				     const struct lb_pkt *p, __u32 rev_nat_id, __u8 verdict,
+				     __u32 backend_id, const struct lb_be *be)
 {
 	struct lb_event ev;
 
-	lb_ev_init(fam, &ev, LB_EV_FROM_TC, p->proto, &p->daddr, p->dport, rev_nat_id, verdict);
+	lb_ev_init(fam, &ev, at == AT_XDP ? LB_EV_FROM_XDP : LB_EV_FROM_TC, p->proto, &p->daddr, p->dport, rev_nat_id, verdict);
 	lb_addr_copy(fam, &ev.client, &p->saddr);
 	ev.client_port = p->sport;
 	if (be)
@@ -583,7 +612,7 @@ static __always_inline void dsr_backend(int fam, const struct lb_pkt *p,
 	tc_count(LB_TC_STAT_DSR_BACKEND);
 }
 
-static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pkt *p,
+static __always_inline int new_flow(int fam, int at, void *ctx, struct lb_pkt *p,
 				    const struct lb_node_config *cfg, __u64 now, int from_pod)
 {
 	union lb_key skey;
@@ -613,20 +642,25 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	if ((flags & LB_F_SOURCE_RANGE) && !src_range_allows(fam, rev_nat_id, &p->saddr)) {
 		tc_count(LB_TC_STAT_DROP_RANGE);
 		if ((mon = lb_monitor_on()))
-			tc_event(fam, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
+			tc_event(fam, at, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
 		return TC_ACT_SHOT;
 	}
 	if (svc->count == 0) {
+		/* TC builds REJECT answers: hand it over before counting */
+		if (at == AT_XDP && !(flags & LB_F_DROP_NO_BACKEND))
+			return LB_PUNT;
 		if (lb_no_backend(svc) == LB_VERDICT_DROP) {
 			tc_count(LB_TC_STAT_DROP);
 			if ((mon = lb_monitor_on()))
-				tc_event(fam, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
+				tc_event(fam, at, mon, p, rev_nat_id, LB_EV_DROP, 0, 0);
 			return TC_ACT_SHOT;
 		}
 		tc_count(LB_TC_STAT_REJECT);
 		if ((mon = lb_monitor_on()))
-			tc_event(fam, mon, p, rev_nat_id, LB_EV_REJECT, 0, 0);
-		return reject(fam, skb, p);
+			tc_event(fam, at, mon, p, rev_nat_id, LB_EV_REJECT, 0, 0);
+		if (at == AT_XDP)  /* not reached (see above); keeps TC's helpers out of XDP */
+			return LB_PUNT;
+		return reject(fam, ctx, p);
 	}
 
 	backend_id = select_backend(fam, p, &skey, scope, svc, lb_flow_hash(p), now,
@@ -634,6 +668,8 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 	if (!backend_id || lb_backend(fam, backend_id, &be) < 0)
 		goto error;
 	dsr = want_dsr(cfg, scope, &be, p, from_pod);
+	if (dsr && at == AT_XDP)
+		return LB_PUNT;  /* TC inserts the option; nothing written yet */
 	masq = !dsr && want_masq(fam, cfg, scope, flags, &be, p, from_pod);
 	if (flags & LB_F_AFFINITY)
 		lb_affinity_record(affinity_client(fam, p), 0, rev_nat_id, backend_id, now);
@@ -680,13 +716,13 @@ static __always_inline int new_flow(int fam, struct __sk_buff *skb, struct lb_pk
 
 	/* before the rewrite: p still holds the frontend */
 	if ((mon = lb_monitor_on()))
-		tc_event(fam, mon, p, rev_nat_id, affinity_hit ? LB_EV_AFFINITY : LB_EV_TRANSLATED,
+		tc_event(fam, at, mon, p, rev_nat_id, affinity_hit ? LB_EV_AFFINITY : LB_EV_TRANSLATED,
 			 backend_id, &be);
 	frontend = p->daddr;
 	fport = p->dport;
-	if (lb_rewrite(fam, skb, p, 0, &be.address, be.port) < 0)
+	if (pkt_rewrite(fam, at, ctx, p, 0, &be.address, be.port) < 0)
 		goto error;
-	if (dsr && lb_dsr_push(fam, skb, p, &frontend, fport) < 0)
+	if (dsr && lb_dsr_push(fam, ctx, p, &frontend, fport) < 0)
 		goto error;
 	lb_svc_count(rev_nat_id, LB_STAT_SELECTED);
 	lb_count_backend(backend_id);
@@ -696,7 +732,7 @@ error:
 	lb_svc_count(rev_nat_id, LB_STAT_ERROR);
 	tc_count(LB_TC_STAT_ERROR);
 	if ((mon = lb_monitor_on()))
-		tc_event(fam, mon, p, rev_nat_id, LB_EV_NO_BACKEND, 0, 0);
+		tc_event(fam, at, mon, p, rev_nat_id, LB_EV_NO_BACKEND, 0, 0);
 	return TC_ACT_SHOT;
 }
 
@@ -707,14 +743,16 @@ error:
 #define SERVICES_NETDEV 1  /* traffic entering the node: EXTERNAL frontends, ClusterIPs */
 #define SERVICES_POD    2  /* from a pod: INTERNAL frontends, with LB_CFG_F_POD_LB */
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int services)
+static __always_inline int handle(void *ctx, int at, __u8 stage, int services)
 {
 	struct lb_pkt p = {};
 	struct lb_node_config *cfg;
 	__u64 now;
 	int kind, ret;
 
-	kind = lb_parse(skb, &p);
+	kind = at == AT_XDP ? lb_xdp_parse(ctx, &p) : lb_parse(ctx, &p);
+	if (at == AT_XDP && kind != LB_PKT_L4)
+		return LB_PUNT;
 	if (kind == LB_PKT_FRAG) {
 		tc_count(LB_TC_STAT_FRAGMENT);
 		return TC_ACT_OK;
@@ -722,9 +760,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	if (kind == LB_PKT_ICMP_ERR) {
 		now = now_sec();
 		if (p.l3_proto == ETH_P_IP)
-			ret = ct_icmp(LB_V4, skb, &p, stage, now);
+			ret = ct_icmp(LB_V4, ctx, &p, stage, now);
 		else
-			ret = ct_icmp(LB_V6, skb, &p, stage, now);
+			ret = ct_icmp(LB_V6, ctx, &p, stage, now);
 		if (ret > 0)
 			tc_count(LB_TC_STAT_ICMP_ERROR);
 		return ret < 0 ? TC_ACT_SHOT : TC_ACT_OK;
@@ -741,9 +779,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 		return TC_ACT_OK;
 	}
 	if (p.l3_proto == ETH_P_IP)
-		ret = ct_handle(LB_V4, skb, &p, stage, cfg, now);
+		ret = ct_handle(LB_V4, at, ctx, &p, stage, cfg, now);
 	else
-		ret = ct_handle(LB_V6, skb, &p, stage, cfg, now);
+		ret = ct_handle(LB_V6, at, ctx, &p, stage, cfg, now);
+	if (ret == LB_PUNT)
+		return LB_PUNT;
 	if (ret > 0) {
 		tc_count(LB_TC_STAT_CT_HIT);
 		return TC_ACT_OK;
@@ -757,21 +797,63 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 stage, int service
 	if (services == SERVICES_NONE)
 		return TC_ACT_OK;
 	if (p.l3_proto == ETH_P_IP)
-		return new_flow(LB_V4, skb, &p, cfg, now, services == SERVICES_POD);
-	return new_flow(LB_V6, skb, &p, cfg, now, services == SERVICES_POD);
+		return new_flow(LB_V4, at, ctx, &p, cfg, now, services == SERVICES_POD);
+	return new_flow(LB_V6, at, ctx, &p, cfg, now, services == SERVICES_POD);
+}
+
+/* Did lb_xdp_ingress of this load finish the packet's ingress half? It
+ * says so in 4 bytes of XDP metadata; a fresh mark per load, so metadata
+ * that survived from elsewhere (another node's XDP, an older load) is
+ * not taken for it. */
+static __always_inline int xdp_done(struct __sk_buff *skb)
+{
+	void *meta = (void *)(long)skb->data_meta;
+	void *data = (void *)(long)skb->data;
+
+	return meta + sizeof(__u32) <= data && *(__u32 *)meta == LB_XDP_MARK;
 }
 
 int lb_netdev_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_INGRESS, SERVICES_NETDEV);
+	if (xdp_done(skb))
+		return TC_ACT_OK;
+	return handle(skb, AT_TC, LB_CT_INGRESS, SERVICES_NETDEV);
 }
 
 int lb_pod_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_INGRESS, SERVICES_POD);
+	return handle(skb, AT_TC, LB_CT_INGRESS, SERVICES_POD);
 }
 
 int lb_egress(struct __sk_buff *skb)
 {
-	return handle(skb, LB_CT_EGRESS, SERVICES_NONE);
+	return handle(skb, AT_TC, LB_CT_EGRESS, SERVICES_NONE);
+}
+
+/* lb_netdev_ingress at XDP, attached in front of it on node interfaces
+ * (`--bpf-lb-acceleration`): the same conntrack and new-flow logic on the
+ * fast-path shapes (lib/xdp_pkt.h), the rest handed to TC untouched. A
+ * packet XDP finished carries LB_XDP_MARK in its metadata, so TC skips it;
+ * without room for metadata XDP does nothing. */
+int lb_xdp_ingress(struct xdp_md *ctx)
+{
+	void *meta, *data;
+	int ret;
+
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32)) < 0)
+		return XDP_PASS;
+	ret = handle(ctx, AT_XDP, LB_CT_INGRESS, SERVICES_NETDEV);
+	if (ret == LB_PUNT) {
+		tc_count(LB_TC_STAT_XDP_TO_TC);
+		bpf_xdp_adjust_meta(ctx, sizeof(__u32));
+		return XDP_PASS;
+	}
+	tc_count(LB_TC_STAT_XDP_DONE);
+	if (ret == TC_ACT_SHOT)
+		return XDP_DROP;
+	meta = (void *)(long)ctx->data_meta;
+	data = (void *)(long)ctx->data;
+	if (meta + sizeof(__u32) <= data)
+		*(__u32 *)meta = LB_XDP_MARK;
+	return XDP_PASS;
 }

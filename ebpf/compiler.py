@@ -94,4 +94,5 @@ def load_prog(b: Any, func_name: str, prog_type: int, attach_type: int = -1) -> 
 
 
 PROG_TYPE_SCHED_CLS = 3
+PROG_TYPE_XDP = 6
 PROG_TYPE_CGROUP_SOCK_ADDR = 18

@@ -1,6 +1,11 @@
 """The TC load balancer (bpf_src/tc_nat.c) on packet fixtures through
 BPF_PROG_TEST_RUN: no interfaces, no namespaces, private (unpinned) maps.
 
+Every fixture runs twice: on TC alone, and with lb_xdp_ingress in front of
+lb_netdev_ingress as on an accelerated interface (XDP first; TC only for
+what XDP hands on untouched), so both paths give the same packets and the
+same conntrack. The "xdp" run also counts what XDP finished itself.
+
 Every rewritten or generated frame is parsed back and all its checksums
 recomputed (packet.parse lists any that are wrong).
 """
@@ -32,13 +37,16 @@ _ids = itertools.count(1)
 _ports = itertools.count(30000)
 
 
-@pytest.fixture(scope="module")
-def lb():
+@pytest.fixture(scope="module", params=["tc", "xdp"])
+def lb(request):
     from pyagent.dataplanes.ebpf import socket_lb, tc
 
     caps = socket_lb.Capacities(1024, 1024, 1024, 64, 256, 1 << 17)  # ids past 16 bits
-    with tc.load(None, caps, tc.TcCapacities(ct=4096, src_range=64)) as lb:
+    with tc.load(None, caps, tc.TcCapacities(ct=4096, src_range=64),
+                 xdp=request.param == "xdp") as lb:
+        assert lb.xdp_error is None
         tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+        lb.path = request.param
         yield lb
 
 
@@ -49,6 +57,18 @@ def run(lb, prog: str, frame: bytes) -> tuple[int, bytes]:
 
 
 def ingress(lb, frame):
+    """A frame entering a node interface: XDP then TC on the "xdp" path."""
+    from pyagent.dataplanes.ebpf import tc
+
+    if lb.path == "tc":
+        return run(lb, "lb_netdev_ingress", frame)
+    done = bpfmaps.tc_stats(lb.maps)["xdp_done"]
+    ret, out = tc.test_xdp_packet(lb.prog_fds[tc.PROG_XDP], frame)
+    finished = bpfmaps.tc_stats(lb.maps)["xdp_done"] - done
+    assert ret in (tc.XDP_PASS, tc.XDP_DROP) and finished in (0, 1)
+    if finished:
+        return (OK if ret == tc.XDP_PASS else SHOT), out
+    assert (ret, out) == (tc.XDP_PASS, frame), "handed to TC, but not untouched"
     return run(lb, "lb_netdev_ingress", frame)
 
 
@@ -871,3 +891,93 @@ def test_backend_node_answers_with_the_frontend_it_was_told(lb, v6, proto):
         want = (fe, port) if served else (local[0], 8080)
         assert (ret, (p.src, p.sport), p.dst) == (OK, want, client), (fe, port)
     assert bpfmaps.tc_stats(lb.maps)["dsr_backend"] - before == 2
+
+
+# ---------------------------------------------------------------------------
+# XDP: which packets lb_xdp_ingress finishes itself. Every fixture above
+# already checks that XDP + TC behave exactly as TC alone.
+
+
+def _xdp_run(lb, frame: bytes) -> tuple[int, bytes, bool]:
+    """(XDP verdict, frame, finished at XDP) of one frame."""
+    from pyagent.dataplanes.ebpf import tc
+
+    done = bpfmaps.tc_stats(lb.maps)["xdp_done"]
+    handed = bpfmaps.tc_stats(lb.maps)["xdp_to_tc"]
+    ret, out = tc.test_xdp_packet(lb.prog_fds[tc.PROG_XDP], frame)
+    stats = bpfmaps.tc_stats(lb.maps)
+    finished = stats["xdp_done"] - done
+    assert finished + stats["xdp_to_tc"] - handed == 1  # one or the other, always
+    return ret, out, bool(finished)
+
+
+@pytest.mark.parametrize("lb", ["xdp"], indirect=True)
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_xdp_finishes_the_common_shapes(lb, v6, proto):
+    from pyagent.dataplanes.ebpf import tc
+
+    node, client, local, remote = fam(v6)
+    port, masq_port = next(_ports), next(_ports)
+    frontend(lb, node, port, proto, [(local[0], 8080, True)], F.NODE_PORT | F.LOCAL_ETP)
+    new = bpfmaps.tc_stats(lb.maps)["new"]
+    # a new flow and a later packet of it
+    for flags in ("S", "A"):
+        ret, out, finished = _xdp_run(lb, P.build(client, node, proto, 40401, port, b"x",
+                                                  flags=flags))
+        p = parsed(out)
+        assert (ret, finished, p.dst, p.dport) == (tc.XDP_PASS, True, local[0], 8080)
+    assert bpfmaps.tc_stats(lb.maps)["new"] == new + 1
+    # a masqueraded flow's reply from a remote backend, back to the client
+    frontend(lb, node, masq_port, proto, [(remote[0], 9090, False)], F.NODE_PORT)
+    _, fwd, _ = _xdp_run(lb, P.build(client, node, proto, 40402, masq_port))
+    _, fwd = egress(lb, fwd)
+    f = parsed(fwd)
+    ret, out, finished = _xdp_run(lb, P.build(remote[0], f.src, proto, 9090, f.sport,
+                                              flags="SA"))
+    assert (ret, finished, parsed(out).dst, parsed(out).dport) == (tc.XDP_PASS, True, client,
+                                                                   40402)
+    # traffic to no frontend: looked at once, by XDP
+    stray = P.build(client, node, proto, 40403, 22)
+    assert _xdp_run(lb, stray) == (tc.XDP_PASS, stray, True)
+
+
+@pytest.mark.parametrize("lb", ["xdp"], indirect=True)
+def test_xdp_drops_what_policy_drops(lb):
+    from pyagent.dataplanes.ebpf import tc
+
+    port = next(_ports)
+    frontend(lb, NODE4, port, "TCP", [], F.NODE_PORT | F.DROP_NO_BACKEND)
+    ret, _, finished = _xdp_run(lb, P.build(CLIENT4, NODE4, "TCP", 40410, port))
+    assert (ret, finished) == (tc.XDP_DROP, True)
+
+
+@pytest.mark.parametrize("lb", ["xdp"], indirect=True)
+def test_xdp_hands_what_it_cannot_do_to_tc_untouched(lb, lb_mode):
+    from pyagent.dataplanes.ebpf import tc
+
+    reject_port, dsr_port, port = next(_ports), next(_ports), next(_ports)
+    frontend(lb, NODE4, reject_port, "TCP", [], F.NODE_PORT)
+    frontend(lb, NODE4, dsr_port, "TCP", [(REMOTE4[0], 9090, False)], F.NODE_PORT)
+    frontend(lb, NODE4, port, "UDP", [(LOCAL4[0], 8080, True)], F.NODE_PORT)
+    tracked = P.build(CLIENT4, NODE4, "UDP", 40420, port)
+    _, fwd, _ = _xdp_run(lb, tracked)
+    cases = {
+        "REJECT answer": P.build(CLIENT4, NODE4, "TCP", 40421, reject_port),
+        "fragment": P.build(CLIENT4, NODE4, "UDP", 40420, port, more_fragments=True),
+        "ICMP error": P.icmp_error(LOCAL4[0], CLIENT4, fwd),
+        "DSR option in": P.build(CLIENT4, LOCAL4[0], "TCP", 40422, 8080,
+                                 dsr=("198.51.100.9", 80)),
+    }
+    for what, frame in cases.items():
+        assert _xdp_run(lb, frame) == (tc.XDP_PASS, frame, False), what
+    lb_mode("dsr")
+    syn = P.build(CLIENT4, NODE4, "TCP", 40423, dsr_port)
+    assert _xdp_run(lb, syn) == (tc.XDP_PASS, syn, False), "DSR option out"
+    _, out = ingress(lb, syn)
+    assert parsed(out).dsr == (NODE4, dsr_port)
+    # the handshake's later segments carry no option: XDP's again
+    ret, out, finished = _xdp_run(lb, P.build(CLIENT4, NODE4, "TCP", 40423, dsr_port,
+                                              flags="A"))
+    assert (ret, finished, parsed(out).dst, parsed(out).dsr) == (tc.XDP_PASS, True,
+                                                                 REMOTE4[0], None)

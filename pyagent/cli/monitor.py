@@ -22,7 +22,7 @@ from pyagent.core.model import PROTOCOL_NAMES as PROTO_NAMES
 from pyagent.core.model import join_host_port
 
 VERDICTS = {1: "translated", 2: "affinity", 3: "reject", 4: "drop", 5: "no-backend"}
-ORIGINS = {1: "socket", 2: "tc"}
+ORIGINS = {1: "socket", 2: "tc", 3: "xdp"}
 NAMES_REFRESH = 2.0  # seconds between re-reads of the Service names
 
 

@@ -126,6 +126,8 @@ class TcStat(enum.IntEnum):
     FRAGMENT = 7
     ICMP_ERROR = 8
     DSR_BACKEND = 9  # a DSR packet for a backend here: reply entry written
+    XDP_DONE = 10  # XDP finished the packet (TC skips it)
+    XDP_TO_TC = 11  # XDP left the packet to TC untouched
 
 
 TC_STAT_MAX = 16
@@ -147,6 +149,7 @@ class EventVerdict(enum.IntEnum):
 class EventOrigin(enum.IntEnum):
     SOCK = 1
     TC = 2
+    XDP = 3
 
 # The C names of the constants above, for the header comparison test.
 C_CONSTANTS: dict[str, int] = {

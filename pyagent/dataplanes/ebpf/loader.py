@@ -9,22 +9,23 @@ import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ebpf import bpffs as fs
 
 log = logging.getLogger(__name__)
 
 
-def run_child(module: str, bpffs: str, sizes: Mapping[str, int], what: str) -> None:
+def run_child(module: str, bpffs: str, sizes: Mapping[str, int], what: str,
+              extra_args: Sequence[str] = ()) -> str:
     """`python -m MODULE --bpffs DIR --size DEFINE=N...` to its end; raise with
     its stderr if it failed, else log what it said (replaced pins, compiler
-    warnings)."""
+    warnings) and return it."""
     fs.ensure(bpffs)
     # stderr to a file, not a pipe: a chatty compiler never blocks on it
     with tempfile.TemporaryFile("w+") as err:
         rc = subprocess.run([sys.executable, "-m", module, "--bpffs", bpffs,
-                             *(f"--size={k}={v}" for k, v in sizes.items())],
+                             *(f"--size={k}={v}" for k, v in sizes.items()), *extra_args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                             text=True, check=False).returncode
         err.seek(0)
@@ -33,3 +34,4 @@ def run_child(module: str, bpffs: str, sizes: Mapping[str, int], what: str) -> N
         raise RuntimeError(f"loading {what} failed:\n{said}")
     for line in said.splitlines():
         log.warning("%s", line)
+    return said

@@ -22,6 +22,7 @@ import errno
 import ipaddress
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "tc_nat.c")
 PROG_NETDEV_INGRESS = "lb_netdev_ingress"
 PROG_POD_INGRESS = "lb_pod_ingress"
 PROG_EGRESS = "lb_egress"
+PROG_XDP = "lb_xdp_ingress"  # loaded only with xdp=True (xdp.py attaches it)
 PROGRAMS = (PROG_NETDEV_INGRESS, PROG_POD_INGRESS, PROG_EGRESS)
 
 ROLE_NETDEV, ROLE_POD = "netdev", "pod"
@@ -51,6 +53,7 @@ PARENT_INGRESS, PARENT_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3  # clsact ffff:fff2 / fff
 FILTER_PRIO = 0xA6E  # ours alone; lower numbers (other tools) run first
 FILTER_HANDLE = 1
 FILTER_NAME_PREFIX = "pyagent:"
+XDP_REFUSED = "XDP program refused: "  # the child's line when only XDP failed
 PROGS_SUBDIR = "tc"  # <bpffs>/tc/<program>: the loaded programs, for trace --bpf
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -108,6 +111,7 @@ class TcLB:
         self.prog_fds = prog_fds
         self.maps = maps
         self.lb_maps = lb_maps
+        self.xdp_error: str | None = None  # why lb_xdp_ingress did not load, if asked
 
     def close(self) -> None:
         """Drop this process's handles; pins and attached filters stay."""
@@ -129,9 +133,12 @@ class TcLB:
 def defines(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
             tc_capacities: TcCapacities | None = None) -> dict[str, Any]:
     """-D defines for tc_nat.c: the socket LB's (same pin directory, so the
-    maps are shared) plus the TC capacities. bpffs None: private maps."""
+    maps are shared) plus the TC capacities and a fresh LB_XDP_MARK (how
+    lb_xdp_ingress tells lb_netdev_ingress of the same load that it
+    finished a packet). bpffs None: private maps."""
     out = socket_lb.defines(bpffs, capacities)
     out.update((tc_capacities or TcCapacities()).defines())
+    out["LB_XDP_MARK"] = secrets.randbits(32) | 1
     return out
 
 
@@ -173,8 +180,9 @@ def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
 
 
 def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
-         tc_capacities: TcCapacities | None = None) -> TcLB:
-    """Compile and load the TC programs (SCHED_CLS). With a bpffs, create
+         tc_capacities: TcCapacities | None = None, xdp: bool = False) -> TcLB:
+    """Compile and load the TC programs (SCHED_CLS), with xdp also
+    lb_xdp_ingress (XDP) from the same compile. With a bpffs, create
     or reuse the pinned maps, shared with the socket LB; bpffs None gives
     private maps (tests, `trace --bpf` on a scratch copy)."""
     if bpffs is not None:
@@ -187,6 +195,12 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
     try:
         prog_fds = {name: compiler.load_prog(b, name, compiler.PROG_TYPE_SCHED_CLS)
                     for name in PROGRAMS}
+        xdp_error = None
+        if xdp:  # a refusal costs only the acceleration: TC runs on
+            try:
+                prog_fds[PROG_XDP] = compiler.load_prog(b, PROG_XDP, compiler.PROG_TYPE_XDP)
+            except RuntimeError as e:
+                xdp_error = str(e).splitlines()[0]
         tc_maps = TcMaps(**_module_maps(b, L.TC_MAPS))
         try:
             lb_maps = socket_lb.LBMaps(**_module_maps(b, L.MAPS))
@@ -196,20 +210,29 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
     except BaseException:
         b.cleanup()
         raise
-    return TcLB(b, prog_fds, tc_maps, lb_maps)
+    lb = TcLB(b, prog_fds, tc_maps, lb_maps)
+    lb.xdp_error = xdp_error
+    return lb
 
 
 def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
-                        tc_capacities: TcCapacities | None = None) -> TcLB:
+                        tc_capacities: TcCapacities | None = None,
+                        xdp: bool = False) -> TcLB:
     """Compile, load and pin in a child process (`main` below), then open
     the pins here: as for the socket LB, BCC and LLVM (about 150 MB of RSS)
-    never enter the agent. The child replaces incompatible TC pins."""
+    never enter the agent. The child replaces incompatible TC pins. xdp:
+    also lb_xdp_ingress; a verifier that refuses it fails only that
+    (the TcLB's xdp_error says why; the TC programs load as ever)."""
     sizes = {**(capacities or socket_lb.Capacities()).defines(),
              **(tc_capacities or TcCapacities()).defines()}
-    loader.run_child(__name__, bpffs, sizes, "the TC programs")
+    said = loader.run_child(__name__, bpffs, sizes, "the TC programs",
+                            extra_args=["--xdp"] if xdp else [])
+    xdp_error = next((line.removeprefix(XDP_REFUSED) for line in said.splitlines()
+                      if line.startswith(XDP_REFUSED)), None)
+    names = PROGRAMS + ((PROG_XDP,) if xdp and not xdp_error else ())
     prog_fds: dict[str, int] = {}
     try:
-        for name in PROGRAMS:
+        for name in names:
             prog_fds[name] = open_pinned_program(bpffs, name)
         tc_maps = open_pinned_tc_maps(bpffs)
         try:
@@ -221,7 +244,9 @@ def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = No
         for fd in prog_fds.values():
             os.close(fd)
         raise
-    return TcLB(None, prog_fds, tc_maps, lb_maps)
+    lb = TcLB(None, prog_fds, tc_maps, lb_maps)
+    lb.xdp_error = xdp_error
+    return lb
 
 
 def prog_pin_path(bpffs: str, name: str) -> str:
@@ -554,6 +579,26 @@ def test_packet(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, byte
 test_packet.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
+XDP_DROP, XDP_PASS = 1, 2
+XDP_MARK_BYTES = 4  # metadata lb_xdp_ingress leaves on a packet it finished
+
+
+def test_xdp_packet(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, bytes]:
+    """test_packet for lb_xdp_ingress: (XDP verdict, the frame as it left
+    it). Kernels that return the metadata in front of the frame (5.14 on)
+    have it cut off; whether XDP finished a packet shows in the XDP_DONE
+    counter."""
+    res = libbpf.prog_test_run(prog_fd, packet, repeat=repeat,
+                               data_out_size=max(len(packet) + 256, 1514))
+    out = res.data_out
+    if len(out) == len(packet) + XDP_MARK_BYTES:
+        out = out[XDP_MARK_BYTES:]
+    return res.retval, out
+
+
+test_xdp_packet.__test__ = False  # type: ignore[attr-defined]
+
+
 def verdict_name(retval: int) -> str:
     return VERDICTS.get(retval, f"TC_ACT({retval})")
 
@@ -566,6 +611,7 @@ def main() -> int:
     ap.add_argument("--bpffs", required=True)
     ap.add_argument("--size", action="append", default=[], metavar="DEFINE=N",
                     help="a capacity -D define of the socket LB or the TC maps")
+    ap.add_argument("--xdp", action="store_true", help="also load and pin lb_xdp_ingress")
     args = ap.parse_args()
     sizes = {d: int(v) for d, v in (item.split("=", 1) for item in args.size)}
     tc_fields = {"LB_CT_MAP_MAX": "ct", "LB_SRC_RANGE_MAP_MAX": "src_range",
@@ -580,9 +626,12 @@ def main() -> int:
                                                     tc_caps.defines()):
             print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
             fs.unpin(path)
-    lb = load(args.bpffs, caps, tc_caps)
+    fs.unpin(prog_pin_path(args.bpffs, PROG_XDP))  # never a stale one
+    lb = load(args.bpffs, caps, tc_caps, xdp=args.xdp)
     try:
         pin_programs(lb, args.bpffs)
+        if lb.xdp_error:
+            print(f"{XDP_REFUSED}{lb.xdp_error}", file=sys.stderr)
     finally:
         lb.close()
     return 0
