@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyagent.cli import kubeproxy_flags as KP
-from pyagent.core.config import LB_MODES, NodeConfig, load_config
+from pyagent.core.config import LB_ACCELERATIONS, LB_MODES, NodeConfig, load_config
 from pyagent.node import heap, wiring
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
                    "(default), dsr (the backend answers the client directly, which it sees), "
                    "hybrid (DSR for TCP, SNAT for UDP); pyagent.bpfLbMode, Cilium's "
                    "bpf-lb-mode. Every node must run pyagent")
+    p.add_argument("--bpf-lb-acceleration", "--xdp", choices=LB_ACCELERATIONS,
+                   dest="bpf_lb_acceleration",
+                   help="XDP in front of TC on the node interfaces: disabled (default), "
+                   "native, generic, best-effort (native, else generic); an interface "
+                   "where XDP cannot run is served by TC, with a log line saying why "
+                   "(pyagent.bpfLbAcceleration, Cilium's bpf-lb-acceleration)")
     p.add_argument("--bpf-lb-map-max", type=_map_max, metavar="N",
                    help="entries of each eBPF map holding Service state "
                    "(pyagent.bpfLbMapMax; default: the built-in sizes)")
@@ -103,6 +109,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         changes["metrics_per_backend"] = True
     if getattr(args, "bpf_lb_mode", None):
         changes["bpf_lb_mode"] = args.bpf_lb_mode
+    if getattr(args, "bpf_lb_acceleration", None):
+        changes["bpf_lb_acceleration"] = args.bpf_lb_acceleration
     if getattr(args, "bpf_lb_sock_hostns_only", False):
         changes["socket_lb_host_ns_only"] = True
     if getattr(args, "bpf_lb_map_max", None):

@@ -111,6 +111,10 @@ def balancing(bpffs: str) -> dict[str, Any]:
     mode = flags & (L.ConfigFlag.DSR_TCP | L.ConfigFlag.DSR_UDP)
     out["lbMode"] = next(m for m, f in tc.LB_MODE_FLAGS.items() if f == mode)
     out["podLB"] = bool(flags & L.ConfigFlag.POD_LB)
+    # per node interface: "native" / "generic" (XDP in front of TC), or
+    # "tc: why" where acceleration was asked for and could not run
+    out["xdp"] = {k: v for k, v in ((statusfile.read(bpffs) or {}).get("xdp") or {}).items()
+                  if v != "tc: disabled"}
     return out
 
 
@@ -216,6 +220,9 @@ def render(s: dict[str, Any], now: float) -> str:
             text += f" ({b['socketLBExcluded']} namespaces opted out)"
         if "lbMode" in b:
             text += f", TC {b['lbMode']}" + (", pods balanced by TC" if b["podLB"] else "")
+        for ifname, how in sorted((b.get("xdp") or {}).items()):
+            text += f", {ifname} " + (f"XDP {how}" if not how.startswith("tc:") else
+                                      f"TC only ({how.removeprefix('tc: ')})")
         lines.append(f"balancing:   {text}")
     lines.append(f"bpffs:       {s['bpffs']} ({s.get('frontends', 0)} frontends)")
     for name, m in sorted((s.get("maps") or {}).items()):

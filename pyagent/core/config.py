@@ -62,6 +62,10 @@ class NodeConfig:
     # north-south to other nodes' backends: snat, dsr or hybrid (DSR for TCP
     # only), Cilium's bpf-lb-mode
     bpf_lb_mode: str = "snat"
+    # XDP in front of TC on the node interfaces: disabled, native, generic
+    # or best-effort (native, else generic), Cilium's bpf-lb-acceleration;
+    # wherever XDP cannot run, TC serves alone (dataplanes/ebpf/accel.py)
+    bpf_lb_acceleration: str = "disabled"
     # eBPF backend choice when a Service has no pyagent.io/lb-algorithm annotation
     lb_algorithm: str = "random"
     # entries of each eBPF map holding Service state (Cilium's bpf-lb-map-max);
@@ -175,11 +179,12 @@ _PYAGENT_KEYS = frozenset({
     "nodeIPs", "bpffs", "cgroup", "interfaces", "serviceCIDRs", "localhostNodePorts",
     "rejectUnknownClusterIPPorts", "acceptHealthCheckNodePorts", "lbAlgorithm", "podInterfaces",
     "parseLimits", "bpfLbMapMax", "bpfLbRevNatMapMax", "socketLBHostNamespaceOnly",
-    "bpfLbMode",
+    "bpfLbMode", "bpfLbAcceleration",
     "k8sServiceHost", "k8sServicePort",
 })
 LB_MAP_MAX_RANGE = (1, 1 << 24)
 LB_MODES = ("snat", "dsr", "hybrid")
+LB_ACCELERATIONS = ("disabled", "native", "generic", "best-effort")
 LB_ALGORITHMS = ("random", "round-robin", "least-conn", "maglev")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
@@ -303,6 +308,9 @@ def config_from_dict(data: Mapping[str, Any], mode: str | None = None) -> NodeCo
             values[attr] = _string_value(py[key], f"pyagent.{key}")
     if py.get("bpfLbMode") not in (None, ""):
         values["bpf_lb_mode"] = lb_mode(py["bpfLbMode"], "pyagent.bpfLbMode")
+    if py.get("bpfLbAcceleration") not in (None, ""):
+        values["bpf_lb_acceleration"] = lb_acceleration(py["bpfLbAcceleration"],
+                                                        "pyagent.bpfLbAcceleration")
     if values.get("lb_algorithm", "random") not in LB_ALGORITHMS:
         raise ValueError(f"pyagent.lbAlgorithm: {values['lb_algorithm']!r} is not one of "
                          f"{', '.join(LB_ALGORITHMS)}")
@@ -456,6 +464,13 @@ def lb_mode(value: object, key: str) -> str:
     """bpfLbMode / --bpf-lb-mode: one of LB_MODES."""
     if value not in LB_MODES:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(LB_MODES)}")
+    return str(value)
+
+
+def lb_acceleration(value: object, key: str) -> str:
+    """bpfLbAcceleration / --bpf-lb-acceleration: one of LB_ACCELERATIONS."""
+    if value not in LB_ACCELERATIONS:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(LB_ACCELERATIONS)}")
     return str(value)
 
 

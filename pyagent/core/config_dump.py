@@ -44,6 +44,7 @@ def to_dict(config: NodeConfig) -> dict:
                     "podInterfaces": list(config.pod_interfaces),
                     "socketLBHostNamespaceOnly": config.socket_lb_host_ns_only,
                     "bpfLbMode": config.bpf_lb_mode,
+                    "bpfLbAcceleration": config.bpf_lb_acceleration,
                     "lbAlgorithm": config.lb_algorithm},
     }
     if mode_block == "ipvs":

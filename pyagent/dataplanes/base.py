@@ -84,6 +84,8 @@ class Description:
     mode: str
     cgroup: str = ""  # the cgroup the socket hooks are on (eBPF)
     frontends: tuple[FrontendInfo, ...] = ()  # eBPF: the frontends in the maps
+    # eBPF: per node interface, "native" / "generic" (XDP), or why TC alone
+    xdp: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ class Observability:
             "sourceErrors": list(report.source_problems),
             "refused": [r.to_json() for r in report.refused],
             "frontends": [fe.to_json() for fe in described.frontends] if described else [],
+            "xdp": dict(described.xdp) if described else {},
             **status_report.fields(self.config, self._connectivity, self.last_event,
                                    self.healthz_port, self.metrics_port)})
 

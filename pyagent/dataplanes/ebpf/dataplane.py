@@ -18,7 +18,7 @@ from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
-from pyagent.dataplanes.ebpf import events, pod_links, removal, sock_scope, socket_lb
+from pyagent.dataplanes.ebpf import accel, events, pod_links, removal, sock_scope, socket_lb
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import (
     Frontend,
@@ -60,6 +60,7 @@ class EbpfDataplane:
         self._attached = False
         self.tc = None  # tc.TcLB when the node has TC interfaces
         self.pod_links: pod_links.PodLinkWatcher | None = None  # pod interface patterns
+        self.xdp: list[accel.Outcome] = []  # per node interface: XDP mode or why not
         self.janitor: BackendJanitor | None = None
 
     def setup(self) -> None:
@@ -110,7 +111,11 @@ class EbpfDataplane:
                                masquerade_cluster_ip=cluster_ip_masquerade_families(
                                    self.config),
                                pod_lb=pod_lb,
-                               lb_mode=self.config.bpf_lb_mode)
+                               lb_mode=self.config.bpf_lb_mode,
+                               xdp=self.config.bpf_lb_acceleration != accel.DISABLED)
+            # after TC is in place: XDP only ever takes over from it
+            self.xdp = accel.apply(self.config.bpf_lb_acceleration, self.config.interfaces,
+                                   self.tc.prog_fds.get(tc.PROG_XDP), self.tc.xdp_error)
         except BaseException:
             if watcher is not None:
                 watcher.stop()
@@ -227,7 +232,8 @@ class EbpfDataplane:
             FrontendInfo(fe.ip, fe.port, PROTOCOL_NAMES.get(fe.proto, str(fe.proto)),
                          L.SCOPE_NAMES.get(fe.scope, str(fe.scope)), fe.service)
             for fe in r.frontends())
-        return Description(self.name, str(self.cgroup or ""), fes)
+        xdp = tuple((o.ifname, o.mode or f"tc: {o.reason}") for o in self.xdp)
+        return Description(self.name, str(self.cgroup or ""), fes, xdp)
 
     def counters(self) -> Stats | None:
         return self.stats

@@ -22,11 +22,11 @@ def remove(config: NodeConfig) -> str:
     filters = 0
     ifaces = config.interfaces + config.pod_interfaces
     if ifaces:
-        from pyagent.dataplanes.ebpf import pod_links, tc
+        from pyagent.dataplanes.ebpf import accel, pod_links, tc
 
         ifaces = tuple(pod_links.expand(ifaces))
-
-        filters = tc.cleanup(config.bpffs, ifaces)
+        # XDP first: it takes packets before the TC programs see them
+        filters = accel.detach(config.interfaces) + tc.cleanup(config.bpffs, ifaces)
     links = socket_lb.detach_all(config.bpffs, config.cgroup)
     pins = socket_lb.cleanup(config.bpffs) + filters
     _remove_dir_or_mount(config.bpffs)

@@ -410,12 +410,13 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
           capacities: socket_lb.Capacities | None = None,
           tc_capacities: TcCapacities | None = None,
           masquerade_cluster_ip: Iterable[int] = (), pod_lb: bool = False,
-          lb_mode: str = "snat") -> TcLB:
+          lb_mode: str = "snat", xdp: bool = False) -> TcLB:
     """Everything an agent start needs, in a hitless order: load (reusing
     the pinned maps and conntrack), write the node config, pin the programs,
     then swap the filters in place. The caller keeps the TcLB open while it
-    runs and close()s it on exit (filters and pins stay)."""
-    lb = load_out_of_process(bpffs, capacities, tc_capacities)  # pins the programs
+    runs and close()s it on exit (filters and pins stay). xdp: load
+    lb_xdp_ingress too (accel.apply attaches it)."""
+    lb = load_out_of_process(bpffs, capacities, tc_capacities, xdp=xdp)  # pins them
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6,
                           masquerade_cluster_ip=masquerade_cluster_ip, pod_lb=pod_lb,
