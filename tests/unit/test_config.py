@@ -169,3 +169,20 @@ def test_lb_mode_key() -> None:
     assert config_from_dict({"pyagent": {"bpfLbMode": "hybrid"}}).bpf_lb_mode == "hybrid"
     with pytest.raises(ValueError, match=r"pyagent\.bpfLbMode: 'ipip' is not one of"):
         config_from_dict({"pyagent": {"bpfLbMode": "ipip"}})
+
+
+def test_lb_acceleration_key_and_flags() -> None:
+    import argparse
+
+    from pyagent.cli import run
+
+    assert config_from_dict({}).bpf_lb_acceleration == "disabled"
+    on = config_from_dict({"pyagent": {"bpfLbAcceleration": "best-effort"}})
+    assert on.bpf_lb_acceleration == "best-effort"
+    with pytest.raises(ValueError, match=r"pyagent\.bpfLbAcceleration: 'xdp' is not one of"):
+        config_from_dict({"pyagent": {"bpfLbAcceleration": "xdp"}})
+    p = argparse.ArgumentParser()
+    run.add_node_flags(p)
+    for argv in (["--bpf-lb-acceleration", "native"], ["--xdp", "native"]):
+        assert run.node_config(p.parse_args(argv)).bpf_lb_acceleration == "native"
+    assert run.node_config(p.parse_args([])).bpf_lb_acceleration == "disabled"

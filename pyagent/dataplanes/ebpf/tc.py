@@ -42,6 +42,7 @@ PROG_POD_INGRESS = "lb_pod_ingress"
 PROG_EGRESS = "lb_egress"
 PROG_XDP = "lb_xdp_ingress"  # loaded only with xdp=True (xdp.py attaches it)
 PROGRAMS = (PROG_NETDEV_INGRESS, PROG_POD_INGRESS, PROG_EGRESS)
+OTHER_PROGRAMS = {PROG_XDP: "XDP"}  # same source, other types (vagrant/verifier-baseline)
 
 ROLE_NETDEV, ROLE_POD = "netdev", "pod"
 # role -> (ingress program, egress program)
