@@ -78,6 +78,8 @@ class StatsReader(Protocol):
 
     def backend_connections(self) -> dict[str, float]: ...
 
+    def north_south_packets(self) -> dict[str, float]: ...
+
 
 @dataclass(frozen=True)
 class Description:

@@ -75,6 +75,7 @@ class _ScrapeTimeCollector:
         self.map_pressure: ValuesFn | None = None
         self.service_connections: ValuesFn | None = None
         self.backend_connections: ValuesFn | None = None
+        self.north_south_packets: ValuesFn | None = None
 
     def _families(self) -> list[tuple[str, type, str, tuple[str, ...], ValuesFn | None]]:
         return [
@@ -99,6 +100,14 @@ class _ScrapeTimeCollector:
                 "--metrics-per-backend).",
                 ("backend",),
                 self.backend_connections,
+            ),
+            (
+                "pyagent_north_south_packets",
+                CounterMetricFamily,
+                "Packets the TC and XDP programs handled, by verdict (xdp_done: "
+                "finished at XDP, xdp_to_tc: handed to TC untouched).",
+                ("verdict",),
+                self.north_south_packets,
             ),
         ]
 
@@ -293,6 +302,7 @@ class Metrics:
         map_pressure: ValuesFn | None = None,
         service_connections: ValuesFn | None = None,
         backend_connections: ValuesFn | None = None,
+        north_south_packets: ValuesFn | None = None,
     ) -> None:
         """Install the scrape-time callables; None leaves a source unchanged."""
         if map_pressure is not None:
@@ -301,6 +311,8 @@ class Metrics:
             self._scrape.service_connections = service_connections
         if backend_connections is not None:
             self._scrape.backend_connections = backend_connections
+        if north_south_packets is not None:
+            self._scrape.north_south_packets = north_south_packets
 
     def set_refused(self, counts: Mapping[tuple[str, str], int]) -> None:
         """{(reason, map): Services}; the base reasons are exported as zeros."""

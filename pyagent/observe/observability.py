@@ -63,6 +63,7 @@ class Observability:
 
         self.metrics.set_sources(map_pressure=reader("map_pressure"),
                                  service_connections=reader("service_connections"),
+                                 north_south_packets=reader("north_south_packets"),
                                  # opt-in: its series grow with the cluster
                                  backend_connections=reader("backend_connections")
                                  if self.config.metrics_per_backend else None)

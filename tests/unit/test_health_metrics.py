@@ -154,6 +154,7 @@ EXPECTED_METRICS = [
     'pyagent_bpf_map_pressure{map_name="services"}',
     'pyagent_service_new_connections_total{namespace="default",port="http",service="web"}',
     'pyagent_backend_new_connections_total{backend="10.0.0.1:8080/TCP"}',
+    'pyagent_north_south_packets_total{verdict="xdp_done"}',
     "pyagent_sync_errors_total",
     'pyagent_object_errors{kind="Service"}',
 ]
@@ -183,6 +184,7 @@ def test_scrape_shows_every_metric() -> None:
         map_pressure=lambda: {"services": 0.25, "backends": 1.0},
         service_connections=lambda: {"default/web:http": 12},
         backend_connections=lambda: {"10.0.0.1:8080/TCP": 5},
+        north_south_packets=lambda: {"xdp_done": 40, "new": 2},
     )
     host, port, stop = start_metrics_server("127.0.0.1:0", metrics.registry, proxy_mode="ebpf")
     try:
@@ -197,6 +199,7 @@ def test_scrape_shows_every_metric() -> None:
                        '{namespace="default",port="http",service="web"}'] == 12
         assert samples['pyagent_object_errors{kind="Service"}'] == 2
         assert samples['pyagent_object_errors{kind="Node"}'] == 0
+        assert samples['pyagent_north_south_packets_total{verdict="xdp_done"}'] == 40
         assert get(f"http://127.0.0.1:{port}/proxyMode")[2] == b"ebpf"
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:

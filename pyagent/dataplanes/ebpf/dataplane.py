@@ -83,7 +83,8 @@ class EbpfDataplane:
 
             tc.set_pod_lb(self.tc.maps, False)
         self._adopt()
-        self.stats = Stats(self.lb.maps, lambda: self.reconciler)
+        self.stats = Stats(self.lb.maps, lambda: self.reconciler,
+                           self.tc.maps.lb_tc_stats if self.tc else None)
         self._attached = False
         self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
                                       cgroup=self.cgroup)

@@ -15,9 +15,20 @@ class Stats:
     """`reconciler` returns the dataplane's current one (it is rebuilt after
     a failed sync), read through its typed API only."""
 
-    def __init__(self, maps: LBMaps, reconciler: Callable[[], Reconciler | None]) -> None:
+    def __init__(self, maps: LBMaps, reconciler: Callable[[], Reconciler | None],
+                 tc_stats: Map | None = None) -> None:
         self.maps = maps
         self.reconciler = reconciler
+        self.tc_stats = tc_stats  # lb_tc_stats when the TC programs run
+
+    def north_south_packets(self) -> dict[str, float]:
+        """lb_tc_stats by verdict name, summed over CPUs ({} without TC)."""
+        if self.tc_stats is None:
+            return {}
+        from pyagent.dataplanes.ebpf.layout import TcStat
+
+        counts = _column(self.tc_stats, 0)
+        return {s.name.lower(): counts[s] for s in TcStat if s < len(counts)}
 
     def map_pressure(self) -> dict[str, float]:
         """Fill of the maps the agent writes, from its own bookkeeping (no
