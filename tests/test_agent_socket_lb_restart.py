@@ -34,7 +34,7 @@ def test_restart_into_the_default_scope_hands_pods_back(cluster: Cluster) -> Non
         raise
     try:
         assert second.balancing() == {"socketLB": "every namespace", "socketLBExcluded": 0,
-                                      "lbMode": "snat", "podLB": False}
+                                      "lbMode": "snat", "podLB": False, "xdp": {}}
         car = Sidecar(cluster, n0.pods[0].ns, n0.cgroup)
         try:
             for vip in (CIP4, CIP6):

@@ -227,7 +227,7 @@ def test_status_and_include(cluster: Cluster, agent: Agent) -> None:
     assert len(status["excludedNetnsCookies"]) == (agent.mode == "opt-out")
     assert agent.balancing() == {"socketLB": "host namespace only" if agent.mode == "hostns-only"
                  else "every namespace", "socketLBExcluded": int(agent.mode == "opt-out"),
-                 "lbMode": "snat", "podLB": True}
+                 "lbMode": "snat", "podLB": True, "xdp": {}}
     if agent.mode != "opt-out":
         return
     pod0 = cluster.nodes[0].pods[0]
