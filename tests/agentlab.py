@@ -189,7 +189,8 @@ def wait_for_marker(bpffs: str, marker: dict, proc: subprocess.Popen | None, log
     from pyagent.observe import statusfile
 
     name = f"pyagent-test/{marker['metadata']['name']}:m"
-    deadline = time.monotonic() + timeout
+    # a VM under TCG compiles about 15x slower (vagrant/qemu-run sets the scale)
+    deadline = time.monotonic() + timeout * float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
     while time.monotonic() < deadline:
         st = statusfile.read(bpffs)
         if st and name in {fe["service"] for fe in st.get("frontends", [])}:

@@ -318,7 +318,7 @@ def test_nodeport_tc_path_under_sigkill_and_endpoint_churn() -> None:
         marker = write(sets[0])
         proc = start()
         try:
-            wait_for_marker(str(node.bpffs), marker, proc, log, timeout=120 * SCALE)
+            wait_for_marker(str(node.bpffs), marker, proc, log, timeout=120)
             stop = c.tmp / "stop"  # the clients run until it exists
             common = ["--count", "10000000", "--duration", "600", "--until", str(stop),
                       "--timeout", "3"]
@@ -342,7 +342,7 @@ def test_nodeport_tc_path_under_sigkill_and_endpoint_churn() -> None:
             marker = write(sets[1])  # changed while no agent runs
             time.sleep(1)
             proc = start()
-            wait_for_marker(str(node.bpffs), marker, proc, log, timeout=90 * SCALE)
+            wait_for_marker(str(node.bpffs), marker, proc, log, timeout=90)
             for members in sets[2:]:
                 time.sleep(2.5)
                 marker = write(members)
