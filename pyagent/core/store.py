@@ -187,6 +187,12 @@ class ServiceStore:
         self._cache[key] = state
         return state
 
+    def warm(self) -> None:
+        """Compute (and cache) every Service's state now, e.g. while the
+        dataplane is still being set up, so that the first sync finds it."""
+        for key in self._services:
+            self.state_for(key)
+
     def full_state(self) -> DesiredState:
         ports = [s for key in sorted(self._services) for s in self.state_for(key)]
         ports.sort(key=lambda s: s.key)

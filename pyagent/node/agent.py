@@ -158,6 +158,16 @@ class Agent:
                              getattr(err, "map", ""), str(err))
                      for svc, err in sorted(self.errors.items()))
 
+    def prepare(self) -> bool:
+        """Compute every Service's state ahead of the first sync (it is cached
+        until an object changes); False, doing nothing, until every kind was
+        listed. Meant for the wait while the dataplane is set up."""
+        with self.lock:
+            if not self.store.synced():
+                return False
+            self.store.warm()
+            return True
+
     def start(self) -> None:
         self.dataplane.setup()
         self.runner.start()

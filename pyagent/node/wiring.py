@@ -190,6 +190,10 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
     setting_up.start()
     try:
         source.start()
+        # The Services' states are computed while the compile may still run
+        # (one core for clang, one for this), not after it.
+        while setting_up.is_alive() and not agent.prepare():
+            setting_up.join(0.05)
     finally:
         setting_up.join()
     if setup_error:

@@ -179,3 +179,41 @@ def test_pending_counts_the_changes_that_arrived_during_the_sync(tmp_path, monke
         assert rec.reports[1].pending == (0, 0)
     finally:
         agent.stop()
+
+
+def test_states_prepared_during_setup_are_used_and_never_stale(tmp_path, monkeypatch) -> None:
+    """prepare() (run while the BPF compile runs) computes every Service's
+    state; the first sync reuses it, except where an object changed since."""
+    from pyagent.core import store as store_mod
+
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path))
+    computed: list[str] = []
+    real = store_mod.compute_service_state
+
+    def counting(ports, *args, **kw):  # type: ignore[no-untyped-def]
+        computed.append(ports[0].name)
+        return real(ports, *args, **kw)
+
+    monkeypatch.setattr(store_mod, "compute_service_state", counting)
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    agent, dp, _ = make(config)
+    agent.sink.replace("Service", [svc("a", "10.96.0.1"), svc("b", "10.96.0.2")])
+    agent.sink.replace("EndpointSlice", [])
+    assert agent.prepare() is False and computed == []  # Nodes not listed yet
+    agent.sink.replace("Node", [])
+    assert agent.prepare() is True and sorted(computed) == ["a", "b"]
+    computed.clear()
+    changed = svc("b", "10.96.0.2")
+    changed["metadata"]["resourceVersion"] = "2"
+    changed["spec"]["ports"][0]["port"] = 81
+    agent.sink.upsert("Service", changed)
+    agent.start()
+    try:
+        wait(lambda: dp.syncs)
+        assert "a" not in computed  # from prepare(); b changed after it
+        assert computed.count("b") == 1
+        assert dp.syncs[0][1] is True
+        assert {p.service.port for p in dp.programmed[("ns", "b")]} == {81}
+    finally:
+        agent.stop()
