@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
@@ -69,14 +70,26 @@ class EbpfDataplane:
         layout upgrade (new, empty maps) no connection ever sees them empty."""
         caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
                                                    self.config.bpf_lb_rev_nat_map_max)
-        self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
-        # Make-before-break across a scope change: the TC programs balance
-        # pods (POD_LB) before the socket LB starts skipping them, and stop
-        # only once it no longer does.
-        skipped_before = sock_scope.skips_pods(self.lb.maps)
-        skips = self._check_scope()
+        tc_loaded = None
         if self.config.interfaces or self.config.pod_interfaces:
-            self._setup_tc(caps, pod_lb=skips or skipped_before)
+            from pyagent.dataplanes.ebpf import parallel_load, tc
+
+            tc_loaded = parallel_load.start_tc_load(
+                self.bpffs, caps, tc.TcCapacities.for_lb_map_max(self.config.bpf_lb_map_max),
+                xdp=self.config.bpf_lb_acceleration != accel.DISABLED)
+        try:
+            self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
+            # Make-before-break across a scope change: the TC programs balance
+            # pods (POD_LB) before the socket LB starts skipping them, and stop
+            # only once it no longer does.
+            skipped_before = sock_scope.skips_pods(self.lb.maps)
+            skips = self._check_scope()
+        except BaseException:
+            if tc_loaded is not None:
+                parallel_load.discard(tc_loaded)
+            raise
+        if tc_loaded is not None:
+            self._setup_tc(tc_loaded, pod_lb=skips or skipped_before)
         self._scope()
         if self.tc is not None and skipped_before and not skips:
             from pyagent.dataplanes.ebpf import tc
@@ -89,31 +102,32 @@ class EbpfDataplane:
         self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
                                       cgroup=self.cgroup)
 
-    def _setup_tc(self, caps: socket_lb.Capacities, pod_lb: bool) -> None:
-        """The TC programs on the node and pod interfaces; pod interface
-        patterns (`veth+`) are followed as links come and go."""
+    def _setup_tc(self, loaded: Callable[[], Any], pod_lb: bool) -> None:
+        """The TC programs (`loaded` waits for their load: parallel_load) on
+        the node and pod interfaces; pod interface patterns (`veth+`) are
+        followed as links come and go."""
         assert self.lb is not None
-        from pyagent.dataplanes.ebpf import tc
+        from pyagent.dataplanes.ebpf import parallel_load, tc
 
         ips = self.config.node_ips
         watcher = None
-        if pod_links.prefixes(self.config.pod_interfaces):
-            # subscribed before the links are listed: none slips between
-            watcher = pod_links.PodLinkWatcher(
-                self.config.pod_interfaces, lambda name: tc.attach(self.tc, pods=[name]))
         try:
+            if pod_links.prefixes(self.config.pod_interfaces):
+                # subscribed before the links are listed: none slips between
+                watcher = pod_links.PodLinkWatcher(
+                    self.config.pod_interfaces, lambda name: tc.attach(self.tc, pods=[name]))
+        except BaseException:
+            parallel_load.discard(loaded)
+            raise
+        try:
+            lb = loaded()
             pods = pod_links.expand(self.config.pod_interfaces)
-            self.tc = tc.setup(self.bpffs, self.config.interfaces, pods,
-                               snat_ip4=next((ip for ip in ips if ":" not in ip), None),
-                               snat_ip6=next((ip for ip in ips if ":" in ip), None),
-                               capacities=caps,
-                               tc_capacities=tc.TcCapacities.for_lb_map_max(
-                                   self.config.bpf_lb_map_max),
-                               masquerade_cluster_ip=cluster_ip_masquerade_families(
-                                   self.config),
-                               pod_lb=pod_lb,
-                               lb_mode=self.config.bpf_lb_mode,
-                               xdp=self.config.bpf_lb_acceleration != accel.DISABLED)
+            tc.configure(lb, self.config.interfaces, pods,
+                         snat_ip4=next((ip for ip in ips if ":" not in ip), None),
+                         snat_ip6=next((ip for ip in ips if ":" in ip), None),
+                         masquerade_cluster_ip=cluster_ip_masquerade_families(self.config),
+                         pod_lb=pod_lb, lb_mode=self.config.bpf_lb_mode)
+            self.tc = lb
             # after TC is in place: XDP only ever takes over from it
             self.xdp = accel.apply(self.config.bpf_lb_acceleration, self.config.interfaces,
                                    self.tc.prog_fds.get(tc.PROG_XDP), self.tc.xdp_error)

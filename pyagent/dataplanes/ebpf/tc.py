@@ -37,6 +37,7 @@ from pyagent.dataplanes.ebpf import loader, socket_lb
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "tc_nat.c")
+MAPS_SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "maps.c")  # the pins, no programs
 PROG_NETDEV_INGRESS = "lb_netdev_ingress"
 PROG_POD_INGRESS = "lb_pod_ingress"
 PROG_EGRESS = "lb_egress"
@@ -214,6 +215,28 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
     lb = TcLB(b, prog_fds, tc_maps, lb_maps)
     lb.xdp_error = xdp_error
     return lb
+
+
+def pins_ready(bpffs: str, capacities: socket_lb.Capacities | None = None,
+               tc_capacities: TcCapacities | None = None) -> bool:
+    """Every map of the socket LB and the TC programs is pinned with this
+    layout and these sizes: their loads then create and replace nothing."""
+    lb_sizes = (capacities or socket_lb.Capacities()).defines()
+    tc_sizes = (tc_capacities or TcCapacities()).defines()
+    return (all(os.path.exists(spec.pin_path(bpffs)) for spec in (*L.MAPS.values(),
+                                                                 *L.TC_MAPS.values()))
+            and not socket_lb.incompatible_pins(bpffs, L.MAPS, lb_sizes)
+            and not socket_lb.incompatible_pins(bpffs, L.TC_MAPS, tc_sizes))
+
+
+def pin_maps(bpffs: str, capacities: socket_lb.Capacities | None = None,
+             tc_capacities: TcCapacities | None = None) -> None:
+    """Create (or replace where incompatible) every pinned map of the socket
+    LB and the TC programs, in a child loading bpf_src/maps.c, so that the
+    two programs' loads can then run at the same time."""
+    sizes = {**(capacities or socket_lb.Capacities()).defines(),
+             **(tc_capacities or TcCapacities()).defines()}
+    loader.run_child(__name__, bpffs, sizes, "the pinned maps", extra_args=["--maps-only"])
 
 
 def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
@@ -418,6 +441,17 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     runs and close()s it on exit (filters and pins stay). xdp: load
     lb_xdp_ingress too (accel.apply attaches it)."""
     lb = load_out_of_process(bpffs, capacities, tc_capacities, xdp=xdp)  # pins them
+    configure(lb, netdevs, pods, netns, snat_ip4, snat_ip6, masquerade_cluster_ip,
+              pod_lb, lb_mode)
+    return lb
+
+
+def configure(lb: TcLB, netdevs: Iterable[str], pods: Iterable[str] = (),
+              netns: str | None = None, snat_ip4: str | None = None,
+              snat_ip6: str | None = None, masquerade_cluster_ip: Iterable[int] = (),
+              pod_lb: bool = False, lb_mode: str = "snat") -> None:
+    """setup() after the load (load_out_of_process): the node config, then
+    the filters; closes `lb` if either fails."""
     try:
         write_node_config(lb.maps, snat_ip4=snat_ip4, snat_ip6=snat_ip6,
                           masquerade_cluster_ip=masquerade_cluster_ip, pod_lb=pod_lb,
@@ -426,7 +460,6 @@ def setup(bpffs: str, netdevs: Iterable[str], pods: Iterable[str] = (),
     except BaseException:
         lb.close()
         raise
-    return lb
 
 
 # ---------------------------------------------------------------- attach
@@ -614,6 +647,8 @@ def main() -> int:
     ap.add_argument("--size", action="append", default=[], metavar="DEFINE=N",
                     help="a capacity -D define of the socket LB or the TC maps")
     ap.add_argument("--xdp", action="store_true", help="also load and pin lb_xdp_ingress")
+    ap.add_argument("--maps-only", action="store_true",
+                    help="create every pinned map (of the socket LB too), load no program")
     args = ap.parse_args()
     sizes = {d: int(v) for d, v in (item.split("=", 1) for item in args.size)}
     tc_fields = {"LB_CT_MAP_MAX": "ct", "LB_SRC_RANGE_MAP_MAX": "src_range",
@@ -623,11 +658,19 @@ def main() -> int:
         {d: v for d, v in sizes.items() if d not in tc_fields})
     # As for the socket LB's maps: a TC map of another layout or size is
     # replaced loudly (conntrack starts empty), never reused.
-    if os.path.isdir(socket_lb.maps_dir(args.bpffs)):
-        for path, why in socket_lb.incompatible_pins(args.bpffs, L.TC_MAPS,
-                                                    tc_caps.defines()):
+    replaced = [(L.TC_MAPS, tc_caps.defines())]
+    if args.maps_only:
+        replaced.append((L.MAPS, caps.defines()))
+    for specs, sizes in replaced if os.path.isdir(socket_lb.maps_dir(args.bpffs)) else ():
+        for path, why in socket_lb.incompatible_pins(args.bpffs, specs, sizes):
             print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
             fs.unpin(path)
+    if args.maps_only:
+        fs.ensure(args.bpffs)
+        os.makedirs(socket_lb.maps_dir(args.bpffs), exist_ok=True)
+        compiler.compile_file(MAPS_SOURCE, [socket_lb.BPF_SRC_DIR],
+                              defines(args.bpffs, caps, tc_caps)).cleanup()
+        return 0
     fs.unpin(prog_pin_path(args.bpffs, PROG_XDP))  # never a stale one
     lb = load(args.bpffs, caps, tc_caps, xdp=args.xdp)
     try:

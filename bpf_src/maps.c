@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Every pinned map of the socket LB and the TC programs, and no real
+ * program: a load of this file (about 0.3 s) creates the pins, after which
+ * sock_lb.c and tc_nat.c compile side by side and only reuse them (two
+ * loads creating the same pin at once would race). One stub function
+ * makes BCC emit the BTF that lb_sk_backend (sk_storage) needs.
+ */
+#include <uapi/linux/bpf.h>
+
+#include "lib/tc_maps.h"
+
+int lb_maps_only(struct __sk_buff *skb)
+{
+	return 0;
+}
