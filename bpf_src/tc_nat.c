@@ -835,6 +835,8 @@ int lb_egress(struct __sk_buff *skb)
  * fast-path shapes (lib/xdp_pkt.h), the rest handed to TC untouched. A
  * packet XDP finished carries LB_XDP_MARK in its metadata, so TC skips it;
  * without room for metadata XDP does nothing. */
+/* LB_NO_XDP: the agent leaves it out when no interface gets XDP. */
+#ifndef LB_NO_XDP
 int lb_xdp_ingress(struct xdp_md *ctx)
 {
 	void *meta, *data;
@@ -857,3 +859,4 @@ int lb_xdp_ingress(struct xdp_md *ctx)
 		*(__u32 *)meta = LB_XDP_MARK;
 	return XDP_PASS;
 }
+#endif /* LB_NO_XDP */
