@@ -439,7 +439,10 @@ static __always_inline __be16 snat_reserve(int fam, const struct lb_node_config 
 					   union ct_val *reply)
 {
 	union ct_key key;
-	__u32 hash = lb_flow_hash(p);
+	/* A random start, not the flow's hash alone: when all SNAT_PORT_TRIES
+	 * ports are taken the packet is dropped, and the retransmission must
+	 * probe other ports, not the same ones again while others are free. */
+	__u32 hash = lb_flow_hash(p) ^ bpf_get_prandom_u32();
 
 	ct_key(fam, &key, baddr, naddr, bport, 0, p->proto, LB_CT_INGRESS);
 #pragma unroll

@@ -187,6 +187,43 @@ def test_distinct_clients_get_distinct_snat_ports(lb):
     assert len(seen) == 100
 
 
+def test_a_retransmitted_syn_probes_other_masquerade_ports(lb):
+    """A new flow whose probed ports are all taken is dropped; the client's
+    retransmission must probe others, or the connection fails for good
+    while the range still has free ports."""
+    from pyagent.dataplanes.ebpf import tc
+
+    port = next(_ports)
+    backend = (REMOTE4[1], 9191)  # its reply entries are only this test's
+    frontend(lb, NODE4, port, "TCP", [(*backend, False)], F.NODE_PORT | F.MASQUERADE)
+    tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6, port_min=62000,
+                         port_max=62063)
+
+    def syn(cport: int) -> tuple[int, int]:
+        """(verdict, masquerade port): the port is reserved at ingress."""
+        ret, out = ingress(lb, P.build(CLIENT4, NODE4, "TCP", cport, port))
+        if ret != OK:
+            return ret, 0
+        _, out = egress(lb, out)
+        return ret, parsed(out).sport
+
+    try:
+        used: set[int] = set()
+        for cport in range(42000, 42200):
+            ret, snat = syn(cport)
+            if ret == SHOT:
+                break
+            used.add(snat)
+        assert ret == SHOT and len(used) < 64, used  # a drop, with ports still free
+        for _ in range(50):  # the client's retransmissions
+            ret, snat = syn(cport)
+            if ret == OK:
+                break
+        assert ret == OK and snat not in used
+    finally:
+        tc.write_node_config(lb.maps, snat_ip4=NODE4, snat_ip6=NODE6)
+
+
 def test_local_only_frontend_without_masquerade_keeps_source(lb):
     port = next(_ports)
     frontend(lb, NODE4, port, "UDP", [(LOCAL4[2], 5353, True)], F.NODE_PORT | F.LOCAL_ETP)
