@@ -31,22 +31,6 @@ LOCAL_PORTS = [("http", "TCP", 80, 8080, 30181), ("dns", "UDP", 53, 5353, 30154)
 NODEPORT = {("cluster", "tcp"): 30180, ("cluster", "udp"): 30153,
             ("local", "tcp"): 30181, ("local", "udp"): 30154}
 
-OFFLOADS_OFF = """
-import sys
-from pyroute2 import IPRoute
-from pyroute2.ethtool import Ethtool
-e = Ethtool()
-for link in IPRoute().get_links():
-    info = link.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
-        continue
-    name = link.get_attr("IFLA_IFNAME")
-    f = e.get_features(name)
-    for k in ("tx-checksum-ip-generic", "rx-checksum"):
-        f.features[k].enable = False
-    e.set_features(name, f)
-"""
-
 # Another tool's XDP program, to be left alone.
 OTHER_XDP = """
 import sys
@@ -76,10 +60,7 @@ def objects(c: Cluster) -> list[dict]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     with Cluster(nodes=2, pods_per_node=2, tcp_ports=(8080,), udp_ports=(5353,)) as c:
-        for ns in [c.fabric_ns, c.client_ns, *(n.ns for n in c.nodes),
-                   *(p.ns for p in c.pods)]:
-            subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", OFFLOADS_OFF],
-                           check=True)
+        c.wire_checksums()
         yield c
 
 

@@ -65,6 +65,22 @@ def node_ip6(n: int) -> str:
     return f"{FABRIC6}{10 + n:x}"
 
 
+_OFFLOADS_OFF = """
+from pyroute2 import IPRoute
+from pyroute2.ethtool import Ethtool
+e = Ethtool()
+for link in IPRoute().get_links():
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "veth":
+        continue
+    name = link.get_attr("IFLA_IFNAME")
+    f = e.get_features(name)
+    for k in ("tx-checksum-ip-generic", "rx-checksum"):
+        f.features[k].enable = False
+    e.set_features(name, f)
+"""
+
+
 @dataclass
 class Node:
     index: int
@@ -227,6 +243,15 @@ class Cluster:
         for cidr in ranges:
             via = node.ip6 if ":" in cidr else node.ip4
             sh("ip", "-n", self.client_ns, "route", "replace", cidr, "via", via)
+
+    def wire_checksums(self) -> None:
+        """Checksum offloads off on every veth of the lab, so that packets
+        carry complete checksums as a NIC's wire traffic does (a veth passes
+        CHECKSUM_PARTIAL on, which XDP cannot tell: docs/north-south.md)."""
+        namespaces = [self.fabric_ns, self.client_ns, *(n.ns for n in self.nodes),
+                      *(p.ns for p in self.pods)]
+        for ns in namespaces:
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", _OFFLOADS_OFF)
 
     # -- accessors ----------------------------------------------------------
     @property
