@@ -220,16 +220,21 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
     return lb
 
 
+def _sizes(capacities: socket_lb.Capacities | None,
+           tc_capacities: TcCapacities | None) -> dict[str, int]:
+    """The capacity -D defines of both map sets, as a loader child takes them."""
+    return {**(capacities or socket_lb.Capacities()).defines(),
+            **(tc_capacities or TcCapacities()).defines()}
+
+
 def pins_ready(bpffs: str, capacities: socket_lb.Capacities | None = None,
                tc_capacities: TcCapacities | None = None) -> bool:
     """Every map of the socket LB and the TC programs is pinned with this
     layout and these sizes: their loads then create and replace nothing."""
-    lb_sizes = (capacities or socket_lb.Capacities()).defines()
-    tc_sizes = (tc_capacities or TcCapacities()).defines()
-    return (all(os.path.exists(spec.pin_path(bpffs)) for spec in (*L.MAPS.values(),
-                                                                 *L.TC_MAPS.values()))
-            and not socket_lb.incompatible_pins(bpffs, L.MAPS, lb_sizes)
-            and not socket_lb.incompatible_pins(bpffs, L.TC_MAPS, tc_sizes))
+    sizes = _sizes(capacities, tc_capacities)
+    specs = {**L.MAPS, **L.TC_MAPS}
+    return (all(os.path.exists(spec.pin_path(bpffs)) for spec in specs.values())
+            and not socket_lb.incompatible_pins(bpffs, specs, sizes))
 
 
 def pin_maps(bpffs: str, capacities: socket_lb.Capacities | None = None,
@@ -237,9 +242,8 @@ def pin_maps(bpffs: str, capacities: socket_lb.Capacities | None = None,
     """Create (or replace where incompatible) every pinned map of the socket
     LB and the TC programs, in a child loading bpf_src/maps.c, so that the
     two programs' loads can then run at the same time."""
-    sizes = {**(capacities or socket_lb.Capacities()).defines(),
-             **(tc_capacities or TcCapacities()).defines()}
-    loader.run_child(__name__, bpffs, sizes, "the pinned maps", extra_args=["--maps-only"])
+    loader.run_child(__name__, bpffs, _sizes(capacities, tc_capacities), "the pinned maps",
+                     extra_args=["--maps-only"])
 
 
 def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
@@ -250,9 +254,7 @@ def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = No
     never enter the agent. The child replaces incompatible TC pins. xdp:
     also lb_xdp_ingress; a verifier that refuses it fails only that
     (the TcLB's xdp_error says why; the TC programs load as ever)."""
-    sizes = {**(capacities or socket_lb.Capacities()).defines(),
-             **(tc_capacities or TcCapacities()).defines()}
-    said = loader.run_child(__name__, bpffs, sizes, "the TC programs",
+    said = loader.run_child(__name__, bpffs, _sizes(capacities, tc_capacities), "the TC programs",
                             extra_args=["--xdp"] if xdp else [])
     xdp_error = next((line.removeprefix(XDP_REFUSED) for line in said.splitlines()
                       if line.startswith(XDP_REFUSED)), None)
