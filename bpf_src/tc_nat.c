@@ -823,10 +823,14 @@ int lb_netdev_ingress(struct __sk_buff *skb)
 	return handle(skb, AT_TC, LB_CT_INGRESS, SERVICES_NETDEV);
 }
 
+/* LB_NO_POD_INGRESS: the agent leaves it out on a node without pod
+ * interfaces. */
+#ifndef LB_NO_POD_INGRESS
 int lb_pod_ingress(struct __sk_buff *skb)
 {
 	return handle(skb, AT_TC, LB_CT_INGRESS, SERVICES_POD);
 }
+#endif
 
 int lb_egress(struct __sk_buff *skb)
 {

@@ -46,10 +46,17 @@ def compile_file(
     include_dirs: list[str] | None = None,
     defines: Mapping[str, DefineValue] | None = None,
     debug: int = 0,
+    debug_info: bool = True,
 ) -> Any:
-    """A bcc.BPF for src_file. Creates (or reuses pinned) maps, loads nothing."""
+    """A bcc.BPF for src_file. Creates (or reuses pinned) maps, loads nothing.
+
+    debug_info False compiles without -g (no BTF, no line info): a third
+    less time for a large program, but a map that needs BTF to be created
+    (sk_storage) can then only be reused from a pin."""
     src_dir = os.path.dirname(os.path.abspath(src_file))
     flags = cflags(include_dirs or [src_dir], defines or {})
+    if not debug_info:
+        flags.append("-g0")  # after BCC's own -g: the last one counts
     return _bcc().BPF(src_file=src_file.encode(), cflags=flags, debug=debug)
 
 

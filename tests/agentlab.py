@@ -136,13 +136,23 @@ class AgentLab:
                     f"{b['address']}:{b['port']}" for b in s["backends"])
         return out
 
+    def synced(self) -> bool:
+        """The running agent finished a sync (its status file says so): its
+        first full sync has put the programs in place, not only filled the
+        maps (which it does while they still compile)."""
+        from pyagent.observe import statusfile
+
+        st = statusfile.read(self.bpffs)
+        return bool(st) and (self.proc is None or st.get("pid") == self.proc.pid)
+
     def wait(self, cond: Callable[[dict], bool], what: str, timeout: float = 30) -> dict:
+        """Until the maps meet `cond`, once the agent has synced."""
         # under qemu without KVM (vagrant/qemu-run) everything is ~10x slower
         timeout *= float(os.environ.get("PYAGENT_TIMEOUT_SCALE", "1"))
         deadline = time.monotonic() + timeout
         while True:
             fes = self.frontends()
-            if cond(fes):
+            if cond(fes) and self.synced():
                 return fes
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"agent exited while waiting for {what}:\n{self.logs()}")

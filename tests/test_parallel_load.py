@@ -1,8 +1,10 @@
 """The maps-first start (parallel_load): bpf_src/maps.c pins every map the
 socket LB and the TC programs use, with the layout's types and sizes, so the
 two loads that then run at once create no map of their own (the same map
-ids before and after) and each finds every map it needs. And a TC load
-without XDP compiles no lb_xdp_ingress (a fifth of its compile time)."""
+ids before and after) and each finds every map it needs; the eBPF dataplane
+fills those maps while the programs still load and attaches them only
+then. And a TC load without XDP (or without pod interfaces) compiles no
+lb_xdp_ingress (lb_pod_ingress)."""
 
 from __future__ import annotations
 
@@ -53,10 +55,12 @@ def test_maps_first_then_both_loads_at_once(bpffs: str) -> None:
     tc.pin_maps(bpffs, CAPS, TC_CAPS)
     assert tc.pins_ready(bpffs, CAPS, TC_CAPS)  # every pin, types and sizes as configured
     before = map_ids(bpffs)
-    loaded = parallel_load.start_tc_load(bpffs, CAPS, TC_CAPS, xdp=True)
-    assert any(t.name == "tc-load" for t in threading.enumerate())  # not waiting for us
-    lb = socket_lb.load_out_of_process(bpffs, CAPS)
-    tc_lb = loaded()
+    loads = parallel_load.start(bpffs, CAPS, TC_CAPS, xdp=True)
+    assert loads.pinned
+    names = {t.name for t in threading.enumerate()}
+    assert {"tc-load", "sock-lb-load"} <= names  # not waiting for us
+    lb = loads.socket_lb()
+    tc_lb = loads.tc()
     try:
         assert map_ids(bpffs) == before  # neither load made a map of its own
         assert set(tc_lb.prog_fds) == {*tc.PROGRAMS, tc.PROG_XDP}
@@ -73,12 +77,71 @@ def test_maps_first_then_both_loads_at_once(bpffs: str) -> None:
     assert after["lb4_ct"] != before["lb4_ct"] and after["lb4_services"] == before["lb4_services"]
 
 
-def test_without_xdp_the_compile_leaves_lb_xdp_ingress_out() -> None:
+def test_a_node_without_tc_pins_only_the_socket_lb_maps(bpffs: str) -> None:
+    tc.pin_maps(bpffs, CAPS, tc_maps=False)
+    assert tc.pins_ready(bpffs, CAPS, tc_maps=False)
+    assert not any(os.path.exists(s.pin_path(bpffs)) for s in layout.TC_MAPS.values())
+    assert not tc.pins_ready(bpffs, CAPS)  # the TC maps would be missing
+
+
+def test_unused_programs_are_left_out_of_the_compile() -> None:
     from ebpf import compiler
 
     with tc.load(None, CAPS, TC_CAPS, xdp=False) as lb:
         assert set(lb.prog_fds) == set(tc.PROGRAMS)
         with pytest.raises(Exception, match="lb_xdp_ingress"):
             compiler.load_prog(lb.bpf, tc.PROG_XDP, compiler.PROG_TYPE_XDP)
-    with tc.load(None, CAPS, TC_CAPS, xdp=True) as lb:
-        assert tc.PROG_XDP in lb.prog_fds
+    with tc.load(None, CAPS, TC_CAPS, xdp=True, pods=False) as lb:
+        assert set(lb.prog_fds) == {tc.PROG_NETDEV_INGRESS, tc.PROG_EGRESS, tc.PROG_XDP}
+        with pytest.raises(Exception, match="lb_pod_ingress"):
+            compiler.load_prog(lb.bpf, tc.PROG_POD_INGRESS, compiler.PROG_TYPE_SCHED_CLS)
+
+
+def test_the_maps_fill_while_the_socket_lb_loads(lab, monkeypatch) -> None:
+    """setup() returns with the load still running; the first full sync
+    writes the maps before the programs are attached, then attaches them
+    once loaded: the VIP answers, from the backend."""
+    from pyagent.core.config import NodeConfig
+    from pyagent.core.store import ServiceStore
+    from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
+    from tests.agentlab import service, slice_
+    from tests.bench.bench_ebpf import states
+
+    gate = threading.Event()
+    real = socket_lb.load_out_of_process
+
+    def held(*args, **kw):  # type: ignore[no-untyped-def]
+        assert gate.wait(120)
+        return real(*args, **kw)
+    monkeypatch.setattr(socket_lb, "load_out_of_process", held)
+    config = NodeConfig(node_name="node-1", node_ips=("10.244.0.1",),
+                        bpffs=str(lab.bpffs / "staged"), cgroup=str(lab.cgroup))
+    store = ServiceStore(config)
+    pod = lab.pods[1]
+    store.replace("Service", [service("web", ["10.96.7.7"], [("http", "TCP", 80)])])
+    store.replace("EndpointSlice", [slice_("web", "web-1", 4, [("http", "TCP", 8080)],
+                                           [(pod.ip4, True)])])
+    store.replace("Node", [])
+    dp = EbpfDataplane(config)
+    try:
+        dp.setup()
+        assert dp.lb is None and dp.maps is not None  # the load is held: not waited for
+        done: list[object] = []
+        syncing = threading.Thread(target=lambda: done.append(dp.sync(states(store), True)))
+        syncing.start()
+        for _ in range(500):
+            if list(dp.maps.lb4_services.keys()):
+                break
+            threading.Event().wait(0.01)
+        assert list(dp.maps.lb4_services.keys()), "the sync did not fill the maps"
+        assert not any(socket_lb.attached_programs(str(lab.cgroup)).values())
+        assert not done  # the sync waits for the programs
+        gate.set()
+        syncing.join(120)
+        assert done == [{("default", "web"): None}]
+        assert all(socket_lb.attached_programs(str(lab.cgroup)).values())
+        res = lab.client("10.96.7.7", 80, count=5)
+        assert res.counts == {pod.name: 5}
+    finally:
+        gate.set()
+        dp.cleanup()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
@@ -55,6 +55,16 @@ class Dataplane(Protocol):
 
     def counters(self) -> StatsReader | None:
         """Live counters read at scrape time (eBPF), else None."""
+
+
+@runtime_checkable
+class StagedSetup(Protocol):
+    """A dataplane whose setup() returns before its programs are loaded
+    (eBPF: the maps first, the compiles meanwhile); its first full sync
+    puts them in place once loaded."""
+
+    def wait_loaded(self) -> None:
+        """Block until the programs are loaded; raise if one failed."""
 
 
 @dataclass(frozen=True)

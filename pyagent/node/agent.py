@@ -20,9 +20,9 @@ from pyagent.core.model import ServiceKey
 from pyagent.core.sink import Kind, ObjectSink
 from pyagent.core.state import ServicePortState
 from pyagent.core.store import ServiceStore
-from pyagent.dataplanes.base import Dataplane
+from pyagent.dataplanes.base import Dataplane, StagedSetup
 from pyagent.node.heap import release_free_memory
-from pyagent.node.runner import SyncRunner
+from pyagent.node.runner import SKIPPED, SyncRunner
 from pyagent.observe.report import Refused, SyncObserver, SyncReport
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,13 @@ class Agent:
             grouped[(sps.service.namespace, sps.service.name)].append(sps)
         return {k: tuple(v) for k, v in grouped.items()}
 
-    def sync(self, full: bool) -> bool:
-        """One sync; returns False to have the runner retry with backoff."""
+    def sync(self, full: bool) -> bool | object:
+        """One sync; returns False to have the runner retry with backoff,
+        SKIPPED before every kind was listed (never prune from a partial
+        view)."""
         with self.lock:
             if not self.store.synced():
-                return True  # never prune from a partial view
+                return SKIPPED
             triggers = self._triggers + self.store.take_trigger_times()
             self._triggers = []
             changed = self.store.take_changes()
@@ -169,8 +171,17 @@ class Agent:
             return True
 
     def start(self) -> None:
+        """Set the dataplane up and start syncing; with a staged dataplane
+        (its programs load after setup() returns, while the first sync
+        fills its maps) return once they are loaded, raising if one failed."""
         self.dataplane.setup()
         self.runner.start()
+        if isinstance(self.dataplane, StagedSetup):
+            try:
+                self.dataplane.wait_loaded()
+            except BaseException:
+                self.stop()
+                raise
 
     def stop(self) -> None:
         self.runner.stop()

@@ -16,8 +16,19 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-# sync_fn(full=...) -> False (or an exception) means failure; anything else success.
-SyncFn = Callable[..., bool | None]
+
+class _Skipped:
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+# sync_fn(full=...) returns SKIPPED when it had nothing it could sync yet
+# (the store not listed): that does not count as a sync, so the first real
+# one is not held back by min_interval.
+SKIPPED = _Skipped()
+# sync_fn(full=...) -> False (or an exception) means failure; SKIPPED, see
+# above; anything else success.
+SyncFn = Callable[..., bool | None | _Skipped]
 
 
 class Clock(Protocol):
@@ -106,10 +117,13 @@ class SyncRunner:
             full = self._full_pending or periodic
             self._requested = False
             self._full_pending = False
-            self._last_start = now
+            previous, self._last_start = self._last_start, now
         ok = self._call(full)
         with self._lock:
-            if ok:
+            if ok is SKIPPED:
+                self._last_start = previous
+                self._full_pending |= full
+            elif ok:
                 self.failures = 0
                 self._retry_at = None
             else:
@@ -119,12 +133,15 @@ class SyncRunner:
                 self._full_pending = True
             return self._due_locked()
 
-    def _call(self, full: bool) -> bool:
+    def _call(self, full: bool) -> bool | _Skipped:
         try:
-            ok = self._sync_fn(full=full) is not False
+            result = self._sync_fn(full=full)
         except Exception:
             log.exception("%s: sync failed", self._name)
             return False
+        if result is SKIPPED:
+            return SKIPPED
+        ok = result is not False
         if not ok:
             log.warning("%s: sync reported failure", self._name)
         return ok

@@ -178,7 +178,8 @@ def serve(config: NodeConfig, manifests: Path | None, client: Any,
     # thread is joined, and its status file must name the bound ports.
     obs.start()
     # The dataplane's setup (the BPF compiles, in child processes: seconds)
-    # runs while the source lists: the first sync finds the store filled.
+    # runs while the source lists: the first sync finds the store filled
+    # (and with eBPF fills the maps while the programs still compile).
     setup_error: list[BaseException] = []
 
     def setup() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -217,3 +218,62 @@ def test_states_prepared_during_setup_are_used_and_never_stale(tmp_path, monkeyp
         assert {p.service.port for p in dp.programmed[("ns", "b")]} == {81}
     finally:
         agent.stop()
+
+
+class StagedDataplane(FakeDataplane):
+    """setup() returns before the "programs" load; wait_loaded() blocks."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.loaded = threading.Event()
+        self.error = error
+        self.closed = False
+
+    def wait_loaded(self) -> None:
+        assert self.loaded.wait(5)
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def listed(agent: Agent) -> None:
+    agent.sink.replace("Service", [svc("a", "10.96.0.1")])
+    agent.sink.replace("EndpointSlice", [])
+    agent.sink.replace("Node", [])
+
+
+def test_a_staged_dataplane_syncs_while_its_programs_load(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path))
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    dp = StagedDataplane()
+    agent = Agent(config, dp)
+    starting = threading.Thread(target=agent.start)
+    starting.start()
+    try:
+        listed(agent)
+        wait(lambda: dp.syncs)  # the first full sync did not wait for the load
+        assert dp.syncs[0][1] is True and starting.is_alive()  # start() waits for it
+        dp.loaded.set()
+        starting.join(5)
+        assert not starting.is_alive()
+    finally:
+        dp.loaded.set()
+        agent.stop()
+
+
+def test_a_failed_load_fails_the_start_and_stops_syncing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PYAGENT_RUN_DIR", str(tmp_path))
+    config = dataclasses.replace(NodeConfig(node_name="n"), min_sync_period=0.01,
+                                 sync_period=60, bpffs=str(tmp_path / "bpffs"))
+    dp = StagedDataplane(RuntimeError("verifier says no"))
+    agent = Agent(config, dp)
+    dp.loaded.set()
+    with pytest.raises(RuntimeError, match="verifier"):
+        agent.start()
+    assert dp.closed and not agent.runner._thread.is_alive()  # type: ignore[union-attr]
+    listed(agent)
+    time.sleep(0.1)
+    assert dp.syncs == []

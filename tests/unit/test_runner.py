@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pyagent.node.runner import SyncRunner
+from pyagent.node.runner import SKIPPED, SyncRunner
 
 
 class FakeClock:
@@ -186,3 +186,18 @@ def test_stop_wakes_a_waiting_loop_with_real_clock() -> None:
     started = time.monotonic()
     runner.stop()
     assert time.monotonic() - started < 1.0
+
+
+def test_a_skipped_sync_does_not_hold_the_first_real_one_back() -> None:
+    # Before the store is listed the agent's sync does nothing (SKIPPED): the
+    # sync asked for once it is listed runs at once, and is still the full one.
+    runner, rec, clock = make([SKIPPED, SKIPPED])
+    assert runner.run_pending() == float("-inf")  # due at once: nothing ran
+    clock.advance(0.3)
+    runner.request()
+    runner.run_pending()
+    clock.advance(0.2)
+    runner.request()
+    runner.run_pending()
+    assert rec.calls == [(1000.0, True), (1000.3, True), (1000.5, True)]
+    assert runner.next_due() == 1000.5 + 30.0  # the real one counts

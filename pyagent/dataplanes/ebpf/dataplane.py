@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
@@ -19,7 +18,16 @@ from pyagent.core.manifest_dir import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
-from pyagent.dataplanes.ebpf import accel, events, pod_links, removal, sock_scope, socket_lb
+from pyagent.dataplanes.ebpf import (
+    accel,
+    events,
+    parallel_load,
+    pod_links,
+    removal,
+    sock_scope,
+    socket_lb,
+    tc,
+)
 from pyagent.dataplanes.ebpf import layout as L
 from pyagent.dataplanes.ebpf.frontends import (
     Frontend,
@@ -55,72 +63,103 @@ class EbpfDataplane:
         self.config = config
         self.bpffs = config.bpffs
         self.cgroup = config.cgroup or cg.cgroup2_mount()
-        self.lb: socket_lb.SockLB | None = None
+        self.loads: parallel_load.Loads | None = None  # the programs' loads of this start
+        self.maps: socket_lb.LBMaps | None = None  # the pinned maps, opened before the loads end
+        self.tc_maps: tc.TcMaps | None = None
+        self.lb: socket_lb.SockLB | None = None  # the socket LB, once loaded
         self.reconciler: Reconciler | None = None
         self.stats: Stats | None = None
         self._attached = False
-        self.tc = None  # tc.TcLB when the node has TC interfaces
+        self.tc: tc.TcLB | None = None  # the TC programs, once loaded and configured
         self.pod_links: pod_links.PodLinkWatcher | None = None  # pod interface patterns
         self.xdp: list[accel.Outcome] = []  # per node interface: XDP mode or why not
         self.janitor: BackendJanitor | None = None
+        self._skipped_before = self._skips = False  # socket LB scope: see setup
 
     def setup(self) -> None:
-        """Load (reusing pinned maps) and adopt. The programs are attached at
-        the first full sync, once the maps hold the desired state: after a
-        layout upgrade (new, empty maps) no connection ever sees them empty."""
+        """Open (make, if needed) the pinned maps and adopt what they hold; the
+        programs compile meanwhile (parallel_load). They are attached at the
+        first full sync, once the maps hold the desired state and the loads
+        are done: after a layout upgrade (new, empty maps) no connection
+        ever sees them empty, and the first sync's work overlaps the
+        compiles. wait_loaded() raises if a load failed."""
         caps = socket_lb.Capacities.for_lb_map_max(self.config.bpf_lb_map_max,
                                                    self.config.bpf_lb_rev_nat_map_max)
-        tc_loaded = None
-        if self.config.interfaces or self.config.pod_interfaces:
-            from pyagent.dataplanes.ebpf import parallel_load, tc
-
-            tc_loaded = parallel_load.start_tc_load(
-                self.bpffs, caps, tc.TcCapacities.for_lb_map_max(self.config.bpf_lb_map_max),
-                xdp=self.config.bpf_lb_acceleration != accel.DISABLED)
+        with_tc = bool(self.config.interfaces or self.config.pod_interfaces)
+        self.loads = parallel_load.start(
+            self.bpffs, caps,
+            tc.TcCapacities.for_lb_map_max(self.config.bpf_lb_map_max) if with_tc else None,
+            xdp=self.config.bpf_lb_acceleration != accel.DISABLED,
+            pods=bool(self.config.pod_interfaces))
         try:
-            self.lb = socket_lb.load_out_of_process(self.bpffs, caps)
+            if not self.loads.pinned:
+                self.loads.socket_lb()  # it makes the maps
+            self.maps = socket_lb.open_pinned_maps(self.bpffs)
+            if with_tc:
+                if not self.loads.pinned:
+                    self.loads.tc()
+                self.tc_maps = tc.open_pinned_tc_maps(self.bpffs)
             # Make-before-break across a scope change: the TC programs balance
             # pods (POD_LB) before the socket LB starts skipping them, and stop
-            # only once it no longer does.
-            skipped_before = sock_scope.skips_pods(self.lb.maps)
-            skips = self._check_scope()
+            # only once it no longer does (_activate).
+            self._skipped_before = sock_scope.skips_pods(self.maps)
+            self._skips = self._check_scope()
+            if not self._tc_first():
+                self._scope()
+            self._adopt()
         except BaseException:
-            if tc_loaded is not None:
-                parallel_load.discard(tc_loaded)
+            self.close()
             raise
-        if tc_loaded is not None:
-            self._setup_tc(tc_loaded, pod_lb=skips or skipped_before)
-        self._scope()
-        if self.tc is not None and skipped_before and not skips:
-            from pyagent.dataplanes.ebpf import tc
-
-            tc.set_pod_lb(self.tc.maps, False)
-        self._adopt()
-        self.stats = Stats(self.lb.maps, lambda: self.reconciler,
-                           self.tc.maps.lb_tc_stats if self.tc else None)
+        self.stats = Stats(self.maps, lambda: self.reconciler,
+                           self.tc_maps.lb_tc_stats if self.tc_maps else None)
         self._attached = False
-        self.janitor = BackendJanitor(self.lb.maps, self.tc.maps if self.tc else None,
-                                      cgroup=self.cgroup)
+        self.janitor = BackendJanitor(self.maps, self.tc_maps, cgroup=self.cgroup)
 
-    def _setup_tc(self, loaded: Callable[[], Any], pod_lb: bool) -> None:
-        """The TC programs (`loaded` waits for their load: parallel_load) on
-        the node and pod interfaces; pod interface patterns (`veth+`) are
-        followed as links come and go."""
-        assert self.lb is not None
-        from pyagent.dataplanes.ebpf import parallel_load, tc
+    def wait_loaded(self) -> None:
+        """Block until the programs' loads are done; raise if one failed."""
+        assert self.loads is not None, "setup() first"
+        self.loads.wait()
 
+    def _tc_first(self) -> bool:
+        """The TC programs go live before the socket LB's scope changes."""
+        assert self.loads is not None
+        return self.loads.has_tc and (self._skips or self._skipped_before)
+
+    def _activate(self) -> None:
+        """After the first full sync: the programs, as their loads finish. The
+        socket LB first (Services answer from the node and its pods), the
+        TC programs next, unless a scope change needs them first."""
+        assert self.loads is not None
+        if self._tc_first() and self.tc is None:
+            self._setup_tc(pod_lb=True)
+            self._scope()
+            if self._skipped_before and not self._skips:
+                assert self.tc_maps is not None
+                tc.set_pod_lb(self.tc_maps, False)
+        if not self._attached:
+            self.lb = self.loads.socket_lb()
+            self._attach()
+        if self.loads.has_tc and self.tc is None:
+            self._setup_tc(pod_lb=False)
+
+    def _live(self) -> bool:
+        """Every program of this start is in place."""
+        return self._attached and (self.loads is None or not self.loads.has_tc
+                                   or self.tc is not None)
+
+    def _setup_tc(self, pod_lb: bool) -> None:
+        """The TC programs (once their load is done) on the node and pod
+        interfaces; pod interface patterns (`veth+`) are followed as links
+        come and go."""
+        assert self.loads is not None
         ips = self.config.node_ips
         watcher = None
+        if pod_links.prefixes(self.config.pod_interfaces):
+            # subscribed before the links are listed: none slips between
+            watcher = pod_links.PodLinkWatcher(
+                self.config.pod_interfaces, lambda name: tc.attach(self.tc, pods=[name]))
         try:
-            if pod_links.prefixes(self.config.pod_interfaces):
-                # subscribed before the links are listed: none slips between
-                watcher = pod_links.PodLinkWatcher(
-                    self.config.pod_interfaces, lambda name: tc.attach(self.tc, pods=[name]))
-        except BaseException:
-            parallel_load.discard(loaded)
-            raise
-        try:
-            lb = loaded()
+            lb = self.loads.tc()
             pods = pod_links.expand(self.config.pod_interfaces)
             tc.configure(lb, self.config.interfaces, pods,
                          snat_ip4=next((ip for ip in ips if ":" not in ip), None),
@@ -144,16 +183,16 @@ class EbpfDataplane:
     def _check_scope(self) -> bool:
         """Refuse a scope this node cannot serve; True if the socket LB will
         leave some pods to TC (host-namespace-only, or opted-out pods)."""
-        assert self.lb is not None
+        assert self.maps is not None
         only = self.config.socket_lb_host_ns_only
         if only and not self.config.pod_interfaces:
             raise ValueError("socketLBHostNamespaceOnly needs pod interfaces "
                              "(pyagent.podInterfaces / --pod-interface): pods' connections "
                              "are balanced there")
-        if only and not self.lb.variant.features.netns_cookie:
+        if only and not socket_lb.kernel_variant().features.netns_cookie:
             raise ValueError("socketLBHostNamespaceOnly: this kernel has no "
                              "bpf_get_netns_cookie at the socket hooks (Linux 5.7)")
-        excluded = sock_scope.excluded(self.lb.maps)
+        excluded = sock_scope.excluded(self.maps)
         if excluded and not self.config.pod_interfaces:
             log.warning("%d network namespaces opted out of the socket LB, but no pod "
                         "interfaces carry the TC programs: their Service connections are "
@@ -163,13 +202,13 @@ class EbpfDataplane:
     def _scope(self) -> None:
         """The socket LB's scope: host-namespace-only as configured; opted-out
         pods (lb_sock_skip, pinned) stay out across restarts."""
-        assert self.lb is not None
+        assert self.maps is not None
         only = self.config.socket_lb_host_ns_only
-        cfg = sock_scope.configure(self.lb.maps, only,
+        cfg = sock_scope.configure(self.maps, only,
                                    sock_scope.host_netns_cookie() if only else 0)
         if cfg.flags:
             log.info("socket LB scope: %s%s", "host namespace only" if only else "all",
-                     f", {len(sock_scope.excluded(self.lb.maps))} namespaces opted out"
+                     f", {len(sock_scope.excluded(self.maps))} namespaces opted out"
                      if cfg.flags & L.SockFlag.SKIP_LIST else "")
 
     def _attach(self) -> None:
@@ -183,15 +222,15 @@ class EbpfDataplane:
             os.unlink(path)
 
     def _adopt(self) -> None:
-        assert self.lb is not None
-        tc_maps = self.tc.maps if self.tc is not None else None
-        state = decode(read_entries(self.lb.maps))
+        assert self.maps is not None
+        tc_maps = self.tc_maps
+        state = decode(read_entries(self.maps))
         if tc_maps is not None:
             state = with_tc_state(state, tc_maps)
         if state.frontends:
             log.info("adopted %d frontends and %d backends from pinned maps",
                      len(state.frontends), len(state.backend_ids))
-        self.reconciler = Reconciler(KernelWriter(self.lb.maps, tc_maps), state)
+        self.reconciler = Reconciler(KernelWriter(self.maps, tc_maps), state)
 
     def sync(self, states: Mapping[ServiceKey, tuple[ServicePortState, ...]],
              full: bool) -> SyncStatus:
@@ -219,8 +258,8 @@ class EbpfDataplane:
             raise
         if self.janitor is not None:
             self.janitor.removed(self.reconciler.last_released)
-        if full and not self._attached:
-            self._attach()
+        if full and not self._live():
+            self._activate()
         if full:  # a killed `pyagent monitor` must not keep events on for long
             events.prune(self.bpffs)
         log.log(logging.INFO if full or self.reconciler.last_ops > 100 else logging.DEBUG,
@@ -231,6 +270,9 @@ class EbpfDataplane:
     def close(self) -> None:
         if self.janitor is not None:
             self.janitor.wait()
+        if self.loads is not None:  # waits for loads still running
+            self.loads.discard(live=(self.lb, self.tc))
+            self.loads = None
         if self.pod_links is not None:
             self.pod_links.stop()
             self.pod_links = None
@@ -240,6 +282,10 @@ class EbpfDataplane:
         if self.lb:
             self.lb.close()
             self.lb = None
+        for maps in (self.maps, self.tc_maps):
+            if maps is not None:
+                maps.close()
+        self.maps = self.tc_maps = None
 
     def describe(self) -> Description:
         r = self.reconciler

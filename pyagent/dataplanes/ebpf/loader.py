@@ -6,6 +6,7 @@ Shared by the socket LB's and the TC programs' loads."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,20 @@ from collections.abc import Mapping, Sequence
 from ebpf import bpffs as fs
 
 log = logging.getLogger(__name__)
+
+# A loader child's niceness above the agent's: while it compiles, the agent
+# parses its sources and fills the maps, the other half of a start, and on
+# a node the workloads come first too. The compiles still get the CPU the
+# others leave, the socket LB's (which Services from pods and the node
+# need) about three times the TC programs' share while both run.
+NICE_SOCKET_LB = 5
+NICE_TC = 10
+
+
+def child_started(nice: int) -> None:
+    """Called first in a loader child's main: its niceness (see above)."""
+    if nice:
+        os.nice(nice)
 
 
 def run_child(module: str, bpffs: str, sizes: Mapping[str, int], what: str,

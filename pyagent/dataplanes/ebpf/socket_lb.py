@@ -307,6 +307,12 @@ def incompatible_pins(bpffs: str, specs: dict[str, layout.MapSpec] | None = None
     return out
 
 
+def all_pinned(bpffs: str, specs: dict[str, layout.MapSpec]) -> bool:
+    """Every map of `specs` has its pin: a load then creates none, and can
+    compile without debug info (compiler.compile_file)."""
+    return all(os.path.exists(spec.pin_path(bpffs)) for spec in specs.values())
+
+
 def check_pinned_maps(bpffs: str, specs: dict[str, layout.MapSpec] | None = None,
                       sizes: dict[str, Any] | None = None) -> None:
     """Refuse incompatible pinned maps (see incompatible_pins)."""
@@ -352,7 +358,8 @@ def load(bpffs: str, capacities: Capacities | None = None,
     fs.ensure(bpffs)
     os.makedirs(maps_dir(bpffs), exist_ok=True)
     check_pinned_maps(bpffs, sizes=(capacities or Capacities()).defines())
-    b = compiler.compile_file(SOURCE, [BPF_SRC_DIR], defines(bpffs, capacities, variant))
+    b = compiler.compile_file(SOURCE, [BPF_SRC_DIR], defines(bpffs, capacities, variant),
+                              debug_info=not all_pinned(bpffs, layout.MAPS))
     try:
         prog_fds = {
             h.func: compiler.load_prog(
@@ -486,6 +493,8 @@ def attached_programs(cgroup: str) -> dict[str, list[int]]:
 def main() -> int:
     """The child of load_out_of_process: compile, load, pin, exit."""
     import argparse
+
+    loader.child_started(loader.NICE_SOCKET_LB)
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--bpffs", required=True)

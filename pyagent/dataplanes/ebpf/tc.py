@@ -133,18 +133,27 @@ class TcLB:
 
 
 def defines(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
-            tc_capacities: TcCapacities | None = None, xdp: bool = True) -> dict[str, Any]:
+            tc_capacities: TcCapacities | None = None, xdp: bool = True,
+            pods: bool = True) -> dict[str, Any]:
     """-D defines for tc_nat.c: the socket LB's (same pin directory, so the
     maps are shared) plus the TC capacities and a fresh LB_XDP_MARK (how
     lb_xdp_ingress tells lb_netdev_ingress of the same load that it
     finished a packet). bpffs None: private maps. xdp False leaves
-    lb_xdp_ingress out (a fifth of the compile time)."""
+    lb_xdp_ingress out (a fifth of the compile time), pods False
+    lb_pod_ingress (a node without pod interfaces: a quarter)."""
     out = socket_lb.defines(bpffs, capacities)
     out.update((tc_capacities or TcCapacities()).defines())
     out["LB_XDP_MARK"] = secrets.randbits(32) | 1
     if not xdp:
         out["LB_NO_XDP"] = None
+    if not pods:
+        out["LB_NO_POD_INGRESS"] = None
     return out
+
+
+def programs(pods: bool = True) -> tuple[str, ...]:
+    """The SCHED_CLS programs of a load (pods: lb_pod_ingress too)."""
+    return PROGRAMS if pods else tuple(p for p in PROGRAMS if p != PROG_POD_INGRESS)
 
 
 def source_text(capacities: socket_lb.Capacities | None = None,
@@ -185,8 +194,10 @@ def _module_maps(b: Any, specs: dict[str, L.MapSpec]) -> dict[str, Map]:
 
 
 def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
-         tc_capacities: TcCapacities | None = None, xdp: bool = False) -> TcLB:
-    """Compile and load the TC programs (SCHED_CLS), with xdp also
+         tc_capacities: TcCapacities | None = None, xdp: bool = False,
+         pods: bool = True) -> TcLB:
+    """Compile and load the TC programs (SCHED_CLS; pods False: without
+    lb_pod_ingress), with xdp also
     lb_xdp_ingress (XDP) from the same compile. With a bpffs, create
     or reuse the pinned maps, shared with the socket LB; bpffs None gives
     private maps (tests, `trace --bpf` on a scratch copy)."""
@@ -196,10 +207,12 @@ def load(bpffs: str | None, capacities: socket_lb.Capacities | None = None,
         socket_lb.check_pinned_maps(bpffs, sizes=(capacities or socket_lb.Capacities()).defines())
         check_pinned_tc_maps(bpffs, (tc_capacities or TcCapacities()).defines())
     b = compiler.compile_file(SOURCE, [socket_lb.BPF_SRC_DIR],
-                              defines(bpffs, capacities, tc_capacities, xdp=xdp))
+                              defines(bpffs, capacities, tc_capacities, xdp=xdp, pods=pods),
+                              debug_info=bpffs is None
+                              or not socket_lb.all_pinned(bpffs, {**L.MAPS, **L.TC_MAPS}))
     try:
         prog_fds = {name: compiler.load_prog(b, name, compiler.PROG_TYPE_SCHED_CLS)
-                    for name in PROGRAMS}
+                    for name in programs(pods)}
         xdp_error = None
         if xdp:  # a refusal costs only the acceleration: TC runs on
             try:
@@ -228,37 +241,39 @@ def _sizes(capacities: socket_lb.Capacities | None,
 
 
 def pins_ready(bpffs: str, capacities: socket_lb.Capacities | None = None,
-               tc_capacities: TcCapacities | None = None) -> bool:
-    """Every map of the socket LB and the TC programs is pinned with this
-    layout and these sizes: their loads then create and replace nothing."""
-    sizes = _sizes(capacities, tc_capacities)
-    specs = {**L.MAPS, **L.TC_MAPS}
-    return (all(os.path.exists(spec.pin_path(bpffs)) for spec in specs.values())
-            and not socket_lb.incompatible_pins(bpffs, specs, sizes))
+               tc_capacities: TcCapacities | None = None, tc_maps: bool = True) -> bool:
+    """Every map of the socket LB and (tc_maps) the TC programs is pinned
+    with this layout and these sizes: their loads then create and replace
+    nothing."""
+    specs = {**L.MAPS, **(L.TC_MAPS if tc_maps else {})}
+    return (socket_lb.all_pinned(bpffs, specs) and not socket_lb.incompatible_pins(
+        bpffs, specs, _sizes(capacities, tc_capacities)))
 
 
 def pin_maps(bpffs: str, capacities: socket_lb.Capacities | None = None,
-             tc_capacities: TcCapacities | None = None) -> None:
+             tc_capacities: TcCapacities | None = None, tc_maps: bool = True) -> None:
     """Create (or replace where incompatible) every pinned map of the socket
-    LB and the TC programs, in a child loading bpf_src/maps.c, so that the
-    two programs' loads can then run at the same time."""
+    LB and (tc_maps) the TC programs, in a child loading bpf_src/maps.c, so
+    that the programs' loads can then run at the same time, and the maps
+    be filled while they do."""
     loader.run_child(__name__, bpffs, _sizes(capacities, tc_capacities), "the pinned maps",
-                     extra_args=["--maps-only"])
+                     extra_args=["--maps-only", *([] if tc_maps else ["--no-tc-maps"])])
 
 
 def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
                         tc_capacities: TcCapacities | None = None,
-                        xdp: bool = False) -> TcLB:
+                        xdp: bool = False, pods: bool = True) -> TcLB:
     """Compile, load and pin in a child process (`main` below), then open
     the pins here: as for the socket LB, BCC and LLVM (about 150 MB of RSS)
     never enter the agent. The child replaces incompatible TC pins. xdp:
     also lb_xdp_ingress; a verifier that refuses it fails only that
     (the TcLB's xdp_error says why; the TC programs load as ever)."""
     said = loader.run_child(__name__, bpffs, _sizes(capacities, tc_capacities), "the TC programs",
-                            extra_args=["--xdp"] if xdp else [])
+                            extra_args=[*(["--xdp"] if xdp else []),
+                                        *([] if pods else ["--no-pod-ingress"])])
     xdp_error = next((line.removeprefix(XDP_REFUSED) for line in said.splitlines()
                       if line.startswith(XDP_REFUSED)), None)
-    names = PROGRAMS + ((PROG_XDP,) if xdp and not xdp_error else ())
+    names = programs(pods) + ((PROG_XDP,) if xdp and not xdp_error else ())
     prog_fds: dict[str, int] = {}
     try:
         for name in names:
@@ -598,7 +613,7 @@ def cleanup(bpffs: str, interfaces: Iterable[str] = (), netns: str | None = None
     n = detach(interfaces, netns)
     for spec in L.TC_MAPS.values():
         n += fs.unpin(spec.pin_path(bpffs))
-    for name in PROGRAMS:
+    for name in (*PROGRAMS, PROG_XDP):
         n += fs.unpin(prog_pin_path(bpffs, name))
     fs.remove_empty_dirs(os.path.join(bpffs, PROGS_SUBDIR))
     return n
@@ -654,7 +669,13 @@ def main() -> int:
     ap.add_argument("--xdp", action="store_true", help="also load and pin lb_xdp_ingress")
     ap.add_argument("--maps-only", action="store_true",
                     help="create every pinned map (of the socket LB too), load no program")
+    ap.add_argument("--no-pod-ingress", action="store_true",
+                    help="leave lb_pod_ingress out (no pod interfaces)")
+    ap.add_argument("--no-tc-maps", action="store_true",
+                    help="with --maps-only: the socket LB's maps only")
     args = ap.parse_args()
+    # the maps are waited for by both compiles and by the agent
+    loader.child_started(0 if args.maps_only else loader.NICE_TC)
     sizes = {d: int(v) for d, v in (item.split("=", 1) for item in args.size)}
     tc_fields = {"LB_CT_MAP_MAX": "ct", "LB_SRC_RANGE_MAP_MAX": "src_range",
                  "LB_MAGLEV_MAP_MAX": "maglev"}
@@ -663,7 +684,7 @@ def main() -> int:
         {d: v for d, v in sizes.items() if d not in tc_fields})
     # As for the socket LB's maps: a TC map of another layout or size is
     # replaced loudly (conntrack starts empty), never reused.
-    replaced = [(L.TC_MAPS, tc_caps.defines())]
+    replaced = [] if args.maps_only and args.no_tc_maps else [(L.TC_MAPS, tc_caps.defines())]
     if args.maps_only:
         replaced.append((L.MAPS, caps.defines()))
     for specs, sizes in replaced if os.path.isdir(socket_lb.maps_dir(args.bpffs)) else ():
@@ -673,11 +694,14 @@ def main() -> int:
     if args.maps_only:
         fs.ensure(args.bpffs)
         os.makedirs(socket_lb.maps_dir(args.bpffs), exist_ok=True)
-        compiler.compile_file(MAPS_SOURCE, [socket_lb.BPF_SRC_DIR],
-                              defines(args.bpffs, caps, tc_caps)).cleanup()
+        maps_defines = defines(args.bpffs, caps, tc_caps)
+        if args.no_tc_maps:
+            maps_defines["LB_NO_TC_MAPS"] = None
+        compiler.compile_file(MAPS_SOURCE, [socket_lb.BPF_SRC_DIR], maps_defines).cleanup()
         return 0
-    fs.unpin(prog_pin_path(args.bpffs, PROG_XDP))  # never a stale one
-    lb = load(args.bpffs, caps, tc_caps, xdp=args.xdp)
+    for name in (PROG_XDP, PROG_POD_INGRESS):  # never a stale one
+        fs.unpin(prog_pin_path(args.bpffs, name))
+    lb = load(args.bpffs, caps, tc_caps, xdp=args.xdp, pods=not args.no_pod_ingress)
     try:
         pin_programs(lb, args.bpffs)
         if lb.xdp_error:
