@@ -473,17 +473,19 @@ class Reconciler:
                     rev_id = None
             else:
                 add((SERVICES, fam), len(fe.slots) - len(old.slots))
-            for b in fe.slots:
-                if (k := _bkey(b)) not in ids:
+            for b in fe.slots:  # per endpoint: _bkey inlined
+                k = b if not b.local else (b.ip, b.port, b.proto, False)
+                if k not in ids:
                     new_backends.add(k)
             if fe.flags & L.ServiceFlag.AFFINITY:
                 old_match = self._affinity_entries(old) if old is not None else set()
                 members = {k for k in map(_bkey, fe.backends)
                            if rev_id is None or (ids.get(k), rev_id, fe.scope) not in old_match}
                 add((AFFMATCH, 0), len(members))
-        for bkey in new_backends:
-            add((BACKENDS, family(bkey[0])), 1)
-            add((BACKEND_IDS, 0), 1)
+        v6 = sum(1 for bkey in new_backends if ":" in bkey[0])
+        add((BACKENDS, 4), len(new_backends) - v6)
+        add((BACKENDS, 6), v6)
+        add((BACKEND_IDS, 0), len(new_backends))
         return need, id_family or 4
 
     def _put_frontend(self, key: tuple, fe: Frontend, phases: list[list[Op]]) -> None:
@@ -517,13 +519,20 @@ class Reconciler:
         # The hot loop of a full sync (one pass per endpoint): locals only.
         ids, refs, put_slot = self._backend_ids, self._backend_refs, phases[2].append
         n_old = len(old_backends)
+        made = made6 = 0
         for i, b in enumerate(slots, start=1):
             bid = ids.get(b if not b.local else (b.ip, b.port, b.proto, False))  # _bkey
             if bid is None:
                 bid = self._new_backend(b, phases)
+                made += 1
+                made6 += ":" in b.ip
             refs[bid] += 1
             if i > n_old or old_backends[i - 1] != b:
                 put_slot(Op(SERVICES, fam, (ip, port, proto, scope, i), (bid, 0, 0, 0, 0, 0, 0)))
+        if made:
+            led.add((BACKENDS, 4), made - made6)
+            led.add((BACKENDS, 6), made6)
+            led.add((BACKEND_IDS, 0), made)
         for b in old_backends:
             self._unref(ids[_bkey(b)])
         self._kernel[key] = fe  # (rev id known now: _affinity_entries reads it)
@@ -556,15 +565,13 @@ class Reconciler:
         return {(self._backend_ids[_bkey(b)], rev_id, fe.scope) for b in fe.backends}
 
     def _new_backend(self, b: Backend, phases: list[list[Op]]) -> int:
+        """A backend id and its entry; the caller counts it in the ledger."""
         bid = self._alloc(self._free_backend, "_next_backend",
                           self.ledger.limits[(BACKEND_IDS, 0)])
         self._backend_ids[_bkey(b)] = bid
         self._set_backend(bid, b)
         self._unused.add(bid)  # until referenced
-        fam = 6 if ":" in b.ip else 4
-        phases[0].append(Op(BACKENDS, fam, (bid,), backend_value(b)))
-        self.ledger.add((BACKENDS, fam))
-        self.ledger.add((BACKEND_IDS, 0))
+        phases[0].append(Op(BACKENDS, 6 if ":" in b.ip else 4, (bid,), backend_value(b)))
         return bid
 
     def _remove_frontend(self, key: tuple, phases: list[list[Op]]) -> None:
