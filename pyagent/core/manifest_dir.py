@@ -19,15 +19,13 @@ the object:
 
 from __future__ import annotations
 
-import gc
 import logging
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyagent.core.gc_pause import gc_paused
 from pyagent.core.inputs import (
     DEFAULT_LIMITS,
     BadDocument,
@@ -82,19 +80,6 @@ class FileResult:
     # check (a json.dumps of each) is skipped.
     json_data: bool = False
     packed: bytes = b""  # the file's text, compressed (read_file's keep): _restore parses it
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Bulk loading allocates millions of long-lived containers; the cyclic
-    collector would rescan them all over and over (about a third of the time)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def manifest_files(directory: Path) -> list[Path]:

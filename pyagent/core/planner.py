@@ -10,7 +10,8 @@ from pathlib import Path
 from pyagent.core import node_object
 from pyagent.core.api_snapshot import Snapshot
 from pyagent.core.config import NodeConfig, with_overrides
-from pyagent.core.manifest_dir import ManifestSet, gc_paused, load_manifests
+from pyagent.core.gc_pause import gc_paused
+from pyagent.core.manifest_dir import ManifestSet, load_manifests
 from pyagent.core.parse import ParseError, object_name
 from pyagent.core.sink import KINDS
 from pyagent.core.state import DesiredState

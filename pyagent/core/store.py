@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from pyagent.core.config import NodeConfig
+from pyagent.core.gc_pause import bulk_load
 from pyagent.core.inputs import json_fingerprint
 from pyagent.core.model import ServiceKey
 from pyagent.core.parse import (
@@ -90,6 +91,11 @@ class ServiceStore:
         left unfinished), each page is applied as it comes, and only the
         `last` one prunes what none of the pages held. The source's raw
         pages are then never all alive at once."""
+        with bulk_load():  # what a list makes stays: no GC rescans (gc_pause)
+            self._replace(kind, objects, refused, origins, first, last)
+
+    def _replace(self, kind: Kind, objects: list[dict], refused: Mapping[ObjectKey, str] | None,
+                 origins: Mapping[ObjectKey, str] | None, first: bool, last: bool) -> None:
         if first:
             self._listing[kind] = set()
         keep = self._listing.setdefault(kind, set())

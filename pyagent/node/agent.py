@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pyagent.core import gc_pause
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
 from pyagent.core.sink import Kind, ObjectSink
@@ -115,7 +116,8 @@ class Agent:
         if len(states) >= 1000:
             log.info("programmed %d services in %.2f s (%d refused)", len(states),
                      time.monotonic() - started, sum(1 for e in status.values() if e))
-            release_free_memory()
+        if gc_pause.take_frozen() or len(states) >= 1000:
+            release_free_memory()  # also collects what a list froze (gc_pause)
         for svc, err in status.items():
             if err:
                 if self.errors.get(svc) != err:

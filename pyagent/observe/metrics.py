@@ -282,7 +282,7 @@ class Metrics:
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """(/metrics body, content type) for an Accept header: what
         prometheus_client would render from `registry`, faster."""
-        from pyagent.core.manifest_dir import gc_paused
+        from pyagent.core.gc_pause import gc_paused
 
         encoder, content_type = choose_encoder(accept)
         core = encoder(self._core)

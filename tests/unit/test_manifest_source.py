@@ -78,7 +78,11 @@ def svc_text(name: str, port: int, extra: str = "") -> str:
 
 
 def _touch(path, text: str) -> None:
-    path.write_text(text)
+    # whole or not at all: the source polls every 0.05 s, and a truncated
+    # file read half-way is a valid, empty manifest (its Service would go)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # visibly changed
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from ebpf import cgroup as cg
 from pyagent.core.config import NodeConfig
-from pyagent.core.manifest_dir import gc_paused
+from pyagent.core.gc_pause import gc_paused
 from pyagent.core.model import PROTOCOL_NAMES, ServiceKey
 from pyagent.core.state import ServicePortState
 from pyagent.dataplanes.base import Description, FrontendInfo, Mode, SyncStatus
