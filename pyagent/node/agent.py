@@ -23,7 +23,7 @@ from pyagent.core.state import ServicePortState
 from pyagent.core.store import ServiceStore
 from pyagent.dataplanes.base import Dataplane, StagedSetup
 from pyagent.node.heap import release_free_memory
-from pyagent.node.runner import SKIPPED, SyncRunner
+from pyagent.node.runner import SKIPPED, Skipped, SyncRunner
 from pyagent.observe.report import Refused, SyncObserver, SyncReport
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Agent:
             grouped[(sps.service.namespace, sps.service.name)].append(sps)
         return {k: tuple(v) for k, v in grouped.items()}
 
-    def sync(self, full: bool) -> bool | object:
+    def sync(self, full: bool) -> bool | Skipped:
         """One sync; returns False to have the runner retry with backoff,
         SKIPPED before every kind was listed (never prune from a partial
         view)."""

@@ -17,7 +17,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 
-class _Skipped:
+class Skipped:
     def __repr__(self) -> str:
         return "SKIPPED"
 
@@ -25,10 +25,10 @@ class _Skipped:
 # sync_fn(full=...) returns SKIPPED when it had nothing it could sync yet
 # (the store not listed): that does not count as a sync, so the first real
 # one is not held back by min_interval.
-SKIPPED = _Skipped()
+SKIPPED = Skipped()
 # sync_fn(full=...) -> False (or an exception) means failure; SKIPPED, see
 # above; anything else success.
-SyncFn = Callable[..., bool | None | _Skipped]
+SyncFn = Callable[..., bool | None | Skipped]
 
 
 class Clock(Protocol):
@@ -133,7 +133,7 @@ class SyncRunner:
                 self._full_pending = True
             return self._due_locked()
 
-    def _call(self, full: bool) -> bool | _Skipped:
+    def _call(self, full: bool) -> bool | Skipped:
         try:
             result = self._sync_fn(full=full)
         except Exception:

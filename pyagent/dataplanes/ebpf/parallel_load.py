@@ -44,9 +44,6 @@ class _Load(Generic[T]):
     def result(self) -> T:
         return self._future.result()
 
-    def done(self) -> bool:
-        return self._future.done()
-
 
 class Loads:
     """The socket LB's load and (with tc_capacities) the TC programs' load,
