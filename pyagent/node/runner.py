@@ -24,7 +24,9 @@ class Skipped:
 
 # sync_fn(full=...) returns SKIPPED when it had nothing it could sync yet
 # (the store not listed): that does not count as a sync, so the first real
-# one is not held back by min_interval.
+# one is not held back by min_interval; the next try waits for a request (a
+# source wrote), or max_interval: retrying at once would spin, and take the
+# GIL from the source that is listing.
 SKIPPED = Skipped()
 # sync_fn(full=...) -> False (or an exception) means failure; SKIPPED, see
 # above; anything else success.
@@ -84,6 +86,7 @@ class SyncRunner:
         self._full_pending = True
         self._last_start: float | None = None
         self._retry_at: float | None = None
+        self._skipped_at: float | None = None  # the last try was SKIPPED, then
         self.failures = 0  # consecutive failed syncs
 
     def request(self, full: bool = False) -> None:
@@ -99,6 +102,8 @@ class SyncRunner:
             return self._due_locked()
 
     def _due_locked(self) -> float:
+        if self._skipped_at is not None and not self._requested:
+            return self._skipped_at + self.max_interval
         if self._last_start is None:
             return float("-inf")
         if self._retry_at is not None:
@@ -121,9 +126,11 @@ class SyncRunner:
         ok = self._call(full)
         with self._lock:
             if ok is SKIPPED:
-                self._last_start = previous
+                self._last_start, self._skipped_at = previous, now
                 self._full_pending |= full
-            elif ok:
+                return self._due_locked()
+            self._skipped_at = None
+            if ok:
                 self.failures = 0
                 self._retry_at = None
             else:

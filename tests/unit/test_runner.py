@@ -192,7 +192,7 @@ def test_a_skipped_sync_does_not_hold_the_first_real_one_back() -> None:
     # Before the store is listed the agent's sync does nothing (SKIPPED): the
     # sync asked for once it is listed runs at once, and is still the full one.
     runner, rec, clock = make([SKIPPED, SKIPPED])
-    assert runner.run_pending() == float("-inf")  # due at once: nothing ran
+    runner.run_pending()
     clock.advance(0.3)
     runner.request()
     runner.run_pending()
@@ -201,3 +201,36 @@ def test_a_skipped_sync_does_not_hold_the_first_real_one_back() -> None:
     runner.run_pending()
     assert rec.calls == [(1000.0, True), (1000.3, True), (1000.5, True)]
     assert runner.next_due() == 1000.5 + 30.0  # the real one counts
+
+
+def test_a_skipped_sync_waits_for_a_request_instead_of_spinning() -> None:
+    # Retrying a SKIPPED sync at once would loop, taking the GIL from the
+    # source that is listing; the next try comes with the next write (a
+    # request), or max_interval later if none comes.
+    runner, rec, clock = make([SKIPPED, SKIPPED, SKIPPED])
+    runner.run_pending()
+    assert runner.next_due() == 1000.0 + 30.0
+    runner.run_pending()
+    clock.advance(5.0)
+    runner.run_pending()
+    assert rec.calls == [(1000.0, True)]
+    runner.request()
+    assert runner.next_due() == float("-inf")  # nothing synced yet: at once
+    runner.run_pending()
+    clock.advance(30.0)
+    runner.run_pending()  # no request: the periodic try after the skip
+    assert rec.calls == [(1000.0, True), (1005.0, True), (1035.0, True)]
+    runner.request()
+    runner.run_pending()  # a real sync, full: the skipped ones' fullness is kept
+    assert rec.calls[-1] == (1035.0, True) and len(rec.calls) == 4
+    assert runner.next_due() == 1035.0 + 30.0
+
+
+def test_a_skip_after_a_real_sync_keeps_its_schedule() -> None:
+    runner, rec, clock = make([True, SKIPPED])
+    runner.run_pending()
+    clock.advance(31.0)
+    runner.run_pending()  # periodic, SKIPPED (say the store relists)
+    assert runner.next_due() == 1031.0 + 30.0  # not due again at once
+    runner.request()
+    assert runner.next_due() == 1000.0 + 1.0  # the first sync's min_interval: at once
