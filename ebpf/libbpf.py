@@ -44,6 +44,19 @@ struct bpf_link_create_opts {
     };
 };
 
+struct bpf_map_create_opts {
+    size_t sz;
+    __u32 btf_fd;
+    __u32 btf_key_type_id;
+    __u32 btf_value_type_id;
+    __u32 btf_vmlinux_value_type_id;
+    __u32 inner_map_fd;
+    __u32 map_flags;
+    __u64 map_extra;
+    __u32 numa_node;
+    __u32 map_ifindex;
+};
+
 struct bpf_link_update_opts {
     size_t sz;
     __u32 flags;
@@ -127,6 +140,7 @@ struct bpf_link_info {
 
 int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size,
                    __u32 max_entries, const void *opts);
+int bpf_btf_load(const void *btf_data, size_t btf_size, const void *opts);
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
@@ -190,14 +204,32 @@ def _buf(data: bytes | bytearray | memoryview | None, size: int | None = None):
 
 
 def map_create(
-    map_type: int, name: str, key_size: int, value_size: int, max_entries: int
+    map_type: int, name: str, key_size: int, value_size: int, max_entries: int,
+    flags: int = 0, inner_map_fd: int | None = None,
+    btf: tuple[int, int, int] | None = None,
 ) -> int:
-    """A new map (default options); returns its fd."""
+    """A new map; returns its fd. inner_map_fd: the template of a map of maps;
+    btf: (BTF fd, key type id, value type id), which some types need."""
+    opts = ffi.NULL
+    if flags or inner_map_fd is not None or btf is not None:
+        opts = ffi.new("struct bpf_map_create_opts *")
+        opts.sz = ffi.sizeof("struct bpf_map_create_opts")
+        opts.map_flags = flags
+        if inner_map_fd is not None:
+            opts.inner_map_fd = inner_map_fd
+        if btf is not None:
+            opts.btf_fd, opts.btf_key_type_id, opts.btf_value_type_id = btf
     return _check(
         lib().bpf_map_create(map_type, name.encode(), key_size, value_size, max_entries,
-                             ffi.NULL),
+                             opts),
         f"bpf_map_create({name})",
     )
+
+
+def btf_load(data: bytes) -> int:
+    """Load a raw BTF blob (ebpf.btf); returns its fd."""
+    return _check(lib().bpf_btf_load(ffi.from_buffer(data), len(data), ffi.NULL),
+                  "bpf_btf_load")
 
 
 def probe_map_type(map_type: int) -> int:

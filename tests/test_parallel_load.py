@@ -1,4 +1,4 @@
-"""The maps-first start (parallel_load): bpf_src/maps.c pins every map the
+"""The maps-first start (parallel_load): map_pins pins every map the
 socket LB and the TC programs use, with the layout's types and sizes, so the
 two loads that then run at once create no map of their own (the same map
 ids before and after) and each finds every map it needs; the eBPF dataplane
@@ -160,7 +160,7 @@ def test_the_maps_fill_while_the_socket_lb_loads(lab, monkeypatch) -> None:
 
 
 def test_a_failed_pinning_still_starts_one_load_after_the_other(lab, monkeypatch) -> None:
-    """pin_maps failing (e.g. maps.c refused) is not fatal: the socket LB's
+    """pin_maps failing (e.g. a map the kernel refused) is not fatal: the socket LB's
     load makes the maps, setup() opens them after it, and the VIP answers."""
     from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
     from tests.bench.bench_ebpf import states

@@ -36,7 +36,7 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
                    cwd=tmp_path, timeout=600)
     (wheel,) = dist.glob("pyagent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for src in ("pyagent/bpf_src/sock_lb.c", "pyagent/bpf_src/tc_nat.c", "pyagent/bpf_src/maps.c",
+    for src in ("pyagent/bpf_src/sock_lb.c", "pyagent/bpf_src/tc_nat.c",
                 "pyagent/bpf_src/lb_types.h", "pyagent/bpf_src/lib/maps.h"):
         assert src in names, src
     venv = tmp_path / "venv"

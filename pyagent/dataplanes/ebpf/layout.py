@@ -131,6 +131,7 @@ class TcStat(enum.IntEnum):
 
 
 TC_STAT_MAX = 16
+SOCK_SKIP_MAP_MAX = 4096
 
 # Decision events (`pyagent monitor`)
 MONITOR_SLOTS = 4
@@ -187,6 +188,7 @@ C_CONSTANTS: dict[str, int] = {
     "LB_CT_TIMEOUT_CLOSING_DEFAULT": CT_TIMEOUT_CLOSING_DEFAULT,
     **{f"LB_TC_STAT_{t.name}": int(t) for t in TcStat},
     "LB_TC_STAT_MAX": TC_STAT_MAX,
+    "LB_SOCK_SKIP_MAP_MAX": SOCK_SKIP_MAP_MAX,
     "LB_MONITOR_SLOTS": MONITOR_SLOTS,
     "LB_MONITOR_KEY": MONITOR_KEY,
     "LB_MONITOR_RING_BYTES": MONITOR_RING_BYTES,
@@ -516,6 +518,8 @@ MAP_TYPE_HASH_OF_MAPS = 13
 MAP_TYPE_SK_STORAGE = 24
 MAP_TYPE_RINGBUF = 27
 
+MAP_F_NO_PREALLOC = 1  # BPF_F_NO_PREALLOC
+
 MAPS_SUBDIR = "maps"  # <bpffs>/maps/<pin name>
 LINKS_SUBDIR = "links"  # <bpffs>/links/<program name>
 
@@ -527,6 +531,13 @@ class MapSpec:
     value: type
     map_type: int
     capacity_define: str  # -D that sets max_entries
+    # maps.h's max_entries (the capacity define's default), map flags and
+    # the inner-map template of a map of maps: what pyagent.dataplanes.ebpf.
+    # map_pins creates a map with (tests/test_map_pins.py holds them against
+    # the maps BCC makes of the header)
+    entries: int = 0
+    flags: int = 0
+    inner: str = ""
 
     @property
     def pin_name(self) -> str:
@@ -539,33 +550,44 @@ class MapSpec:
 MAPS: dict[str, MapSpec] = {
     m.name: m
     for m in (
-        MapSpec("lb4_services", Lb4Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX"),
-        MapSpec("lb6_services", Lb6Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX"),
-        MapSpec("lb4_backends", c_uint32, Lb4Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
-        MapSpec("lb6_backends", c_uint32, Lb6Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
-        MapSpec("lb4_revnat", c_uint32, Lb4ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
-        MapSpec("lb6_revnat", c_uint32, Lb6ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX"),
+        MapSpec("lb4_services", Lb4Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX",
+                SERVICE_MAP_MAX),
+        MapSpec("lb6_services", Lb6Key, LbService, MAP_TYPE_HASH, "LB_SERVICE_MAP_MAX",
+                SERVICE_MAP_MAX),
+        MapSpec("lb4_backends", c_uint32, Lb4Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX",
+                BACKEND_MAP_MAX),
+        MapSpec("lb6_backends", c_uint32, Lb6Backend, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX",
+                BACKEND_MAP_MAX),
+        MapSpec("lb4_revnat", c_uint32, Lb4ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX",
+                REVNAT_MAP_MAX),
+        MapSpec("lb6_revnat", c_uint32, Lb6ReverseNat, MAP_TYPE_HASH, "LB_REVNAT_MAP_MAX",
+                REVNAT_MAP_MAX),
         MapSpec("lb4_sockrev", Lb4SockKey, Lb4SockVal, MAP_TYPE_LRU_HASH,
-                "LB_SOCK_REVNAT_MAP_MAX"),
+                "LB_SOCK_REVNAT_MAP_MAX", SOCK_REVNAT_MAP_MAX),
         MapSpec("lb6_sockrev", Lb6SockKey, Lb6SockVal, MAP_TYPE_LRU_HASH,
-                "LB_SOCK_REVNAT_MAP_MAX"),
+                "LB_SOCK_REVNAT_MAP_MAX", SOCK_REVNAT_MAP_MAX),
         MapSpec("lb_affinity", LbAffinityKey, LbAffinityVal, MAP_TYPE_LRU_HASH,
-                "LB_AFFINITY_MAP_MAX"),
+                "LB_AFFINITY_MAP_MAX", AFFINITY_MAP_MAX),
         MapSpec("lb_svc_stats", c_uint32, LbSvcStats, MAP_TYPE_PERCPU_ARRAY,
-                "LB_STATS_MAP_MAX"),
+                "LB_STATS_MAP_MAX", STATS_MAP_MAX),
         MapSpec("lb_be_stats", c_uint32, c_uint64, MAP_TYPE_PERCPU_ARRAY,
-                "LB_BACKEND_STATS_MAX"),
+                "LB_BACKEND_STATS_MAX", BACKEND_STATS_MAX),
         MapSpec("lb_aff_match", LbAffinityMatchKey, c_uint8, MAP_TYPE_HASH,
-                "LB_SERVICE_MAP_MAX"),
-        MapSpec("lb_rr", c_uint32, c_uint32, MAP_TYPE_PERCPU_ARRAY, "LB_STATS_MAP_MAX"),
-        MapSpec("lb_be_conns", c_uint32, c_uint64, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX"),
-        MapSpec("lb_sock_cfg", c_uint32, LbSockConfig, MAP_TYPE_ARRAY, ""),
-        MapSpec("lb_sock_skip", c_uint64, c_uint8, MAP_TYPE_HASH, "LB_SOCK_SKIP_MAP_MAX"),
-        MapSpec("lb_sk_backend", ctypes.c_int, c_uint32, MAP_TYPE_SK_STORAGE, ""),
+                "LB_SERVICE_MAP_MAX", SERVICE_MAP_MAX),
+        MapSpec("lb_rr", c_uint32, c_uint32, MAP_TYPE_PERCPU_ARRAY, "LB_STATS_MAP_MAX",
+                STATS_MAP_MAX),
+        MapSpec("lb_be_conns", c_uint32, c_uint64, MAP_TYPE_HASH, "LB_BACKEND_MAP_MAX",
+                BACKEND_MAP_MAX),
+        MapSpec("lb_sock_cfg", c_uint32, LbSockConfig, MAP_TYPE_ARRAY, "", 1),
+        MapSpec("lb_sock_skip", c_uint64, c_uint8, MAP_TYPE_HASH, "LB_SOCK_SKIP_MAP_MAX",
+                SOCK_SKIP_MAP_MAX),
+        MapSpec("lb_sk_backend", ctypes.c_int, c_uint32, MAP_TYPE_SK_STORAGE, "",
+                flags=MAP_F_NO_PREALLOC),
         # decision events: listener mask, ring template, one ring per monitor
-        MapSpec("lb_monitor", c_uint32, LbMonitor, MAP_TYPE_ARRAY, ""),
-        MapSpec("lb_mon_ring", NoValue, NoValue, MAP_TYPE_RINGBUF, ""),
-        MapSpec("lb_mon_rings", c_uint32, c_uint32, MAP_TYPE_ARRAY_OF_MAPS, ""),
+        MapSpec("lb_monitor", c_uint32, LbMonitor, MAP_TYPE_ARRAY, "", 1),
+        MapSpec("lb_mon_ring", NoValue, NoValue, MAP_TYPE_RINGBUF, "", MONITOR_RING_BYTES),
+        MapSpec("lb_mon_rings", c_uint32, c_uint32, MAP_TYPE_ARRAY_OF_MAPS, "",
+                MONITOR_SLOTS, inner="lb_mon_ring"),
     )
 }
 
@@ -574,18 +596,19 @@ MAPS: dict[str, MapSpec] = {
 TC_MAPS: dict[str, MapSpec] = {
     m.name: m
     for m in (
-        MapSpec("lb4_ct", Lb4CtKey, Lb4CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX"),
-        MapSpec("lb6_ct", Lb6CtKey, Lb6CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX"),
+        MapSpec("lb4_ct", Lb4CtKey, Lb4CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX", CT_MAP_MAX),
+        MapSpec("lb6_ct", Lb6CtKey, Lb6CtVal, MAP_TYPE_LRU_HASH, "LB_CT_MAP_MAX", CT_MAP_MAX),
         MapSpec("lb4_srcrange", Lb4SrcRangeKey, c_uint8, MAP_TYPE_LPM_TRIE,
-                "LB_SRC_RANGE_MAP_MAX"),
+                "LB_SRC_RANGE_MAP_MAX", SRC_RANGE_MAP_MAX, MAP_F_NO_PREALLOC),
         MapSpec("lb6_srcrange", Lb6SrcRangeKey, c_uint8, MAP_TYPE_LPM_TRIE,
-                "LB_SRC_RANGE_MAP_MAX"),
-        MapSpec("lb_node_config", c_uint32, LbNodeConfig, MAP_TYPE_ARRAY, ""),
-        MapSpec("lb_tc_stats", c_uint32, LbTcStat, MAP_TYPE_PERCPU_ARRAY, ""),
+                "LB_SRC_RANGE_MAP_MAX", SRC_RANGE_MAP_MAX, MAP_F_NO_PREALLOC),
+        MapSpec("lb_node_config", c_uint32, LbNodeConfig, MAP_TYPE_ARRAY, "", 1),
+        MapSpec("lb_tc_stats", c_uint32, LbTcStat, MAP_TYPE_PERCPU_ARRAY, "", TC_STAT_MAX),
         # Maglev: the inner-map template (never filled) and rev_nat_id ->
         # inner map (value: an fd on update, the map id on lookup).
-        MapSpec("lb_maglev_inner", c_uint32, c_uint32, MAP_TYPE_ARRAY, ""),
-        MapSpec("lb_maglev", c_uint32, c_uint32, MAP_TYPE_HASH_OF_MAPS, "LB_MAGLEV_MAP_MAX"),
+        MapSpec("lb_maglev_inner", c_uint32, c_uint32, MAP_TYPE_ARRAY, "", MAGLEV_M),
+        MapSpec("lb_maglev", c_uint32, c_uint32, MAP_TYPE_HASH_OF_MAPS, "LB_MAGLEV_MAP_MAX",
+                MAGLEV_MAP_MAX, inner="lb_maglev_inner"),
     )
 }
 

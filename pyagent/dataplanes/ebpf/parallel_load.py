@@ -1,7 +1,7 @@
 """A start's BPF loads, maps first. The compiles are the longest steps of an
 agent start (about a second for the socket LB, two for the TC programs;
-minutes under TCG), so the pinned maps are made first (tc.pin_maps: a load
-of bpf_src/maps.c, a fraction of a second) unless every one is already
+minutes under TCG), so the pinned maps are made first (tc.pin_maps: bpf()
+calls here, no compile, a few milliseconds) unless every one is already
 there, as on a restart. Then the agent can open and fill the maps while
 both programs compile, each in its own child at the same time (two loads
 creating the same pinned map at once would race; with the pins there they

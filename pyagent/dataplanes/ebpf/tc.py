@@ -32,12 +32,11 @@ from ebpf import bpffs as fs
 from ebpf import compiler, libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
-from pyagent.dataplanes.ebpf import loader, socket_lb
+from pyagent.dataplanes.ebpf import loader, map_pins, socket_lb
 
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "tc_nat.c")
-MAPS_SOURCE = os.path.join(socket_lb.BPF_SRC_DIR, "maps.c")  # the pins, no programs
 PROG_NETDEV_INGRESS = "lb_netdev_ingress"
 PROG_POD_INGRESS = "lb_pod_ingress"
 PROG_EGRESS = "lb_egress"
@@ -253,11 +252,10 @@ def pins_ready(bpffs: str, capacities: socket_lb.Capacities | None = None,
 def pin_maps(bpffs: str, capacities: socket_lb.Capacities | None = None,
              tc_capacities: TcCapacities | None = None, tc_maps: bool = True) -> None:
     """Create (or replace where incompatible) every pinned map of the socket
-    LB and (tc_maps) the TC programs, in a child loading bpf_src/maps.c, so
-    that the programs' loads can then run at the same time, and the maps
-    be filled while they do."""
-    loader.run_child(__name__, bpffs, _sizes(capacities, tc_capacities), "the pinned maps",
-                     extra_args=["--maps-only", *([] if tc_maps else ["--no-tc-maps"])])
+    LB and (tc_maps) the TC programs, here, without a compile (map_pins), so
+    that the programs' loads can then run at the same time, and the maps be
+    filled while they do."""
+    map_pins.pin_maps(bpffs, _sizes(capacities, tc_capacities), tc_maps)
 
 
 def load_out_of_process(bpffs: str, capacities: socket_lb.Capacities | None = None,
@@ -667,15 +665,10 @@ def main() -> int:
     ap.add_argument("--size", action="append", default=[], metavar="DEFINE=N",
                     help="a capacity -D define of the socket LB or the TC maps")
     ap.add_argument("--xdp", action="store_true", help="also load and pin lb_xdp_ingress")
-    ap.add_argument("--maps-only", action="store_true",
-                    help="create every pinned map (of the socket LB too), load no program")
     ap.add_argument("--no-pod-ingress", action="store_true",
                     help="leave lb_pod_ingress out (no pod interfaces)")
-    ap.add_argument("--no-tc-maps", action="store_true",
-                    help="with --maps-only: the socket LB's maps only")
     args = ap.parse_args()
-    # the maps are waited for by both compiles and by the agent
-    loader.child_started(0 if args.maps_only else loader.NICE_TC)
+    loader.child_started(loader.NICE_TC)
     sizes = {d: int(v) for d, v in (item.split("=", 1) for item in args.size)}
     tc_fields = {"LB_CT_MAP_MAX": "ct", "LB_SRC_RANGE_MAP_MAX": "src_range",
                  "LB_MAGLEV_MAP_MAX": "maglev"}
@@ -684,21 +677,10 @@ def main() -> int:
         {d: v for d, v in sizes.items() if d not in tc_fields})
     # As for the socket LB's maps: a TC map of another layout or size is
     # replaced loudly (conntrack starts empty), never reused.
-    replaced = [] if args.maps_only and args.no_tc_maps else [(L.TC_MAPS, tc_caps.defines())]
-    if args.maps_only:
-        replaced.append((L.MAPS, caps.defines()))
-    for specs, sizes in replaced if os.path.isdir(socket_lb.maps_dir(args.bpffs)) else ():
-        for path, why in socket_lb.incompatible_pins(args.bpffs, specs, sizes):
+    if os.path.isdir(socket_lb.maps_dir(args.bpffs)):
+        for path, why in socket_lb.incompatible_pins(args.bpffs, L.TC_MAPS, tc_caps.defines()):
             print(f"replacing incompatible pinned map {path}: {why}", file=sys.stderr)
             fs.unpin(path)
-    if args.maps_only:
-        fs.ensure(args.bpffs)
-        os.makedirs(socket_lb.maps_dir(args.bpffs), exist_ok=True)
-        maps_defines = defines(args.bpffs, caps, tc_caps)
-        if args.no_tc_maps:
-            maps_defines["LB_NO_TC_MAPS"] = None
-        compiler.compile_file(MAPS_SOURCE, [socket_lb.BPF_SRC_DIR], maps_defines).cleanup()
-        return 0
     for name in (PROG_XDP, PROG_POD_INGRESS):  # never a stale one
         fs.unpin(prog_pin_path(args.bpffs, name))
     lb = load(args.bpffs, caps, tc_caps, xdp=args.xdp, pods=not args.no_pod_ingress)
