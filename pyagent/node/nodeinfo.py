@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 
 from pyagent.core.node_object import pod_cidrs
 from pyagent.core.parse import parse_ip
+from pyagent.node import rtnl
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +50,14 @@ class Link:
 
 
 def links() -> list[Link]:
-    """The links of this network namespace, with their addresses (pyroute2)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        addrs: dict[int, list[str]] = {}
-        for a in ipr.get_addr():
-            addrs.setdefault(a["index"], []).append(a.get_attr("IFA_ADDRESS"))
-        defaults = {r.get_attr("RTA_OIF") for fam in (2, 10)
-                    for r in ipr.get_default_routes(family=fam)}
-        out = []
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
-            idx = link["index"]
-            out.append(Link(idx, link.get_attr("IFLA_IFNAME"), kind, link.get_attr("IFLA_MASTER"),
-                            tuple(addrs.get(idx, ())), idx in defaults))
-        return out
+    """The links of this network namespace, with their addresses (rtnl)."""
+    addrs: dict[int, list[str]] = {}
+    for index, address in rtnl.addresses():
+        addrs.setdefault(index, []).append(address)
+    defaults = rtnl.default_route_links(socket.AF_INET) | \
+        rtnl.default_route_links(socket.AF_INET6)
+    return [Link(raw.index, raw.name, raw.kind, raw.master, tuple(addrs.get(raw.index, ())),
+                 raw.index in defaults) for raw in rtnl.links()]
 
 
 def local_addresses(all_links: list[Link]) -> tuple[str, ...]:

@@ -1,0 +1,124 @@
+"""Three rtnetlink dumps of this network namespace (links, addresses, default
+routes), with the socket module alone: the agent reads them once at start,
+where importing pyroute2 (0.1 s of CPU, everything it has) would come first
+on the way to the first sync. Message layouts: <linux/netlink.h>,
+<linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 10, 18, 1
+IFA_ADDRESS = 1
+RTA_DST, RTA_OIF = 1, 4
+_HDR = struct.Struct("=IHHII")  # nlmsghdr
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
+_IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+
+
+@dataclass(frozen=True)
+class RawLink:
+    index: int
+    name: str
+    kind: str  # IFLA_INFO_KIND ("" when none: a physical device)
+    master: int | None
+
+
+def _attrs(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            return
+        yield kind & 0x3FFF, data[offset + 4:offset + length]  # without NESTED/BYTEORDER
+        offset += (length + 3) & ~3
+
+
+def _text(value: bytes) -> str:
+    return value.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _dump(msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of every message answering one dump request."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        seq = int.from_bytes(os.urandom(4), "little")
+        sock.send(_HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP,
+                            seq, 0) + body)
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _, got_seq, _ = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise OSError("rtnetlink: malformed message")
+                payload = data[offset + _HDR.size:offset + length]
+                offset += (length + 3) & ~3
+                if got_seq != seq:
+                    continue
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", payload)[0]
+                    if err:
+                        raise OSError(err, f"rtnetlink dump {msg_type}: {os.strerror(err)}")
+                    continue
+                yield kind, payload
+
+
+def links() -> list[RawLink]:
+    out = []
+    for kind, payload in _dump(RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        if kind != RTM_NEWLINK:
+            continue
+        _, _, index, _, _ = _IFINFO.unpack_from(payload)
+        name, link_kind, master = "", "", None
+        for attr, value in _attrs(payload, _IFINFO.size, len(payload)):
+            if attr == IFLA_IFNAME:
+                name = _text(value)
+            elif attr == IFLA_MASTER:
+                master = struct.unpack_from("=I", value)[0]
+            elif attr == IFLA_LINKINFO:
+                for sub, sub_value in _attrs(value, 0, len(value)):
+                    if sub == IFLA_INFO_KIND:
+                        link_kind = _text(sub_value)
+        out.append(RawLink(index, name, link_kind, master))
+    return out
+
+
+def addresses() -> list[tuple[int, str]]:
+    """(link index, IFA_ADDRESS) of every address, both families."""
+    out = []
+    for kind, payload in _dump(RTM_GETADDR, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        if kind != RTM_NEWADDR:
+            continue
+        family, _, _, _, index = _IFADDR.unpack_from(payload)
+        for attr, value in _attrs(payload, _IFADDR.size, len(payload)):
+            if attr == IFA_ADDRESS and family in (socket.AF_INET, socket.AF_INET6):
+                out.append((index, socket.inet_ntop(family, value)))
+    return out
+
+
+def default_route_links(family: int) -> set[int | None]:
+    """The RTA_OIF of every route of `family` without a destination (in any
+    table; None for one without an RTA_OIF, e.g. multipath)."""
+    out: set[int | None] = set()
+    for kind, payload in _dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        if kind != RTM_NEWROUTE:
+            continue
+        attrs = dict(_attrs(payload, _RTMSG.size, len(payload)))
+        if RTA_DST in attrs:
+            continue
+        oif = attrs.get(RTA_OIF)
+        out.add(struct.unpack_from("=I", oif)[0] if oif is not None else None)
+    return out
