@@ -30,6 +30,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ebpf import rtnl
 from pyagent.dataplanes.iptables.dataplane import backends
 from pyagent.dataplanes.iptables.kernel import Iptables
 
@@ -149,17 +150,14 @@ def _pyagent_ipvs_here() -> bool:
 
 def _ipvs_state() -> tuple[bool, list[tuple], set[str]]:
     """(kube-ipvs0 exists, virtual servers kube-proxy made, addresses on kube-ipvs0)."""
-    try:
-        from pyroute2 import IPRoute
-    except ImportError:
-        return False, [], set()
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=IPVS_LINK)
-        vips = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0])} if idx else set()
-        local = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
+    # rtnl, not pyroute2: `pyagent run` asks this beside its start
+    idx = rtnl.link_index(IPVS_LINK)
+    addrs = rtnl.addresses()
+    vips = {a for i, a in addrs if i == idx} if idx is not None else set()
+    local = {a for _, a in addrs}
     servers: list[tuple] = []
     if not os.path.exists("/proc/net/ip_vs"):  # not loaded: nothing there (and asking
-        return bool(idx), servers, vips        # IPVS's netlink family would load it)
+        return idx is not None, servers, vips  # IPVS's netlink family would load it)
     with contextlib.suppress(Exception):
         from pyagent.dataplanes.ipvs.kernel import IpvsKernel
 
@@ -169,7 +167,7 @@ def _ipvs_state() -> tuple[bool, list[tuple], set[str]]:
                 k[2] in vips or (k[2] in local and k[3] in NODE_PORT_RANGE))]
         finally:
             kernel.close()
-    return bool(idx), servers, vips
+    return idx is not None, servers, vips
 
 
 def leftovers() -> list[str]:

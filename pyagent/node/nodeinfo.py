@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ebpf import rtnl
 from pyagent.core.node_object import pod_cidrs
 from pyagent.core.parse import parse_ip
-from pyagent.node import rtnl
 
 log = logging.getLogger(__name__)
 

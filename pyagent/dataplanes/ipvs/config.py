@@ -32,6 +32,9 @@ FWMARK_MASK = 0xFFFF0000
 MASQ_BIT = 0x4000
 FLAG_PERSISTENT = 0x0001  # IP_VS_SVC_F_PERSISTENT
 FWD_MASQ = 0  # IP_VS_CONN_F_MASQ: NAT forwarding
+LINK = "kube-ipvs0"  # the VIP holder, as kube-proxy's
+RTPROT_PYAGENT = 211  # routing protocol of our VIP routes (the no-dummy-link fallback)
+LOCAL_TABLE = 255
 
 
 def scheduler_for(annotation: str | None, default: str) -> str:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ebpf import rtnl
 from pyagent.core.config import NodeConfig
 from pyagent.core.model import ServiceKey
 from pyagent.core.state import ServicePortState
@@ -26,7 +27,13 @@ from pyagent.dataplanes.base import Description, Mode, SyncStatus
 from pyagent.dataplanes.fragments import FragmentCache
 from pyagent.dataplanes.iptables import dataplane as ipt
 from pyagent.dataplanes.iptables.kernel import Exec
-from pyagent.dataplanes.ipvs.config import FWMARK_SHIFT, VirtualServer
+from pyagent.dataplanes.ipvs.config import (
+    FWMARK_SHIFT,
+    LINK,
+    LOCAL_TABLE,
+    RTPROT_PYAGENT,
+    VirtualServer,
+)
 from pyagent.dataplanes.ipvs.rules import IpvsFragment, IpvsRenderer
 
 log = logging.getLogger(__name__)
@@ -154,14 +161,9 @@ class IpvsDataplane:
 def present(config: NodeConfig) -> bool:
     if ipt.present(config, IpvsRenderer):
         return True
-    with contextlib.suppress(Exception):
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            from pyagent.dataplanes.ipvs.kernel import LINK, LOCAL_TABLE, RTPROT_PYAGENT
-
-            return bool(ipr.link_lookup(ifname=LINK)) or bool(
-                ipr.get_routes(table=LOCAL_TABLE, proto=RTPROT_PYAGENT))
+    # rtnl, not pyroute2: this runs at every start of every mode
+    with contextlib.suppress(OSError):
+        return rtnl.link_index(LINK) is not None or rtnl.has_route(LOCAL_TABLE, RTPROT_PYAGENT)
     return False
 
 

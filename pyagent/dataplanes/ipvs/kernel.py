@@ -25,12 +25,17 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pyagent.dataplanes.ipvs.config import FLAG_PERSISTENT, FWD_MASQ, RealServer, VirtualServer
+from pyagent.dataplanes.ipvs.config import (
+    FLAG_PERSISTENT,
+    FWD_MASQ,
+    LINK,
+    LOCAL_TABLE,
+    RTPROT_PYAGENT,
+    RealServer,
+    VirtualServer,
+)
 
 log = logging.getLogger(__name__)
-LINK = "kube-ipvs0"
-RTPROT_PYAGENT = 211
-LOCAL_TABLE = 255
 
 
 def _netmask(family: int) -> str:

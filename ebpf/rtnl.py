@@ -1,8 +1,9 @@
-"""Three rtnetlink dumps of this network namespace (links, addresses, default
-routes), with the socket module alone: the agent reads them once at start,
-where importing pyroute2 (0.1 s of CPU, everything it has) would come first
-on the way to the first sync. Message layouts: <linux/netlink.h>,
-<linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>."""
+"""rtnetlink dumps of this network namespace (links, addresses, default
+routes, routes of a table and protocol), with the socket module alone: the
+agent reads them at start, where importing pyroute2 (0.1 s of CPU,
+everything it has) would come first on the way to the first sync. Message
+layouts: <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>,
+<linux/if_addr.h>."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 10, 18, 1
 IFA_ADDRESS = 1
-RTA_DST, RTA_OIF = 1, 4
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
@@ -122,3 +123,25 @@ def default_route_links(family: int) -> set[int | None]:
         oif = attrs.get(RTA_OIF)
         out.add(struct.unpack_from("=I", oif)[0] if oif is not None else None)
     return out
+
+
+def has_route(table: int, protocol: int) -> bool:
+    """Whether a route of either family in `table` has routing `protocol`."""
+    for kind, payload in _dump(RTM_GETROUTE,
+                               _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)):
+        if kind != RTM_NEWROUTE:
+            continue
+        _, _, _, _, rtm_table, rtm_protocol, _, _, _ = _RTMSG.unpack_from(payload)
+        attr = dict(_attrs(payload, _RTMSG.size, len(payload))).get(RTA_TABLE)
+        if (struct.unpack_from("=I", attr)[0] if attr else rtm_table) == table \
+                and rtm_protocol == protocol:
+            return True
+    return False
+
+
+def link_index(name: str) -> int | None:
+    """The index of link `name` in this network namespace, or None."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
