@@ -13,15 +13,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+from ebpf import netlink
+
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 10, 18, 1
 IFA_ADDRESS = 1
 RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
-_HDR = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
@@ -54,27 +53,14 @@ def _dump(msg_type: int, body: bytes) -> Iterator[tuple[int, bytes]]:
                        socket.NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         seq = int.from_bytes(os.urandom(4), "little")
-        sock.send(_HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP,
-                            seq, 0) + body)
-        while True:
-            data = sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _, got_seq, _ = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise OSError("rtnetlink: malformed message")
-                payload = data[offset + _HDR.size:offset + length]
-                offset += (length + 3) & ~3
-                if got_seq != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return
-                if kind == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", payload)[0]
-                    if err:
-                        raise OSError(err, f"rtnetlink dump {msg_type}: {os.strerror(err)}")
-                    continue
-                yield kind, payload
+        netlink.send(sock, msg_type, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, body, seq)
+        for kind, payload in netlink.replies(sock, seq):
+            if kind == netlink.NLMSG_ERROR:
+                err = -struct.unpack_from("=i", payload)[0]
+                if err:
+                    raise OSError(err, f"rtnetlink dump {msg_type}: {os.strerror(err)}")
+                return
+            yield kind, payload
 
 
 def links() -> list[RawLink]:

@@ -46,6 +46,25 @@ def _sweep_stale_labs() -> None:
 
 
 @pytest.fixture
+def bpffs() -> Iterator[str]:
+    """A bpffs mount of the test's own, unmounted after it."""
+    import tempfile
+
+    from ebpf import bpffs as fs
+
+    top = tempfile.mkdtemp(prefix="pyagent-bpffs-")
+    path = os.path.join(top, "bpffs")
+    os.mkdir(path)
+    fs.mount(path)
+    try:
+        yield path
+    finally:
+        fs.umount(path)
+        os.rmdir(path)
+        os.rmdir(top)
+
+
+@pytest.fixture
 def lab() -> Iterator[object]:
     from pyagent.lab import Lab
 

@@ -7,13 +7,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
 
 import pytest
 from bcc import libbcc
 
-from ebpf import bpffs as fs
 from ebpf import libbpf
 from ebpf.maps import Map
 from pyagent.dataplanes.ebpf import layout as L
@@ -23,20 +20,6 @@ pytestmark = pytest.mark.root
 
 CAPS = socket_lb.Capacities(256, 512, 128, 1024, 64, 32, 16)
 TC_CAPS = tc.TcCapacities(ct=512, src_range=64, maglev=16)
-
-
-@pytest.fixture
-def bpffs() -> Iterator[str]:
-    top = tempfile.mkdtemp(prefix="pyagent-mp-")
-    path = os.path.join(top, "bpffs")
-    os.mkdir(path)
-    fs.mount(path)
-    try:
-        yield path
-    finally:
-        fs.umount(path)
-        os.rmdir(path)
-        os.rmdir(top)
 
 
 def shape(info: libbpf.MapInfo) -> tuple[int, int, int, int, int]:

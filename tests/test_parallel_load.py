@@ -9,13 +9,10 @@ lb_xdp_ingress (lb_pod_ingress)."""
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from ebpf import bpffs as fs
 from ebpf import libbpf
 from pyagent.dataplanes.ebpf import layout, parallel_load, socket_lb, tc
 
@@ -23,20 +20,6 @@ pytestmark = pytest.mark.root
 
 CAPS = socket_lb.Capacities(256, 256, 256, 256, 256, 256)
 TC_CAPS = tc.TcCapacities(ct=512, src_range=64, maglev=16)
-
-
-@pytest.fixture
-def bpffs() -> Iterator[str]:
-    top = tempfile.mkdtemp(prefix="pyagent-pl-")
-    path = os.path.join(top, "bpffs")
-    os.mkdir(path)
-    fs.mount(path)
-    try:
-        yield path
-    finally:
-        fs.umount(path)
-        os.rmdir(path)
-        os.rmdir(top)
 
 
 def map_ids(bpffs: str) -> dict[str, int]:

@@ -20,14 +20,14 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from ebpf import netlink
+from ebpf.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY, SOCK_DESTROY = 20, 21
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 CLONE_NEWNET = 0x40000000
 TCP_ESTABLISHED = 1  # connected UDP sockets report this state
 
-_NLMSG = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBBI")  # family, protocol, ext, pad, states
 _SOCKID = struct.Struct("!HH16s16s")  # sport, dport (network order), src, dst
 _SOCKID_TAIL = struct.Struct("=III")  # ifindex, cookie low, cookie high
@@ -81,37 +81,15 @@ def open_in_netns(netns_path: str | None) -> socket.socket:
     return out[0]
 
 
-def _request(sock: socket.socket, msg_type: int, flags: int, body: bytes, seq: int) -> None:
-    sock.send(_NLMSG.pack(_NLMSG.size + len(body), msg_type, flags, seq, 0) + body)
-
-
-def _messages(sock: socket.socket, seq: int):
-    """(type, payload) of the replies to `seq` until DONE or an error/ack."""
-    while True:
-        data = sock.recv(1 << 16)
-        off = 0
-        while off + _NLMSG.size <= len(data):
-            length, mtype, _flags, mseq, _pid = _NLMSG.unpack_from(data, off)
-            payload = data[off + _NLMSG.size:off + length]
-            off += (length + 3) & ~3
-            if mseq != seq:
-                continue
-            if mtype == NLMSG_DONE:
-                return
-            yield mtype, payload
-            if mtype == NLMSG_ERROR:
-                return
-
-
 def connected_udp(sock: socket.socket, family: int) -> list[UdpSocket]:
     """Every connected UDP socket of `family` in the socket's namespace."""
     seq = 1
     body = _REQ.pack(family, socket.IPPROTO_UDP, 0, 0, 1 << TCP_ESTABLISHED)
     body += bytes(_SOCKID.size + _SOCKID_TAIL.size)
-    _request(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, body, seq)
+    netlink.send(sock, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, body, seq)
     alen = 4 if family == socket.AF_INET else 16
     out = []
-    for mtype, payload in _messages(sock, seq):
+    for mtype, payload in netlink.replies(sock, seq):
         if mtype == NLMSG_ERROR:
             (err,) = struct.unpack_from("=i", payload)
             if err:
@@ -132,8 +110,8 @@ def destroy(sock: socket.socket, s: UdpSocket) -> bool:
     it is gone or its cookie no longer matches."""
     seq = 2
     body = _REQ.pack(s.family, socket.IPPROTO_UDP, 0, 0, 0xFFFFFFFF) + s.raw_id
-    _request(sock, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, body, seq)
-    for mtype, payload in _messages(sock, seq):
+    netlink.send(sock, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, body, seq)
+    for mtype, payload in netlink.replies(sock, seq):
         if mtype == NLMSG_ERROR:
             (err,) = struct.unpack_from("=i", payload)
             if err == 0:
