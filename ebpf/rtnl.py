@@ -96,14 +96,22 @@ def addresses() -> list[tuple[int, str]]:
     return out
 
 
+def _routes(family: int) -> Iterator[tuple[int, int, dict[int, bytes]]]:
+    """(table, routing protocol, attributes) of every route of `family`."""
+    for kind, payload in _dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        if kind != RTM_NEWROUTE:
+            continue
+        _, _, _, _, rtm_table, rtm_protocol, _, _, _ = _RTMSG.unpack_from(payload)
+        attrs = dict(_attrs(payload, _RTMSG.size, len(payload)))
+        table = attrs.get(RTA_TABLE)  # tables past 255 are only here
+        yield (struct.unpack_from("=I", table)[0] if table else rtm_table), rtm_protocol, attrs
+
+
 def default_route_links(family: int) -> set[int | None]:
     """The RTA_OIF of every route of `family` without a destination (in any
     table; None for one without an RTA_OIF, e.g. multipath)."""
     out: set[int | None] = set()
-    for kind, payload in _dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-        if kind != RTM_NEWROUTE:
-            continue
-        attrs = dict(_attrs(payload, _RTMSG.size, len(payload)))
+    for _, _, attrs in _routes(family):
         if RTA_DST in attrs:
             continue
         oif = attrs.get(RTA_OIF)
@@ -113,16 +121,7 @@ def default_route_links(family: int) -> set[int | None]:
 
 def has_route(table: int, protocol: int) -> bool:
     """Whether a route of either family in `table` has routing `protocol`."""
-    for kind, payload in _dump(RTM_GETROUTE,
-                               _RTMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0, 0, 0, 0, 0)):
-        if kind != RTM_NEWROUTE:
-            continue
-        _, _, _, _, rtm_table, rtm_protocol, _, _, _ = _RTMSG.unpack_from(payload)
-        attr = dict(_attrs(payload, _RTMSG.size, len(payload))).get(RTA_TABLE)
-        if (struct.unpack_from("=I", attr)[0] if attr else rtm_table) == table \
-                and rtm_protocol == protocol:
-            return True
-    return False
+    return any(t == table and p == protocol for t, p, _ in _routes(socket.AF_UNSPEC))
 
 
 def link_index(name: str) -> int | None:

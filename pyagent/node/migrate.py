@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from ebpf import rtnl
 from pyagent.dataplanes.iptables.dataplane import backends
 from pyagent.dataplanes.iptables.kernel import Iptables
+from pyagent.dataplanes.ipvs.config import LINK as IPVS_LINK  # kube-proxy's name too
 
 TABLES = ("nat", "filter", "mangle")
 BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
@@ -46,7 +47,6 @@ OWN_CHAINS = frozenset({
 })
 OWN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
 NFT_TABLES = ("ip kube-proxy", "ip6 kube-proxy")
-IPVS_LINK = "kube-ipvs0"
 NODE_PORT_RANGE = range(30000, 32768)
 
 

@@ -15,7 +15,6 @@ loudly, as the loads would.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -83,5 +82,4 @@ def _create(spec: L.MapSpec, bpffs: str, sizes: dict[str, int], btf_fd: int | No
             btf=None if btf_fd is None else (btf_fd, 1, 2))
     finally:
         if inner_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(inner_fd)
+            os.close(inner_fd)

@@ -244,7 +244,7 @@ def pins_ready(bpffs: str, capacities: socket_lb.Capacities | None = None,
     """Every map of the socket LB and (tc_maps) the TC programs is pinned
     with this layout and these sizes: their loads then create and replace
     nothing."""
-    specs = {**L.MAPS, **(L.TC_MAPS if tc_maps else {})}
+    specs = map_pins.specs(tc_maps)
     return (socket_lb.all_pinned(bpffs, specs) and not socket_lb.incompatible_pins(
         bpffs, specs, _sizes(capacities, tc_capacities)))
 
