@@ -26,7 +26,7 @@ from pathlib import Path
 from pyagent.core.config import NodeConfig
 from pyagent.dataplanes.ebpf.capacity import AFFMATCH, BACKENDS, REVNAT, SERVICES
 from pyagent.dataplanes.ebpf.dataplane import EbpfDataplane
-from pyagent.dataplanes.ebpf.reconciler import KernelState, Op, Reconciler
+from pyagent.dataplanes.ebpf.reconciler import KernelState, Phase, Reconciler
 from pyagent.node.agent import Agent
 from pyagent.sources.kube import KubeSource
 from tests.bench.bench_plan import objects
@@ -42,7 +42,7 @@ class NullWriter:
     def capacity(self) -> Mapping[tuple[str, int], int]:
         return self._cap
 
-    def run(self, phases: list[list[Op]]) -> None:
+    def run(self, phases: list[Phase]) -> None:
         pass
 
 

@@ -24,7 +24,7 @@ from pyagent.dataplanes.ebpf.capacity import (
 )
 from pyagent.dataplanes.ebpf.frontends import Backend, Frontend
 from pyagent.dataplanes.ebpf.kernel import decode
-from pyagent.dataplanes.ebpf.reconciler import Op, Reconciler, maglev_tables, source_ranges
+from pyagent.dataplanes.ebpf.reconciler import Phase, Reconciler, maglev_tables, source_ranges
 
 LB_MAPS = [(m, f) for m in (SERVICES, BACKENDS, REVNAT) for f in (4, 6)] + [(AFFMATCH, 0)]
 
@@ -52,7 +52,7 @@ class KernelLikeMaps:
     def capacity(self):
         return self.cap
 
-    def run(self, phases: list[list[Op]]) -> None:
+    def run(self, phases: list[Phase]) -> None:
         for phase in phases:
             # like KernelWriter: per map, updates then deletes
             for op in [o for o in phase if o.value is not None] + [

@@ -15,7 +15,7 @@ from pyagent.dataplanes.ebpf.reconciler import (
     BACKENDS,
     REVNAT,
     SERVICES,
-    Op,
+    Phase,
     Reconciler,
 )
 
@@ -27,12 +27,12 @@ class FakeMaps:
         self.maps[(AFFMATCH, 0)] = {}
         self.cap = {k: capacity for k in self.maps}
         self.ops = 0
-        self.phases: list[list[Op]] = []
+        self.phases: list[Phase] = []
 
     def capacity(self):
         return self.cap
 
-    def run(self, phases: list[list[Op]]) -> None:
+    def run(self, phases: list[Phase]) -> None:
         self.phases = phases
         for phase in phases:
             for op in phase:

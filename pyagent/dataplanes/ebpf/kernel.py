@@ -21,6 +21,7 @@ from pyagent.dataplanes.ebpf.reconciler import (
     SERVICES,
     KernelState,
     Op,
+    Phase,
 )
 from pyagent.dataplanes.ebpf.socket_lb import LBMaps
 
@@ -68,26 +69,20 @@ class KernelWriter:
         if tables or prune:
             maglev.sync_tables(self.tc_maps, tables, prune=prune)
 
-    def run(self, phases: list[list[Op]]) -> None:
+    def run(self, phases: list[Phase]) -> None:
         for phase in phases:
-            puts: dict[tuple[str, int], tuple[list[tuple], list[tuple]]] = {}
-            dels: dict[tuple[str, int], list[tuple]] = {}
-            for op in phase:
-                if op.value is None:
-                    dels.setdefault((op.map, op.family), []).append(op.key)
-                else:
-                    ks, vs = puts.setdefault((op.map, op.family), ([], []))
-                    ks.append(op.key)
-                    vs.append(op.value)
-            for (m, f), (ks, vs) in puts.items():
+            for (m, f), (ks, vs) in phase.puts.items():
+                if not ks:
+                    continue
                 _map(self.maps, m, f).update_many_raw(codec.pack_keys(m, f, ks),
                                                       codec.pack_values(m, f, vs))
                 if m == BACKENDS:
                     self._reset_counters(self.maps.lb_be_stats, [k[0] for k in ks])
                 elif m == REVNAT:  # a reused service id starts from zero too
                     self._reset_counters(self.maps.lb_svc_stats, [k[0] for k in ks])
-            for (m, f), ks in dels.items():
-                _map(self.maps, m, f).delete_many_raw(codec.pack_keys(m, f, ks))
+            for (m, f), ks in phase.dels.items():
+                if ks:
+                    _map(self.maps, m, f).delete_many_raw(codec.pack_keys(m, f, ks))
 
     @staticmethod
     def _reset_counters(stats: Any, ids: Iterable[int]) -> None:
