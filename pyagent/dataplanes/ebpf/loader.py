@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 # A loader child's niceness above the agent's: while it compiles, the agent
 # parses its sources and fills the maps, the other half of a start, and on
 # a node the workloads come first too. The compiles still get the CPU the
-# others leave, the socket LB's (which Services from pods and the node
-# need) about three times the TC programs' share while both run.
+# others leave. The TC programs' the least: while both run, the socket LB's
+# (which every Service from pods and the node needs, and which attaches
+# first) gets about 20 times their share, so it is done nearly as soon as
+# alone (bench_start --tc: the last Service answered 2.36-2.71 s after start
+# with niceness 19 here, 2.76-3.03 s with 10; the TC programs as early).
 NICE_SOCKET_LB = 5
-NICE_TC = 10
+NICE_TC = 19
 
 
 def child_started(nice: int) -> None:
