@@ -271,9 +271,11 @@ class ParsedService:
     skipped: str | None = None  # why it is not proxied (headless, ExternalName)
 
 
-def parse_service(obj: Mapping[str, Any], *, honour_ip_mode: bool = True) -> ParsedService:
-    namespace, name = object_name("Service", obj)
-    key = (namespace, name)
+def parse_service(obj: Mapping[str, Any], *, honour_ip_mode: bool = True,
+                  key: tuple[str, str] | None = None) -> ParsedService:
+    """`key`: object_name's (namespace, name) of obj, when the caller has it."""
+    key = key or object_name("Service", obj)
+    namespace, name = key
     spec = _dict(obj.get("spec"), "spec", required=True)
     svc_type = _choice(spec.get("type"), "spec.type", SERVICE_TYPES)
     if svc_type == "ExternalName":
@@ -434,8 +436,10 @@ class ParsedSlice:
         return (self.namespace, self.service)
 
 
-def parse_endpoint_slice(obj: Mapping[str, Any], node_name: str = "") -> ParsedSlice:
-    namespace, name = object_name("EndpointSlice", obj)
+def parse_endpoint_slice(obj: Mapping[str, Any], node_name: str = "",
+                         key: tuple[str, str] | None = None) -> ParsedSlice:
+    """`key`: object_name's (namespace, name) of obj, when the caller has it."""
+    namespace, name = key or object_name("EndpointSlice", obj)
     meta = _metadata(obj)
     labels = _dict(meta.get("labels"), "metadata.labels")
     service = _intern(_str(labels.get(SERVICE_NAME_LABEL),
@@ -535,8 +539,9 @@ class ParsedNode:
         return dict(self.labels).get(ZONE_LABEL, "")
 
 
-def parse_node(obj: Mapping[str, Any]) -> ParsedNode:
-    _, name = object_name("Node", obj)
+def parse_node(obj: Mapping[str, Any], key: tuple[str, str] | None = None) -> ParsedNode:
+    """`key`: object_name's ("", name) of obj, when the caller has it."""
+    _, name = key or object_name("Node", obj)
     meta = _metadata(obj)
     pairs = tuple(sorted(_dict(meta.get("labels"), "metadata.labels").items()))
     # What /healthz reads from this node (taints, deletion): checked here once.

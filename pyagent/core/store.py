@@ -73,6 +73,9 @@ class ServiceStore:
         # EndpointSlice last-change-trigger-times not yet taken (latency metric);
         # changes triggered before the store existed are not ours to time.
         self._trigger_times: list[float] = []
+        self._setters: dict[str, Callable[[ObjectKey, Any], None]] = {
+            "Service": self._set_service, "EndpointSlice": self._set_endpointslice,
+            "Node": self._set_node}
         self._started = clock()
 
     # --- ObjectSink ------------------------------------------------------------
@@ -236,17 +239,18 @@ class ServiceStore:
             return None
         origin = origins.get(key) if origins else None
         old = self._raw[kind].get(key)
-        parser: Callable[[Mapping[str, Any]], Any] = {
-            "Service": lambda o: parse_service(o, honour_ip_mode=self.config.honour_lb_ip_mode),
-            "EndpointSlice": lambda o: parse_endpoint_slice(o, self.config.node_name),
-            "Node": parse_node,
-        }[kind]
         try:
             fingerprint = _fingerprint(obj)  # also checks that it is JSON data
             if old is not None and old == fingerprint:
                 self._clear(kind, key)  # back to the good version
                 return key
-            parsed = parser(obj)
+            if kind == "EndpointSlice":  # the bulk: 10 or more for each Service
+                parsed: Any = parse_endpoint_slice(obj, self.config.node_name, key)
+            elif kind == "Service":
+                parsed = parse_service(obj, honour_ip_mode=self.config.honour_lb_ip_mode,
+                                       key=key)
+            else:
+                parsed = parse_node(obj, key)
         except ParseError as exc:
             self._invalid(kind, key, str(exc), origin)
             return key
@@ -259,7 +263,7 @@ class ServiceStore:
         self._raw[kind][key] = fingerprint
         if kind == "Node" and key[1] == self.config.node_name:
             self._node_raw = obj
-        getattr(self, f"_set_{kind.lower()}")(key, parsed)
+        self._setters[kind](key, parsed)
         if kind == "EndpointSlice":
             self._note_trigger(obj)
         return key
@@ -282,13 +286,14 @@ class ServiceStore:
             self._origin.pop(ekey, None)
 
     def _clear(self, kind: Kind, key: ObjectKey) -> None:
-        self.errors.pop((kind, *key), None)
-        self._origin.pop((kind, *key), None)
+        if self.errors:  # _origin's keys are among them
+            self.errors.pop((kind, *key), None)
+            self._origin.pop((kind, *key), None)
 
     def _remove(self, kind: Kind, key: ObjectKey) -> None:
         if self._raw[kind].pop(key, None) is None:
             return
-        getattr(self, f"_set_{kind.lower()}")(key, None)
+        self._setters[kind](key, None)
 
     def _set_service(self, key: ObjectKey, parsed: ParsedService | None) -> None:
         if parsed is None:
