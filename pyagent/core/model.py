@@ -46,6 +46,33 @@ class Endpoint:
         """Ready, or serving-and-terminating (the fallback kind)."""
         return self.ready or (self.serving and self.terminating)
 
+    @staticmethod
+    def make(ip: str, port: int, ready: bool, serving: bool, terminating: bool,
+             node_name: str | None, zone_hints: frozenset[str], node_hints: frozenset[str],
+             is_local: bool) -> Endpoint:
+        """Endpoint(...) with every field given, twice as fast: the parser
+        makes one per endpoint (100k+), and a frozen dataclass's __init__
+        sets each field through object.__setattr__. The slots are set
+        through their descriptors instead, which frozen does not guard."""
+        ep = _new_object(Endpoint)
+        _EP_IP(ep, ip)
+        _EP_PORT(ep, port)
+        _EP_READY(ep, ready)
+        _EP_SERVING(ep, serving)
+        _EP_TERMINATING(ep, terminating)
+        _EP_NODE(ep, node_name)
+        _EP_ZONES(ep, zone_hints)
+        _EP_NODES(ep, node_hints)
+        _EP_LOCAL(ep, is_local)
+        return ep
+
+
+_new_object = object.__new__
+(_EP_IP, _EP_PORT, _EP_READY, _EP_SERVING, _EP_TERMINATING, _EP_NODE, _EP_ZONES, _EP_NODES,
+ _EP_LOCAL) = (getattr(Endpoint, f).__set__ for f in (
+    "ip", "port", "ready", "serving", "terminating", "node_name", "zone_hints", "node_hints",
+    "is_local"))
+
 
 @dataclass(frozen=True, slots=True)
 class ServicePort:

@@ -511,8 +511,8 @@ def _endpoint(raw: object, i: int, family: int, address_type: str, port: int,
         hints = _dict(hints, f"endpoints[{i}].hints")
         zones = _hint_names(hints.get("forZones"), f"endpoints[{i}].hints.forZones")
         nodes = _hint_names(hints.get("forNodes"), f"endpoints[{i}].hints.forNodes")
-    return Endpoint(parsed[0], port, ready, serving, terminating, on_node, zones, nodes,
-                    bool(node_name) and on_node == node_name)
+    return Endpoint.make(parsed[0], port, ready, serving, terminating, on_node, zones, nodes,
+                         bool(node_name) and on_node == node_name)
 
 
 _NO_HINTS: frozenset[str] = frozenset()

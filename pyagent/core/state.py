@@ -54,8 +54,8 @@ def _endpoints_for(sp: ServicePort, slices: Iterable[ParsedSlice],
                 local = bool(node_name) and s.node_name == node_name
                 # The slice's own objects when they fit (the usual one-port case).
                 out.append(s if s.port == number and s.is_local == local else
-                           Endpoint(s.ip, number, s.ready, s.serving, s.terminating,
-                                    s.node_name, s.zone_hints, s.node_hints, local))
+                           Endpoint.make(s.ip, number, s.ready, s.serving, s.terminating,
+                                         s.node_name, s.zone_hints, s.node_hints, local))
     return out
 
 
