@@ -97,8 +97,9 @@ class Phase:
     """One phase's map operations, kept grouped as a writer runs them: per
     map the keys and values to write, and the keys to delete. A full sync
     plans 200k+ of them: appending to these lists instead of making an Op
-    each, to be regrouped by the writer, is a third of its planning.
-    Iterating gives Ops, each map's writes before its deletes."""
+    each, which the writer then regrouped, took a fifth off a full sync of
+    10,000 x 10. Iterating gives Ops, each map's writes before its deletes
+    (the order the kernel writer runs them in)."""
 
     __slots__ = ("puts", "dels")
 
