@@ -134,10 +134,6 @@ class Phase:
         else:
             self.put(op.map, op.family, op.key, op.value)
 
-    def extend(self, ops: Iterable[Op]) -> None:
-        for op in ops:
-            self.append(op)
-
     def __len__(self) -> int:
         return (sum(len(keys) for keys, _ in self.puts.values())
                 + sum(map(len, self.dels.values())))
